@@ -1,0 +1,78 @@
+//! Tools compiled into warden.
+
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ErrorKind, ToolError};
+use crate::runtime::Runtime;
+use crate::tool::{ToolOutput, ToolResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// Returns its `message`: connectivity checks and benchmarks.
+    Echo,
+    /// The supervision tree as JSON.
+    Status,
+    /// Chaos: panics the worker that runs it, to exercise supervision.
+    Panic,
+}
+
+impl Builtin {
+    pub const NAMES: &'static [&'static str] = &["echo", "status", "panic"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "echo" => Some(Builtin::Echo),
+            "status" => Some(Builtin::Status),
+            "panic" => Some(Builtin::Panic),
+            _ => None,
+        }
+    }
+
+    pub fn input_schema(self) -> Map<String, Value> {
+        let schema = match self {
+            Builtin::Echo => json!({
+                "type": "object",
+                "required": ["message"],
+                "additionalProperties": false,
+                "properties": {
+                    "message": {"type": "string", "description": "The text to send back."}
+                }
+            }),
+            Builtin::Status | Builtin::Panic => json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {}
+            }),
+        };
+        match schema {
+            Value::Object(m) => m,
+            _ => unreachable!("schemas above are objects"),
+        }
+    }
+}
+
+pub async fn run(
+    builtin: Builtin,
+    args: &Map<String, Value>,
+    runtime: &Runtime,
+    _cancel: &CancellationToken,
+) -> ToolResult {
+    match builtin {
+        Builtin::Echo => match args.get("message") {
+            Some(Value::String(s)) => Ok(ToolOutput::text(s.clone())),
+            _ => Err(ToolError::new(
+                ErrorKind::Validation,
+                "`message` must be a string.",
+                "Pass {\"message\": \"...\"}.",
+            )),
+        },
+        Builtin::Status => {
+            let status = runtime.status();
+            Ok(ToolOutput::text(
+                serde_json::to_string_pretty(&status).unwrap_or_else(|_| status.to_string()),
+            ))
+        }
+        Builtin::Panic => panic!("the panic builtin was called (chaos test)"),
+    }
+}

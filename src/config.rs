@@ -1,0 +1,848 @@
+//! Configuration: `config.toml` for the runtime and one `actors/*.toml` per tool.
+//!
+//! Everything is typed with serde and `deny_unknown_fields`; durations are
+//! humantime strings and sizes are strings like "1MiB". Loading never stops at
+//! the first problem: [`load`] returns every problem it finds, each naming the
+//! file, the field and the reason, so `warden check` can print them all.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Default for `server.max_in_flight`: calls running or queued, all tools together.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// Default for `server.shutdown_grace`: how long in-flight calls may finish after stdin closes.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Default for `server.max_line`, in bytes: a longer request line is refused unread.
+pub const DEFAULT_MAX_LINE: u64 = 16 << 20;
+/// Default for `defaults.concurrency`: workers per tool.
+pub const DEFAULT_CONCURRENCY: usize = 2;
+/// Default for `defaults.queue`: jobs waiting per tool beyond the busy workers.
+pub const DEFAULT_QUEUE: usize = 16;
+/// Default for `defaults.timeout`: the deadline of one call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `defaults.max_output`, in bytes, for stdout and for stderr each.
+pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
+/// Default for `defaults.grace`: how long past its deadline a call may take
+/// before the caller answers `timeout` without waiting for the worker.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+/// Default for `supervisor.max_restarts` within `supervisor.window`.
+pub const DEFAULT_MAX_RESTARTS: u32 = 5;
+/// Default for `supervisor.window`.
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(30);
+/// Default for `supervisor.backoff.min`.
+pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Default for `supervisor.backoff.max`.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Environment variables a command tool gets unless its file says otherwise.
+pub const DEFAULT_ENV_PASS: &[&str] = &["LANG", "LC_ALL", "TZ"];
+/// `PATH` given to command tools (the parent's `PATH` is not inherited).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One problem found in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file.display(), self.field, self.reason)
+    }
+}
+
+/// A size in bytes, written in config as "1MiB", "512KiB", "64MB" or "4096".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size (write it like \"1MiB\" or \"64KiB\")"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        if n >= 1 << 30 && n % (1 << 30) == 0 {
+            write!(f, "{}GiB", n >> 30)
+        } else if n >= 1 << 20 && n % (1 << 20) == 0 {
+            write!(f, "{}MiB", n >> 20)
+        } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+            write!(f, "{}KiB", n >> 10)
+        } else {
+            write!(f, "{n}B")
+        }
+    }
+}
+
+/// The runtime configuration, `config.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub supervisor: SupervisorConfig,
+    pub defaults: ToolDefaults,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            supervisor: SupervisorConfig::default(),
+            defaults: ToolDefaults::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Directory of the actor files; relative to the config file.
+    pub actors_dir: PathBuf,
+    /// Calls running or queued across all tools; beyond it a call answers `busy`.
+    pub max_in_flight: usize,
+    /// After stdin closes or SIGTERM, how long in-flight calls may still finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The longest request line read from stdin.
+    pub max_line: ByteSize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            actors_dir: PathBuf::from("actors"),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_line: ByteSize(DEFAULT_MAX_LINE),
+        }
+    }
+}
+
+/// Restart policy of the tools supervisor, in OTP's vocabulary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// Restarts allowed per tool within `window`; one more and the tool is `failed`.
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    pub backoff: Backoff,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            window: DEFAULT_RESTART_WINDOW,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backoff {
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: DEFAULT_BACKOFF_MIN,
+            max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+}
+
+/// Per-tool defaults; every actor file may override them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolDefaults {
+    pub concurrency: usize,
+    pub queue: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    pub max_output: ByteSize,
+}
+
+impl Default for ToolDefaults {
+    fn default() -> Self {
+        ToolDefaults {
+            concurrency: DEFAULT_CONCURRENCY,
+            queue: DEFAULT_QUEUE,
+            timeout: DEFAULT_TIMEOUT,
+            grace: DEFAULT_GRACE,
+            max_output: ByteSize(DEFAULT_MAX_OUTPUT),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rotation {
+    Minutely,
+    Hourly,
+    Daily,
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Directory of the rolling JSON log files; relative to the config file.
+    pub dir: PathBuf,
+    pub rotation: Rotation,
+    /// Log files kept; older ones are deleted.
+    pub keep: usize,
+    /// Level of the JSON file log (a tracing filter such as "info" or "warden=debug").
+    pub level: String,
+    /// Level of the readable lines on stderr ("off" for none).
+    pub stderr: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            dir: PathBuf::from("logs"),
+            rotation: Rotation::Daily,
+            keep: 7,
+            level: "info".into(),
+            stderr: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolKind {
+    Command,
+    Builtin,
+}
+
+/// Who is shed first under memory pressure (used by the recovery policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Critical,
+    #[default]
+    Normal,
+    Low,
+}
+
+/// Resource limits applied in a command tool's process (setrlimit).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// CPU time (RLIMIT_CPU), rounded up to whole seconds.
+    #[serde(default, with = "humantime_serde")]
+    pub cpu: Option<Duration>,
+    /// Address space (RLIMIT_AS).
+    pub memory: Option<ByteSize>,
+    /// Open file descriptors (RLIMIT_NOFILE).
+    pub open_files: Option<u64>,
+}
+
+/// One tool, as written in `actors/<name>.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorFile {
+    pub name: String,
+    pub kind: ToolKind,
+    #[serde(default)]
+    pub description: String,
+    /// For `builtin`: which builtin (defaults to `name`).
+    pub builtin: Option<String>,
+    /// For `command`: the program, a path or a name looked up in `PATH`.
+    pub command: Option<String>,
+    /// For `command`: the argv template; `{field}` is replaced by one argument.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// For `command`: the working directory (default `/`).
+    pub cwd: Option<PathBuf>,
+    /// For `command`: environment variables set for the program.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// For `command`: variables passed through from warden's environment.
+    pub env_pass: Option<Vec<String>>,
+    pub concurrency: Option<usize>,
+    pub queue: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub max_output: Option<ByteSize>,
+    #[serde(default)]
+    pub priority: Priority,
+    /// JSON Schema of the arguments (command tools).
+    pub input: Option<toml::Table>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// A tool ready to run: its actor file with the defaults applied.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub file: PathBuf,
+    pub kind: ToolKindSpec,
+    pub concurrency: usize,
+    pub queue: usize,
+    pub timeout: Duration,
+    pub grace: Duration,
+    pub max_output: u64,
+    pub priority: Priority,
+    /// JSON Schema of the arguments, as JSON.
+    pub input_schema: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ToolKindSpec {
+    Command(CommandSpec),
+    Builtin(crate::builtin::Builtin),
+}
+
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// The complete environment of the program (nothing else is inherited).
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+}
+
+/// Everything `warden serve` needs: the runtime config and the tools.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub config: Config,
+    pub tools: Vec<ToolSpec>,
+}
+
+/// Tool names as MCP clients accept them.
+pub fn valid_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Loads `config.toml` (or its defaults when `path` does not exist and
+/// `must_exist` is false), applies `WARDEN_*` overrides and loads every actor
+/// file. Returns every problem found.
+pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut config = match std::fs::read_to_string(path) {
+        Ok(text) => parse_toml::<Config>(path, &text).unwrap_or_else(|p| {
+            problems.push(p);
+            Config::default()
+        }),
+        Err(e) => {
+            problems.push(Problem {
+                file: path.to_path_buf(),
+                field: "-".into(),
+                reason: format!("cannot read the config file: {e}"),
+            });
+            Config::default()
+        }
+    };
+    apply_env(&mut config, path, env, &mut problems);
+    resolve_relative(&mut config, &base);
+    check_config(&config, path, &mut problems);
+
+    let tools = load_actors(&config, &mut problems);
+    if problems.is_empty() {
+        Ok(Loaded {
+            path: path.to_path_buf(),
+            config,
+            tools,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+fn parse_toml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, Problem> {
+    let problem = |field: String, reason: String| Problem {
+        file: file.to_path_buf(),
+        field,
+        reason,
+    };
+    let de = toml::de::Deserializer::parse(text)
+        .map_err(|e| problem("-".into(), e.message().trim().to_string()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = match e.path().to_string() {
+            p if p == "." => "-".to_string(),
+            p => p,
+        };
+        problem(field, e.inner().message().trim().to_string())
+    })
+}
+
+/// `WARDEN_*` variables override the main runtime fields.
+fn apply_env(
+    config: &mut Config,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut bad = |var: &str, reason: String| {
+        problems.push(Problem {
+            file: path.to_path_buf(),
+            field: format!("${var}"),
+            reason,
+        })
+    };
+    if let Some(v) = env("WARDEN_ACTORS_DIR") {
+        config.server.actors_dir = PathBuf::from(v);
+    }
+    if let Some(v) = env("WARDEN_MAX_IN_FLIGHT") {
+        match v.parse() {
+            Ok(n) => config.server.max_in_flight = n,
+            Err(_) => bad("WARDEN_MAX_IN_FLIGHT", format!("`{v}` is not a whole number")),
+        }
+    }
+    if let Some(v) = env("WARDEN_SHUTDOWN_GRACE") {
+        match humantime::parse_duration(&v) {
+            Ok(d) => config.server.shutdown_grace = d,
+            Err(e) => bad("WARDEN_SHUTDOWN_GRACE", format!("`{v}`: {e}")),
+        }
+    }
+    if let Some(v) = env("WARDEN_LOG_DIR") {
+        config.log.dir = PathBuf::from(v);
+    }
+    if let Some(v) = env("WARDEN_LOG_LEVEL") {
+        config.log.level = v;
+    }
+    if let Some(v) = env("WARDEN_LOG_STDERR") {
+        config.log.stderr = v;
+    }
+}
+
+fn resolve_relative(config: &mut Config, base: &Path) {
+    for p in [&mut config.server.actors_dir, &mut config.log.dir] {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+}
+
+fn check_config(config: &Config, path: &Path, problems: &mut Vec<Problem>) {
+    let mut bad = |field: &str, reason: &str| {
+        problems.push(Problem {
+            file: path.to_path_buf(),
+            field: field.into(),
+            reason: reason.into(),
+        })
+    };
+    if config.server.max_in_flight == 0 {
+        bad("server.max_in_flight", "must be at least 1");
+    }
+    if config.server.max_line.0 < 1024 {
+        bad("server.max_line", "must be at least 1KiB");
+    }
+    if config.defaults.concurrency == 0 {
+        bad("defaults.concurrency", "must be at least 1");
+    }
+    if config.defaults.timeout.is_zero() {
+        bad("defaults.timeout", "must be longer than 0s");
+    }
+    let b = config.supervisor.backoff;
+    if b.min.is_zero() || b.min > b.max {
+        bad("supervisor.backoff", "needs 0 < min <= max");
+    }
+    if config.supervisor.window.is_zero() {
+        bad("supervisor.window", "must be longer than 0s");
+    }
+    for (field, filter) in [("log.level", &config.log.level), ("log.stderr", &config.log.stderr)] {
+        if tracing_subscriber::EnvFilter::builder()
+            .parse(filter.as_str())
+            .is_err()
+        {
+            bad(field, "is not a log filter (try \"info\", \"debug\" or \"off\")");
+        }
+    }
+}
+
+fn load_actors(config: &Config, problems: &mut Vec<Problem>) -> Vec<ToolSpec> {
+    let dir = &config.server.actors_dir;
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect(),
+        Err(e) => {
+            problems.push(Problem {
+                file: dir.clone(),
+                field: "server.actors_dir".into(),
+                reason: format!("cannot read the actors directory: {e}"),
+            });
+            return Vec::new();
+        }
+    };
+    files.sort();
+    let mut tools: Vec<ToolSpec> = Vec::new();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(Problem {
+                    file,
+                    field: "-".into(),
+                    reason: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        let actor: ActorFile = match parse_toml(&file, &text) {
+            Ok(a) => a,
+            Err(p) => {
+                problems.push(p);
+                continue;
+            }
+        };
+        if let Some(other) = tools.iter().find(|t| t.name == actor.name) {
+            problems.push(Problem {
+                file: file.clone(),
+                field: "name".into(),
+                reason: format!(
+                    "tool `{}` is already defined in {}",
+                    actor.name,
+                    other.file.display()
+                ),
+            });
+            continue;
+        }
+        if let Some(spec) = check_actor(actor, &file, &config.defaults, problems) {
+            tools.push(spec);
+        }
+    }
+    tools
+}
+
+/// Checks one actor file and applies the defaults; `None` if it has problems.
+fn check_actor(
+    a: ActorFile,
+    file: &Path,
+    defaults: &ToolDefaults,
+    problems: &mut Vec<Problem>,
+) -> Option<ToolSpec> {
+    let before = problems.len();
+    let mut bad = |field: &str, reason: String| {
+        problems.push(Problem {
+            file: file.to_path_buf(),
+            field: field.into(),
+            reason,
+        })
+    };
+    if !valid_tool_name(&a.name) {
+        bad("name", format!("`{}` must match ^[a-zA-Z0-9_-]{{1,64}}$", a.name));
+    }
+    let concurrency = a.concurrency.unwrap_or(defaults.concurrency);
+    if concurrency == 0 {
+        bad("concurrency", "must be at least 1".into());
+    }
+    let timeout = a.timeout.unwrap_or(defaults.timeout);
+    if timeout.is_zero() {
+        bad("timeout", "must be longer than 0s".into());
+    }
+    let only_for_command = |a: &ActorFile| -> Vec<&'static str> {
+        let mut set = Vec::new();
+        if a.command.is_some() {
+            set.push("command");
+        }
+        if !a.args.is_empty() {
+            set.push("args");
+        }
+        if a.cwd.is_some() {
+            set.push("cwd");
+        }
+        if !a.env.is_empty() {
+            set.push("env");
+        }
+        if a.env_pass.is_some() {
+            set.push("env_pass");
+        }
+        if a.input.is_some() {
+            set.push("input");
+        }
+        set
+    };
+
+    let (kind, input_schema) = match a.kind {
+        ToolKind::Builtin => {
+            for field in only_for_command(&a) {
+                bad(field, "is only for kind = \"command\"".into());
+            }
+            let which = a.builtin.clone().unwrap_or_else(|| a.name.clone());
+            match crate::builtin::Builtin::from_name(&which) {
+                Some(b) => (Some(ToolKindSpec::Builtin(b)), b.input_schema()),
+                None => {
+                    bad(
+                        "builtin",
+                        format!(
+                            "unknown builtin `{which}` (known: {})",
+                            crate::builtin::Builtin::NAMES.join(", ")
+                        ),
+                    );
+                    (None, serde_json::Map::new())
+                }
+            }
+        }
+        ToolKind::Command => {
+            if a.builtin.is_some() {
+                bad("builtin", "is only for kind = \"builtin\"".into());
+            }
+            let schema = match &a.input {
+                Some(t) => match serde_json::to_value(t) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => {
+                        bad("input", "must be a table (a JSON Schema object)".into());
+                        serde_json::Map::new()
+                    }
+                },
+                None => {
+                    bad(
+                        "input",
+                        "a command tool needs an [input] JSON Schema for its arguments".into(),
+                    );
+                    serde_json::Map::new()
+                }
+            };
+            if !schema.is_empty() {
+                check_schema(&schema, &mut bad);
+            }
+            let program = a.command.clone().unwrap_or_default();
+            if program.is_empty() {
+                bad("command", "a command tool needs `command`, the program to run".into());
+            }
+            for (i, arg) in a.args.iter().enumerate() {
+                match crate::exec::placeholders(arg) {
+                    Ok(names) => {
+                        for n in names {
+                            let declared = schema
+                                .get("properties")
+                                .and_then(|p| p.get(&n))
+                                .is_some();
+                            if !declared {
+                                bad(
+                                    &format!("args[{i}]"),
+                                    format!("placeholder `{{{n}}}` is not a property of [input]"),
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => bad(&format!("args[{i}]"), e),
+                }
+            }
+            let cwd = a.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
+            if !cwd.is_absolute() {
+                bad("cwd", "must be an absolute path".into());
+            }
+            let mut env: Vec<(String, String)> = vec![("PATH".into(), DEFAULT_PATH.into())];
+            let pass = a
+                .env_pass
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ENV_PASS.iter().map(|s| s.to_string()).collect());
+            for name in pass {
+                if let Ok(v) = std::env::var(&name) {
+                    env.retain(|(k, _)| *k != name);
+                    env.push((name, v));
+                }
+            }
+            for (k, v) in &a.env {
+                if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                    bad(&format!("env.{k}"), "is not a valid environment variable".into());
+                }
+                env.retain(|(name, _)| name != k);
+                env.push((k.clone(), v.clone()));
+            }
+            (
+                Some(ToolKindSpec::Command(CommandSpec {
+                    program,
+                    args: a.args.clone(),
+                    cwd,
+                    env,
+                    limits: a.limits.clone(),
+                })),
+                schema,
+            )
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(ToolSpec {
+        name: a.name,
+        description: a.description,
+        file: file.to_path_buf(),
+        kind: kind?,
+        concurrency,
+        queue: a.queue.unwrap_or(defaults.queue),
+        timeout,
+        grace: defaults.grace,
+        max_output: a.max_output.unwrap_or(defaults.max_output).0,
+        priority: a.priority,
+        input_schema,
+    })
+}
+
+fn check_schema(
+    schema: &serde_json::Map<String, serde_json::Value>,
+    bad: &mut dyn FnMut(&str, String),
+) {
+    if schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+        bad("input.type", "must be \"object\" (tool arguments are an object)".into());
+    }
+    let value = serde_json::Value::Object(schema.clone());
+    if let Err(e) = jsonschema::meta::validate(&value) {
+        bad(&format!("input{}", pointer_to_dots(e.instance_path().as_str())), e.to_string());
+        return;
+    }
+    if let Err(e) = jsonschema::validator_for(&value) {
+        bad("input", e.to_string());
+    }
+}
+
+/// "/properties/path" → ".properties.path"
+fn pointer_to_dots(pointer: &str) -> String {
+    pointer.replace('/', ".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("1MiB"), Ok(ByteSize(1 << 20)));
+        assert_eq!(ByteSize::parse("64KiB"), Ok(ByteSize(64 << 10)));
+        assert_eq!(ByteSize::parse("2GB"), Ok(ByteSize(2_000_000_000)));
+        assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
+        assert!(ByteSize::parse("1 parsec").is_err());
+        assert!(ByteSize::parse("MiB").is_err());
+        assert!(ByteSize::parse("99999999999999GiB").is_err());
+        assert_eq!(ByteSize(1 << 20).to_string(), "1MiB");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let actors = dir.path().join("actors");
+        std::fs::create_dir(&actors).unwrap();
+        write(
+            dir.path(),
+            "config.toml",
+            "[defaults]\nconcurrency = 0\n[supervisor]\nbackoff = { min = \"5s\", max = \"1s\" }\n",
+        );
+        write(&actors, "a.toml", "name = \"a\"\nkind = \"command\"\ncolor = \"red\"\n");
+        write(
+            &actors,
+            "b.toml",
+            "name = \"b c\"\nkind = \"command\"\ncommand = \"true\"\nargs = [\"{missing}\"]\n[input]\ntype = \"object\"\n",
+        );
+        write(&actors, "c.toml", "name = \"c\"\nkind = \"builtin\"\ntimeout = \"soon\"\n");
+        let problems = load(&dir.path().join("config.toml"), &no_env).unwrap_err();
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let has = |file: &str, field: &str, words: &str| {
+            assert!(
+                problems.iter().any(|p| p.file.ends_with(file)
+                    && p.field == field
+                    && p.reason.contains(words)),
+                "no problem {file} {field} {words:?} in {text:#?}"
+            )
+        };
+        has("config.toml", "defaults.concurrency", "at least 1");
+        has("config.toml", "supervisor.backoff", "min <= max");
+        has("a.toml", "color", "unknown field");
+        has("b.toml", "name", "must match");
+        has("b.toml", "args[0]", "not a property");
+        has("c.toml", "timeout", "soon");
+    }
+
+    #[test]
+    fn env_overrides_runtime_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tools")).unwrap();
+        write(dir.path(), "config.toml", "[server]\nmax_in_flight = 3\n");
+        let env = |k: &str| match k {
+            "WARDEN_MAX_IN_FLIGHT" => Some("7".to_string()),
+            "WARDEN_ACTORS_DIR" => Some("tools".to_string()),
+            _ => None,
+        };
+        let loaded = load(&dir.path().join("config.toml"), &env).unwrap();
+        assert_eq!(loaded.config.server.max_in_flight, 7);
+        assert_eq!(loaded.config.server.actors_dir, dir.path().join("tools"));
+
+        let bad_env = |k: &str| (k == "WARDEN_MAX_IN_FLIGHT").then(|| "lots".to_string());
+        let problems = load(&dir.path().join("config.toml"), &bad_env).unwrap_err();
+        assert_eq!(problems[0].field, "$WARDEN_MAX_IN_FLIGHT");
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let loaded = load(&path, &no_env).unwrap_or_else(|p| panic!("{p:#?}"));
+        let names: Vec<&str> = loaded.tools.iter().map(|t| t.name.as_str()).collect();
+        assert!(names.contains(&"echo") && names.contains(&"status"), "{names:?}");
+    }
+}

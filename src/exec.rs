@@ -1,0 +1,471 @@
+//! Running a command tool's program, safely.
+//!
+//! No shell, ever: the argv template is rendered element by element, and one
+//! `{placeholder}` becomes part of exactly one argv element. The program runs
+//! in its own session (so its whole process group can be killed), dies with
+//! warden (PR_SET_PDEATHSIG), under rlimits, with a cleared environment and a
+//! fixed working directory. Output is read while it streams, keeping at most
+//! `max_output` bytes of each stream in memory.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::{Map, Value};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CommandSpec;
+use crate::error::{ErrorKind, ToolError};
+use crate::tool::{Progress, ProgressFn, ToolOutput};
+
+/// Bytes of stderr quoted in an `execution_failed` answer.
+pub const STDERR_TAIL: usize = 2048;
+/// Progress notifications for streamed output are sent at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// How long to wait for a killed process to be reaped before giving up on it.
+const REAP_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Process groups of programs that are running now, so that shutdown can kill
+/// whatever is left. A `std` mutex: it is held for an insert or a remove only.
+static LIVE_GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// Kills every process group still registered (used at shutdown).
+pub fn kill_all_groups() -> usize {
+    let groups: Vec<i32> = LIVE_GROUPS.lock().unwrap().iter().copied().collect();
+    for &g in &groups {
+        let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+    }
+    groups.len()
+}
+
+/// Number of program process groups alive now.
+pub fn live_groups() -> usize {
+    LIVE_GROUPS.lock().unwrap().len()
+}
+
+/// The placeholder names in one argv template element. `{{` and `}}` are literal braces.
+pub fn placeholders(template: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    parse_template(template, |piece| {
+        if let Piece::Field(name) = piece {
+            names.push(name.to_string());
+        }
+    })?;
+    Ok(names)
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    Field(&'a str),
+}
+
+fn parse_template<'a>(template: &'a str, mut each: impl FnMut(Piece<'a>)) -> Result<(), String> {
+    let mut rest = template;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("{{") {
+            each(Piece::Text("{"));
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("}}") {
+            each(Piece::Text("}"));
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('{') {
+            let end = r
+                .find('}')
+                .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?;
+            let name = &r[..end];
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!("`{{{name}}}` is not a placeholder (use letters, digits and _)"));
+            }
+            each(Piece::Field(name));
+            rest = &r[end + 1..];
+        } else if rest.starts_with('}') {
+            return Err(format!("stray `}}` in `{template}` (write `}}}}` for a literal brace)"));
+        } else {
+            let end = rest.find(['{', '}']).unwrap_or(rest.len());
+            each(Piece::Text(&rest[..end]));
+            rest = &rest[end..];
+        }
+    }
+    Ok(())
+}
+
+/// Renders the argv template with validated arguments. An element whose
+/// placeholder has no value (an optional argument left out) is dropped whole.
+pub fn render_argv(template: &[String], args: &Map<String, Value>) -> Result<Vec<String>, ToolError> {
+    let mut argv = Vec::with_capacity(template.len());
+    for element in template {
+        let mut out = String::new();
+        let mut missing = false;
+        let mut error = None;
+        parse_template(element, |piece| match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Field(name) => match args.get(name) {
+                None | Some(Value::Null) => missing = true,
+                Some(Value::String(s)) => out.push_str(s),
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => out.push_str(&v.to_string()),
+                Some(_) => {
+                    error.get_or_insert_with(|| {
+                        ToolError::new(
+                            ErrorKind::Validation,
+                            format!("Argument `{name}` must be a string, number or boolean."),
+                            "Pass a single value for this argument.",
+                        )
+                        .detail("field", name)
+                    });
+                }
+            },
+        })
+        .map_err(|e| ToolError::internal(format!("bad argv template: {e}")))?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if out.contains('\0') {
+            return Err(ToolError::new(
+                ErrorKind::Validation,
+                "An argument contains a NUL byte, which cannot be passed to a program.",
+                "Remove the NUL byte from the argument.",
+            ));
+        }
+        if !missing {
+            argv.push(out);
+        }
+    }
+    Ok(argv)
+}
+
+/// Finds the program: a path is taken as it is, a bare name is looked up in `path`.
+pub fn resolve_program(program: &str, path: &str) -> Result<PathBuf, String> {
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return if executable(&p) {
+            Ok(p)
+        } else {
+            Err(format!("`{program}` does not exist or is not executable"))
+        };
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| format!("`{program}` was not found in PATH ({path})"))
+}
+
+/// What `run` needs besides the spec.
+pub struct Run<'a> {
+    pub program: &'a Path,
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+    pub max_output: u64,
+    pub cancel: &'a CancellationToken,
+    pub progress: Option<&'a ProgressFn>,
+}
+
+enum Ending {
+    Exited(std::io::Result<std::process::ExitStatus>, Captured, Captured),
+    TimedOut,
+    Cancelled,
+}
+
+/// Runs the program to completion, timeout or cancellation. Never leaves a
+/// process of its group behind.
+pub async fn run(spec: &CommandSpec, run: Run<'_>) -> Result<ToolOutput, ToolError> {
+    let mut cmd = tokio::process::Command::new(run.program);
+    cmd.args(&run.argv)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let limits = spec.limits.clone();
+    let parent = std::process::id() as i32;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (setsid, prctl, getppid, setrlimit).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid()?;
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid().as_raw() != parent {
+                // warden died between fork and prctl: nobody will read our output.
+                return Err(std::io::Error::other("parent exited"));
+            }
+            setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+            if let Some(cpu) = limits.cpu {
+                let secs = cpu.as_secs() + u64::from(cpu.subsec_nanos() > 0);
+                setrlimit(Resource::RLIMIT_CPU, secs, secs.saturating_add(1))?;
+            }
+            if let Some(mem) = limits.memory {
+                setrlimit(Resource::RLIMIT_AS, mem.0, mem.0)?;
+            }
+            if let Some(n) = limits.open_files {
+                setrlimit(Resource::RLIMIT_NOFILE, n, n)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.program, e))?;
+    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    LIVE_GROUPS.lock().unwrap().insert(pgid);
+    let kill_group = || {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    };
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let started = Instant::now();
+
+    let ending = {
+        let work = async {
+            let progress = ProgressThrottle::new(run.progress);
+            let (out, err, status) = tokio::join!(
+                read_capped(stdout, run.max_output, KeepBytes::Head, Some(&progress)),
+                read_capped(stderr, run.max_output, KeepBytes::Tail, None),
+                async {
+                    let status = child.wait().await;
+                    // The leader is gone; end whatever it left running in its group,
+                    // so that the pipes close and nothing outlives the call.
+                    kill_group();
+                    status
+                }
+            );
+            Ending::Exited(status, out, err)
+        };
+        tokio::select! {
+            ending = work => ending,
+            _ = tokio::time::sleep(run.timeout) => Ending::TimedOut,
+            _ = run.cancel.cancelled() => Ending::Cancelled,
+        }
+    };
+    if !matches!(ending, Ending::Exited(..)) {
+        kill_group();
+        let _ = tokio::time::timeout(REAP_DEADLINE, child.wait()).await;
+    }
+    LIVE_GROUPS.lock().unwrap().remove(&pgid);
+
+    match ending {
+        Ending::TimedOut => Err(ToolError::new(
+            ErrorKind::Timeout,
+            format!(
+                "`{}` did not finish within {}; its process group was killed.",
+                spec.program,
+                humantime::format_duration(run.timeout)
+            ),
+            "Retry with a narrower request, or ask the operator to raise this tool's timeout.",
+        )
+        .detail("timeout_ms", run.timeout.as_millis() as u64)),
+        Ending::Cancelled => Err(ToolError::new(
+            ErrorKind::Cancelled,
+            "The call was cancelled; its process group was killed.",
+            "Nothing to do; send the call again if you still need it.",
+        )),
+        Ending::Exited(status, out, err) => {
+            let status = status.map_err(|e| ToolError::internal(format!("waiting for the program failed: {e}")))?;
+            finish(spec, status, out, err, started.elapsed())
+        }
+    }
+}
+
+fn finish(
+    spec: &CommandSpec,
+    status: std::process::ExitStatus,
+    out: Captured,
+    err: Captured,
+    elapsed: Duration,
+) -> Result<ToolOutput, ToolError> {
+    let stdout = String::from_utf8_lossy(&out.bytes).into_owned();
+    if status.success() {
+        let mut notes = Vec::new();
+        if out.truncated() {
+            notes.push(format!(
+                "[warden: output truncated: kept the first {} of {} bytes]",
+                out.bytes.len(),
+                out.total
+            ));
+        }
+        return Ok(ToolOutput {
+            text: stdout,
+            notes,
+            truncated: out.truncated(),
+        });
+    }
+    let tail_start = err.bytes.len().saturating_sub(STDERR_TAIL);
+    let stderr_tail = String::from_utf8_lossy(&err.bytes[tail_start..]).trim_end().to_string();
+    let (what, mut e) = match (status.code(), status.signal()) {
+        (Some(code), _) => (
+            format!("exited with status {code}"),
+            ToolError::new(ErrorKind::ExecutionFailed, "", "").detail("exit_code", code),
+        ),
+        (None, Some(sig)) => (
+            format!("was killed by signal {sig}"),
+            ToolError::new(ErrorKind::ExecutionFailed, "", "").detail("signal", sig),
+        ),
+        (None, None) => ("ended abnormally".to_string(), ToolError::new(ErrorKind::ExecutionFailed, "", "")),
+    };
+    e.message = if stderr_tail.is_empty() {
+        format!("`{}` {what}.", spec.program)
+    } else {
+        format!("`{}` {what}: {stderr_tail}", spec.program)
+    };
+    e.suggestion = "Check the arguments against the tool's description; the stderr tail says what the program objected to.".into();
+    Err(e
+        .detail("stderr_tail", stderr_tail)
+        .detail("stdout", stdout)
+        .detail("duration_ms", elapsed.as_millis() as u64))
+}
+
+fn spawn_error(program: &str, e: std::io::Error) -> ToolError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+            ToolError::unavailable(program, &format!("the program cannot be started ({e})"), None)
+        }
+        _ => ToolError::internal(format!("starting `{program}` failed: {e}")),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum KeepBytes {
+    /// Keep the first bytes (stdout: the answer reads from the top).
+    Head,
+    /// Keep the last bytes (stderr: the error is usually at the end).
+    Tail,
+}
+
+struct Captured {
+    bytes: Vec<u8>,
+    total: u64,
+}
+
+impl Captured {
+    fn truncated(&self) -> bool {
+        self.total > self.bytes.len() as u64
+    }
+}
+
+/// Reads a stream to its end, holding at most `cap` bytes; the rest is counted
+/// and dropped, so a flood can never grow memory past the cap.
+async fn read_capped(
+    mut r: impl AsyncRead + Unpin,
+    cap: u64,
+    keep: KeepBytes,
+    progress: Option<&ProgressThrottle<'_>>,
+) -> Captured {
+    let cap = cap as usize;
+    let mut bytes = Vec::new();
+    let mut total: u64 = 0;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        total += n as u64;
+        match keep {
+            KeepBytes::Head => {
+                let room = cap.saturating_sub(bytes.len());
+                bytes.extend_from_slice(&buf[..n.min(room)]);
+            }
+            KeepBytes::Tail => {
+                bytes.extend_from_slice(&buf[..n]);
+                if bytes.len() > cap {
+                    let excess = bytes.len() - cap;
+                    bytes.drain(..excess);
+                }
+            }
+        }
+        if let Some(p) = progress {
+            p.report(total);
+        }
+    }
+    Captured { bytes, total }
+}
+
+/// Sends "bytes of output so far" as progress, at most every `PROGRESS_EVERY`.
+struct ProgressThrottle<'a> {
+    sink: Option<&'a ProgressFn>,
+    last: Mutex<Option<Instant>>,
+}
+
+impl<'a> ProgressThrottle<'a> {
+    fn new(sink: Option<&'a ProgressFn>) -> Self {
+        ProgressThrottle {
+            sink,
+            last: Mutex::new(None),
+        }
+    }
+
+    fn report(&self, bytes: u64) {
+        let Some(sink) = self.sink else { return };
+        let mut last = self.last.lock().unwrap();
+        if last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        sink(Progress {
+            progress: bytes as f64,
+            total: None,
+            message: Some(format!("{bytes} bytes of output")),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn args(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn one_placeholder_is_one_argv_element() {
+        let t: Vec<String> = ["-h", "{path}", "--depth={n}", "{{literal}}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let argv = render_argv(&t, &args(json!({"path": "/tmp; rm -rf / $(id) `id`", "n": 3}))).unwrap();
+        assert_eq!(argv, ["-h", "/tmp; rm -rf / $(id) `id`", "--depth=3", "{literal}"]);
+    }
+
+    #[test]
+    fn missing_optional_argument_drops_its_element() {
+        let t: Vec<String> = ["a", "--n={n}", "{path}"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(render_argv(&t, &args(json!({"path": "x"}))).unwrap(), ["a", "x"]);
+    }
+
+    #[test]
+    fn structured_values_and_nul_bytes_are_refused() {
+        let t = vec!["{x}".to_string()];
+        let e = render_argv(&t, &args(json!({"x": [1, 2]}))).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Validation);
+        let e = render_argv(&t, &args(json!({"x": "a\u{0}b"}))).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Validation);
+    }
+
+    #[test]
+    fn template_errors() {
+        assert_eq!(placeholders("{a}-{b_2}").unwrap(), ["a", "b_2"]);
+        assert!(placeholders("{a").is_err());
+        assert!(placeholders("a}").is_err());
+        assert!(placeholders("{a b}").is_err());
+        assert!(placeholders("{}").is_err());
+    }
+
+    #[test]
+    fn programs_are_resolved_in_path() {
+        assert!(resolve_program("sh", "/nonexistent:/bin:/usr/bin").is_ok());
+        assert!(resolve_program("no-such-program-here", "/bin:/usr/bin").is_err());
+        assert!(resolve_program("/etc/hostname", "").is_err(), "not executable");
+    }
+}

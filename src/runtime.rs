@@ -1,0 +1,222 @@
+//! The state the actors share, and a call's path through it.
+//!
+//! A call: look the tool up → validate its arguments against the schema →
+//! take a global in-flight permit (none left: `busy`) → offer the job to the
+//! tool's bounded queue (full: `busy`) → a worker runs it under its deadline →
+//! exactly one answer comes back, whatever dies in between.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::factory::{Job, JobOptions};
+use ractor::{ActorRef, RpcReplyPort};
+use serde_json::{json, Map, Value};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Loaded};
+use crate::error::{ErrorKind, ToolError};
+use crate::supervisor::{self, ToolState, Tools, ToolsSupervisorMsg};
+use crate::tool::{Call, ProgressFn, ToolResult};
+
+/// Everything the actors share. Read-mostly; live counters are atomics.
+pub struct Runtime {
+    pub config: Config,
+    pub config_path: std::path::PathBuf,
+    pub tools: Tools,
+    /// Permits for calls in flight across all tools (`server.max_in_flight`).
+    in_flight: Semaphore,
+    /// Cancelled when warden stops taking calls (stdin closed, SIGTERM).
+    pub draining: CancellationToken,
+    /// Cancelled when the shutdown grace is over: every running call is killed.
+    pub kill_all: CancellationToken,
+    started: Instant,
+}
+
+/// Why a call got no tool answer at all (a protocol-level error).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("unknown tool `{0}`")]
+    UnknownTool(String),
+}
+
+impl Runtime {
+    pub fn new(loaded: Loaded) -> Result<Arc<Self>, String> {
+        let tools = Tools::new(loaded.tools)?;
+        Ok(Arc::new(Runtime {
+            in_flight: Semaphore::new(loaded.config.server.max_in_flight),
+            config: loaded.config,
+            config_path: loaded.path,
+            tools,
+            draining: CancellationToken::new(),
+            kill_all: CancellationToken::new(),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Calls accepted and not yet answered, all tools together.
+    pub fn in_flight(&self) -> usize {
+        self.config.server.max_in_flight - self.in_flight.available_permits()
+    }
+
+    /// Runs one call to its single answer. `cancel` is the client's cancellation.
+    pub async fn call(
+        &self,
+        tool: &str,
+        args: Option<Map<String, Value>>,
+        cancel: CancellationToken,
+        progress: Option<ProgressFn>,
+    ) -> Result<ToolResult, CallError> {
+        let entry = self
+            .tools
+            .get(tool)
+            .ok_or_else(|| CallError::UnknownTool(tool.to_string()))?;
+        let args = args.unwrap_or_default();
+        let args_value = Value::Object(args);
+        if let Some(e) = entry.validator.iter_errors(&args_value).next() {
+            return Ok(Err(validation_error(&e)));
+        }
+        let Value::Object(args) = args_value else { unreachable!() };
+
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Ok(Err(ToolError::busy("warden (max_in_flight)")));
+        };
+        if self.draining.is_cancelled() {
+            return Ok(Err(ToolError::unavailable(tool, "warden is shutting down", None)));
+        }
+        let actor = match entry.state() {
+            ToolState::Running => entry.actor(),
+            ToolState::Restarting { until } => {
+                let wait = until.saturating_duration_since(Instant::now());
+                return Ok(Err(ToolError::unavailable(tool, "it is restarting", Some(wait.max(Duration::from_millis(10))))));
+            }
+            ToolState::Starting => None,
+            ToolState::Failed { reason } | ToolState::Unavailable { reason } => {
+                return Ok(Err(ToolError::unavailable(tool, &reason, None)));
+            }
+        };
+        let Some(actor) = actor else {
+            return Ok(Err(ToolError::unavailable(tool, "it is starting", Some(Duration::from_millis(100)))));
+        };
+
+        entry.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _accounted = InFlight(&entry.in_flight);
+        let spec = &entry.spec;
+        // The job's own token: cancelled by the client, by shutdown, or by the watchdog.
+        let job_cancel = self.kill_all.child_token();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            key: (),
+            msg: Call {
+                args,
+                cancel: job_cancel.clone(),
+                progress,
+                reply: Some(RpcReplyPort::from(tx)),
+            },
+            options: JobOptions::default(),
+            accepted: None,
+        };
+        if ActorRef::cast(&actor, ractor::factory::FactoryMessage::Dispatch(job)).is_err() {
+            return Ok(Err(ToolError::unavailable(tool, "its actor has stopped", Some(Duration::from_millis(100)))));
+        }
+        // The watchdog: the worker enforces `timeout` itself; past timeout + grace
+        // the caller answers on its own and stops waiting.
+        let deadline = spec.timeout + spec.grace;
+        let answer = tokio::select! {
+            answer = rx => answer,
+            _ = cancel.cancelled() => {
+                job_cancel.cancel();
+                return Ok(Err(ToolError::new(
+                    ErrorKind::Cancelled,
+                    "The call was cancelled; its process group was killed.",
+                    "Nothing to do; send the call again if you still need it.",
+                )));
+            }
+            _ = tokio::time::sleep(deadline) => {
+                job_cancel.cancel();
+                entry.set_last_error("a call ran past its deadline and grace");
+                return Ok(Err(ToolError::new(
+                    ErrorKind::Timeout,
+                    format!("Tool `{tool}` did not answer within {}.", humantime::format_duration(deadline)),
+                    "Retry later; if it keeps happening, ask the operator to check the tool.",
+                ).detail("timeout_ms", spec.timeout.as_millis() as u64)));
+            }
+        };
+        match answer {
+            Ok(result) => {
+                if let Err(e) = &result {
+                    if matches!(e.kind, ErrorKind::ExecutionFailed | ErrorKind::Timeout | ErrorKind::Internal) {
+                        entry.set_last_error(e.message.clone());
+                    }
+                }
+                Ok(result)
+            }
+            Err(_) => {
+                // The reply port was dropped: the worker (or the whole tool actor) died
+                // with this call. Tell the supervisor; answer the caller now.
+                if let Some(sup) = ractor::registry::where_is(supervisor::NAME.to_string()) {
+                    let _ = sup.send_message(ToolsSupervisorMsg::WorkerCrashed(tool.to_string()));
+                }
+                Ok(Err(ToolError::internal(format!(
+                    "The worker running this call of `{tool}` crashed; it has been replaced."
+                ))
+                .retry_after(Duration::from_millis(100))))
+            }
+        }
+    }
+
+    /// The supervision tree and live counters, as the `status` builtin shows them.
+    pub fn status(&self) -> Value {
+        let actor_state = |name: &str| match ractor::registry::where_is(name.to_string()) {
+            Some(cell) => format!("{:?}", cell.get_status()).to_lowercase(),
+            None => "stopped".to_string(),
+        };
+        let tools: Vec<Value> = self.tools.iter().map(|t| t.status()).collect();
+        json!({
+            "warden": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "uptime_s": self.started.elapsed().as_secs(),
+                "config": self.config_path.display().to_string(),
+                "state": if self.draining.is_cancelled() { "draining" } else { "running" },
+                "in_flight": self.in_flight(),
+                "max_in_flight": self.config.server.max_in_flight,
+            },
+            "actors": [
+                {"name": crate::root::NAME, "state": actor_state(crate::root::NAME)},
+                {"name": crate::transport::NAME, "state": actor_state(crate::transport::NAME)},
+                {"name": supervisor::NAME, "state": actor_state(supervisor::NAME), "children": tools},
+            ]
+        })
+    }
+}
+
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A schema violation as a `validation` error naming the field and the rule.
+fn validation_error(e: &jsonschema::ValidationError<'_>) -> ToolError {
+    let field = e.instance_path().as_str().trim_start_matches('/').replace('/', ".");
+    let rule = e
+        .schema_path()
+        .as_str()
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let where_ = if field.is_empty() { "the arguments".to_string() } else { format!("`{field}`") };
+    ToolError::new(
+        ErrorKind::Validation,
+        format!("Invalid {where_}: {} (rule: {rule}).", e.masked()),
+        "Fix the arguments to match the tool's inputSchema (tools/list shows it) and call again.",
+    )
+    .detail("field", field)
+    .detail("rule", rule)
+    .detail("schema_path", e.schema_path().as_str().to_string())
+}

@@ -1,0 +1,457 @@
+//! The tools supervisor: one tool actor per tool, restarted one-for-one.
+//!
+//! Policy, in OTP's terms: every tool may restart `max_restarts` times within
+//! `window`; each restart waits an exponential backoff with jitter. One more
+//! failure inside the window and the tool is `failed`: its calls are answered
+//! `unavailable` and the rest of the runtime goes on. A worker that crashes
+//! inside a tool actor is replaced by the factory at once, and counts against
+//! the same budget, so a tool whose calls keep crashing ends up `failed` too.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::{json, Value};
+
+use crate::config::{Backoff, SupervisorConfig, ToolKindSpec, ToolSpec, DEFAULT_PATH};
+use crate::runtime::Runtime;
+use crate::tool::{self, ToolRef};
+
+/// The registered name of the tools supervisor.
+pub const NAME: &str = "tools";
+
+/// Where a tool is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolState {
+    Starting,
+    Running,
+    /// Waiting out its backoff before the next start.
+    Restarting { until: Instant },
+    /// Past its restart budget.
+    Failed { reason: String },
+    /// Cannot run at all (its program is missing).
+    Unavailable { reason: String },
+}
+
+impl ToolState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ToolState::Starting => "starting",
+            ToolState::Running => "running",
+            ToolState::Restarting { .. } => "restarting",
+            ToolState::Failed { .. } => "failed",
+            ToolState::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+/// The shared, live record of one tool: written by the supervisor and the
+/// workers, read by the transport and `status`.
+pub struct ToolEntry {
+    pub spec: Arc<ToolSpec>,
+    pub validator: jsonschema::Validator,
+    state: Mutex<ToolState>,
+    actor: Mutex<Option<ToolRef>>,
+    since: Mutex<Instant>,
+    pub restarts: AtomicU32,
+    /// Calls accepted and not yet answered (running or queued).
+    pub in_flight: AtomicUsize,
+    /// Calls a worker is running now.
+    pub running: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ToolEntry {
+    pub fn new(spec: ToolSpec) -> Result<Self, String> {
+        let validator = jsonschema::validator_for(&Value::Object(spec.input_schema.clone()))
+            .map_err(|e| e.to_string())?;
+        Ok(ToolEntry {
+            spec: Arc::new(spec),
+            validator,
+            state: Mutex::new(ToolState::Starting),
+            actor: Mutex::new(None),
+            since: Mutex::new(Instant::now()),
+            restarts: AtomicU32::new(0),
+            in_flight: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    pub fn state(&self) -> ToolState {
+        self.state.lock().unwrap().clone()
+    }
+
+    /// The tool actor, when the tool is running.
+    pub fn actor(&self) -> Option<ToolRef> {
+        self.actor.lock().unwrap().clone()
+    }
+
+    fn set(&self, state: ToolState, actor: Option<ToolRef>) {
+        *self.state.lock().unwrap() = state;
+        *self.actor.lock().unwrap() = actor;
+        *self.since.lock().unwrap() = Instant::now();
+    }
+
+    pub fn set_last_error(&self, e: impl Into<String>) {
+        *self.last_error.lock().unwrap() = Some(e.into());
+    }
+
+    /// This tool's line in `status`.
+    pub fn status(&self) -> Value {
+        let state = self.state();
+        let mut v = json!({
+            "name": tool::actor_name(&self.spec.name),
+            "tool": self.spec.name,
+            "state": state.name(),
+            "uptime_s": self.since.lock().unwrap().elapsed().as_secs(),
+            "restarts": self.restarts.load(Ordering::Relaxed),
+            "workers": self.spec.concurrency,
+            "running": self.running.load(Ordering::Relaxed),
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
+            "queue_depth": self.in_flight.load(Ordering::Relaxed).saturating_sub(self.running.load(Ordering::Relaxed)),
+            "queue_capacity": self.spec.queue,
+            "last_error": *self.last_error.lock().unwrap(),
+        });
+        match state {
+            ToolState::Restarting { until } => {
+                v["restart_in_ms"] = json!(until.saturating_duration_since(Instant::now()).as_millis() as u64)
+            }
+            ToolState::Failed { reason } | ToolState::Unavailable { reason } => v["reason"] = json!(reason),
+            _ => {}
+        }
+        v
+    }
+}
+
+/// Every tool, by name. The set of tools is fixed at start-up.
+pub struct Tools {
+    entries: Vec<Arc<ToolEntry>>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Tools {
+    pub fn new(specs: Vec<ToolSpec>) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        let mut by_name = HashMap::new();
+        for spec in specs {
+            by_name.insert(spec.name.clone(), entries.len());
+            let name = spec.name.clone();
+            entries.push(Arc::new(ToolEntry::new(spec).map_err(|e| format!("{name}: {e}"))?));
+        }
+        Ok(Tools { entries, by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<ToolEntry>> {
+        self.by_name.get(name).map(|&i| &self.entries[i])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ToolEntry>> {
+        self.entries.iter()
+    }
+}
+
+/// OTP restart intensity: at most `max` restarts within any `window`.
+#[derive(Debug)]
+pub struct RestartBudget {
+    max: u32,
+    window: Duration,
+    recent: VecDeque<Instant>,
+}
+
+impl RestartBudget {
+    pub fn new(max: u32, window: Duration) -> Self {
+        RestartBudget {
+            max,
+            window,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Records a failure at `now`; `Some(n)` with the restarts in the window
+    /// (counting this one) if another restart is allowed, `None` if the budget is spent.
+    pub fn record(&mut self, now: Instant) -> Option<u32> {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= self.window)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        let n = self.recent.len() as u32;
+        (n <= self.max).then_some(n)
+    }
+}
+
+/// The delay before restart number `attempt` (1-based): `min * 2^(attempt-1)`,
+/// capped at `max`, then "equal jitter": half fixed, half random (`unit` in 0..1).
+pub fn backoff_delay(b: Backoff, attempt: u32, unit: f64) -> Duration {
+    let exp = b.min.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let d = exp.min(b.max);
+    d / 2 + d.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
+}
+
+/// A small xorshift for jitter; quality does not matter, independence from the clock does.
+fn jitter_unit(seed: &mut u64) -> f64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    (*seed >> 11) as f64 / (1u64 << 53) as f64
+}
+
+pub struct ToolsSupervisor;
+
+pub enum ToolsSupervisorMsg {
+    /// A tool's backoff is over: start it again.
+    Restart(String),
+    /// A worker of this tool died while running a call (seen by its caller).
+    WorkerCrashed(String),
+}
+
+pub struct ToolsSupervisorState {
+    runtime: Arc<Runtime>,
+    policy: SupervisorConfig,
+    budgets: HashMap<String, RestartBudget>,
+    /// Which tool a child actor is.
+    children: HashMap<ActorId, String>,
+    seed: u64,
+}
+
+impl Actor for ToolsSupervisor {
+    type Msg = ToolsSupervisorMsg;
+    type State = ToolsSupervisorState;
+    type Arguments = Arc<Runtime>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        runtime: Arc<Runtime>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let policy = runtime.config.supervisor.clone();
+        let mut state = ToolsSupervisorState {
+            budgets: HashMap::new(),
+            children: HashMap::new(),
+            seed: u64::from(std::process::id()) << 32 | 0x9E37_79B9,
+            runtime: runtime.clone(),
+            policy,
+        };
+        for entry in runtime.tools.iter() {
+            state.start(&myself, entry.clone()).await;
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        myself
+            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ToolsSupervisorMsg::Restart(name) => {
+                if let Some(entry) = state.runtime.tools.get(&name).cloned() {
+                    if matches!(entry.state(), ToolState::Restarting { .. }) {
+                        state.start(&myself, entry).await;
+                    }
+                }
+            }
+            ToolsSupervisorMsg::WorkerCrashed(name) => {
+                if let Some(entry) = state.runtime.tools.get(&name).cloned() {
+                    let alive = entry.actor().is_some();
+                    state.on_failure(&myself, &entry, "a worker crashed during a call", alive);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                format!("stopped: {}", reason.unwrap_or_else(|| "no reason given".into())),
+            ),
+            _ => return Ok(()),
+        };
+        let Some(name) = state.children.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if state.runtime.draining.is_cancelled() {
+            return Ok(());
+        }
+        if let Some(entry) = state.runtime.tools.get(&name).cloned() {
+            state.on_failure(&myself, &entry, &format!("tool actor {reason}"), false);
+        }
+        Ok(())
+    }
+}
+
+impl ToolsSupervisorState {
+    /// Starts (or restarts) a tool's actor; a failed spawn counts as a failure.
+    async fn start(&mut self, myself: &ActorRef<ToolsSupervisorMsg>, entry: Arc<ToolEntry>) {
+        let name = entry.spec.name.clone();
+        let program = match &entry.spec.kind {
+            ToolKindSpec::Command(cmd) => {
+                let path = cmd
+                    .env
+                    .iter()
+                    .find(|(k, _)| k == "PATH")
+                    .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+                match crate::exec::resolve_program(&cmd.program, path) {
+                    Ok(p) => Some(p),
+                    Err(reason) => {
+                        tracing::error!(tool = %name, %reason, "tool is unavailable: its program is missing");
+                        entry.set_last_error(reason.clone());
+                        entry.set(ToolState::Unavailable { reason }, None);
+                        return;
+                    }
+                }
+            }
+            ToolKindSpec::Builtin(_) => None::<PathBuf>,
+        };
+        entry.set(ToolState::Starting, None);
+        match tool::spawn(entry.clone(), self.runtime.clone(), program, myself.get_cell()).await {
+            Ok((actor, _handle)) => {
+                self.children.insert(actor.get_id(), name.clone());
+                entry.set(ToolState::Running, Some(actor));
+                tracing::debug!(tool = %name, "tool actor started");
+            }
+            Err(e) => {
+                // Never `?` here: a failed spawn must not take the supervisor down.
+                tracing::error!(tool = %name, error = %e, "starting the tool actor failed");
+                self.on_failure(myself, &entry, &format!("start failed: {e}"), false);
+            }
+        }
+    }
+
+    /// One failure of a tool: restart it after a backoff, or mark it failed
+    /// past its budget. `alive`: the tool actor itself still runs (a worker
+    /// died and was already replaced by the factory).
+    fn on_failure(
+        &mut self,
+        myself: &ActorRef<ToolsSupervisorMsg>,
+        entry: &Arc<ToolEntry>,
+        reason: &str,
+        alive: bool,
+    ) {
+        let name = entry.spec.name.clone();
+        entry.set_last_error(reason);
+        let budget = self
+            .budgets
+            .entry(name.clone())
+            .or_insert_with(|| RestartBudget::new(self.policy.max_restarts, self.policy.window));
+        let Some(attempt) = budget.record(Instant::now()) else {
+            tracing::error!(
+                tool = %name, %reason,
+                max_restarts = self.policy.max_restarts,
+                window = %humantime::format_duration(self.policy.window),
+                "tool failed past its restart budget; its calls now answer unavailable"
+            );
+            if let Some(actor) = entry.actor() {
+                self.children.remove(&actor.get_id());
+                actor.stop(Some("restart budget spent".into()));
+            }
+            entry.set(
+                ToolState::Failed {
+                    reason: format!("{reason}; restart budget of {} in {} spent", self.policy.max_restarts, humantime::format_duration(self.policy.window)),
+                },
+                None,
+            );
+            return;
+        };
+        entry.restarts.fetch_add(1, Ordering::Relaxed);
+        if alive {
+            tracing::warn!(tool = %name, %reason, restarts_in_window = attempt, "worker replaced");
+            return;
+        }
+        let delay = backoff_delay(self.policy.backoff, attempt, jitter_unit(&mut self.seed));
+        tracing::warn!(
+            tool = %name, %reason, restarts_in_window = attempt,
+            backoff_ms = delay.as_millis() as u64,
+            "tool actor will be restarted"
+        );
+        entry.set(
+            ToolState::Restarting {
+                until: Instant::now() + delay,
+            },
+            None,
+        );
+        myself.send_after(delay, move || ToolsSupervisorMsg::Restart(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_allows_max_restarts_within_window() {
+        let mut b = RestartBudget::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(b.record(t0), Some(1));
+        assert_eq!(b.record(t0 + Duration::from_secs(1)), Some(2));
+        assert_eq!(b.record(t0 + Duration::from_secs(2)), Some(3));
+        assert_eq!(b.record(t0 + Duration::from_secs(3)), None);
+    }
+
+    #[test]
+    fn budget_forgets_restarts_older_than_window() {
+        let mut b = RestartBudget::new(2, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(b.record(t0), Some(1));
+        assert_eq!(b.record(t0 + Duration::from_secs(5)), Some(2));
+        // t0 leaves the window exactly at t0 + 10s.
+        assert_eq!(b.record(t0 + Duration::from_secs(10)), Some(2));
+        assert_eq!(b.record(t0 + Duration::from_secs(11)), None);
+    }
+
+    #[test]
+    fn zero_budget_fails_on_first_crash() {
+        let mut b = RestartBudget::new(0, Duration::from_secs(10));
+        assert_eq!(b.record(Instant::now()), None);
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_cap() {
+        let b = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        assert_eq!(backoff_delay(b, 1, 0.0), Duration::from_millis(50));
+        assert_eq!(backoff_delay(b, 1, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff_delay(b, 2, 1.0), Duration::from_millis(200));
+        assert_eq!(backoff_delay(b, 3, 0.5), Duration::from_millis(300));
+        assert_eq!(backoff_delay(b, 10, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff_delay(b, 99, 0.0), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn jitter_stays_in_unit_interval() {
+        let mut seed = 42;
+        for _ in 0..1000 {
+            let u = jitter_unit(&mut seed);
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! A tool actor: a ractor factory of `concurrency` workers in front of a
+//! bounded queue of `queue` jobs.
+//!
+//! The queue bound is what bounds a tool's concurrency: a job that finds the
+//! queue full is discarded (`DiscardMode::Newest`) and its caller answered
+//! `busy` at once by [`AnswerBusy`]. A worker runs one call at a time under the
+//! call's deadline; a worker that panics is replaced by the factory, and the
+//! caller of its call sees its reply port dropped.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ractor::factory::{
+    queues::DefaultQueue, routing::QueuerRouting, DiscardHandler, DiscardMode, DiscardReason,
+    DiscardSettings, Factory, FactoryArguments, FactoryMessage, Job, Worker, WorkerBuilder,
+    WorkerId,
+};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use serde_json::{Map, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ToolKindSpec, ToolSpec};
+use crate::error::ToolError;
+use crate::runtime::Runtime;
+use crate::supervisor::ToolEntry;
+use crate::{builtin, exec};
+
+/// One progress report of a running call.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub progress: f64,
+    pub total: Option<f64>,
+    pub message: Option<String>,
+}
+
+/// Where a worker sends progress; the transport maps it onto the client's token.
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// What a successful call produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutput {
+    pub text: String,
+    /// Extra lines for the reader, such as a truncation notice.
+    pub notes: Vec<String>,
+    pub truncated: bool,
+}
+
+impl ToolOutput {
+    pub fn text(text: impl Into<String>) -> Self {
+        ToolOutput {
+            text: text.into(),
+            notes: Vec::new(),
+            truncated: false,
+        }
+    }
+}
+
+pub type ToolResult = Result<ToolOutput, ToolError>;
+
+/// One call, as a job in a tool's queue.
+pub struct Call {
+    /// The arguments, already validated against the tool's schema.
+    pub args: Map<String, Value>,
+    /// Cancelled when the client cancels, the deadline passes, or warden shuts down.
+    pub cancel: CancellationToken,
+    pub progress: Option<ProgressFn>,
+    /// Taken by whoever answers: the worker, or the discard handler.
+    pub reply: Option<RpcReplyPort<ToolResult>>,
+}
+
+pub type ToolMsg = FactoryMessage<(), Call>;
+pub type ToolRef = ActorRef<ToolMsg>;
+type ToolFactory = Factory<(), Call, (), ToolWorker, QueuerRouting<(), Call>, DefaultQueue<(), Call>>;
+
+/// The registered name of a tool's actor.
+pub fn actor_name(tool: &str) -> String {
+    format!("tool:{tool}")
+}
+
+/// Spawns the tool's factory under `supervisor`.
+pub async fn spawn(
+    entry: Arc<ToolEntry>,
+    runtime: Arc<Runtime>,
+    program: Option<PathBuf>,
+    supervisor: ActorCell,
+) -> Result<(ToolRef, JoinHandle<()>), SpawnErr> {
+    let spec = entry.spec.clone();
+    let builder = ToolWorkerBuilder {
+        worker: Arc::new(ToolWorker {
+            spec: spec.clone(),
+            entry: entry.clone(),
+            runtime,
+            program,
+        }),
+    };
+    let args = FactoryArguments::builder()
+        .worker_builder(Box::new(builder))
+        .queue(Default::default())
+        .router(Default::default())
+        .num_initial_workers(spec.concurrency)
+        .discard_settings(DiscardSettings::Static {
+            limit: spec.queue,
+            mode: DiscardMode::Newest,
+        })
+        .discard_handler(Arc::new(AnswerBusy {
+            tool: spec.name.clone(),
+        }))
+        .build();
+    Actor::spawn_linked(
+        Some(actor_name(&spec.name)),
+        ToolFactory::default(),
+        args,
+        supervisor,
+    )
+    .await
+}
+
+/// Answers a discarded job `busy` instead of dropping it silently.
+struct AnswerBusy {
+    tool: String,
+}
+
+impl DiscardHandler<(), Call> for AnswerBusy {
+    fn discard(&self, reason: DiscardReason, job: &mut Job<(), Call>) {
+        if let Some(reply) = job.msg.reply.take() {
+            let what = format!("Tool `{}`", self.tool);
+            let error = match reason {
+                DiscardReason::Shutdown => ToolError::unavailable(&self.tool, "it is stopping", None),
+                _ => ToolError::busy(&what),
+            };
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+struct ToolWorkerBuilder {
+    worker: Arc<ToolWorker>,
+}
+
+impl WorkerBuilder<ToolWorker, ()> for ToolWorkerBuilder {
+    fn build(&mut self, _wid: WorkerId) -> (ToolWorker, ()) {
+        (ToolWorker::clone(&self.worker), ())
+    }
+}
+
+/// Runs calls of one tool, one at a time.
+#[derive(Clone)]
+pub struct ToolWorker {
+    spec: Arc<ToolSpec>,
+    entry: Arc<ToolEntry>,
+    runtime: Arc<Runtime>,
+    /// The resolved program of a command tool.
+    program: Option<PathBuf>,
+}
+
+impl Worker for ToolWorker {
+    type Key = ();
+    type Message = Call;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _wid: WorkerId,
+        _factory: &ActorRef<FactoryMessage<(), Call>>,
+        _args: (),
+    ) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _wid: WorkerId,
+        _factory: &ActorRef<FactoryMessage<(), Call>>,
+        Job { msg, key, .. }: Job<(), Call>,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        let Call {
+            args,
+            cancel,
+            progress,
+            reply,
+        } = msg;
+        let Some(reply) = reply else { return Ok(key) };
+        if cancel.is_cancelled() {
+            // Cancelled or past its deadline while it waited in the queue.
+            return Ok(key);
+        }
+        self.entry.running.fetch_add(1, Ordering::Relaxed);
+        let _running = DecrementOnDrop(&self.entry.running);
+        let result = match &self.spec.kind {
+            ToolKindSpec::Command(cmd) => {
+                let argv = exec::render_argv(&cmd.args, &args);
+                match (argv, &self.program) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), None) => Err(ToolError::internal("command tool without a program")),
+                    (Ok(argv), Some(program)) => {
+                        exec::run(
+                            cmd,
+                            exec::Run {
+                                program,
+                                argv,
+                                timeout: self.spec.timeout,
+                                max_output: self.spec.max_output,
+                                cancel: &cancel,
+                                progress: progress.as_ref(),
+                            },
+                        )
+                        .await
+                    }
+                }
+            }
+            ToolKindSpec::Builtin(b) => builtin::run(*b, &args, &self.runtime, &cancel).await,
+        };
+        let _ = reply.send(result);
+        Ok(key)
+    }
+}
+
+struct DecrementOnDrop<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for DecrementOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,245 @@
+//! The transport actor: MCP over stdio (rmcp), the only writer of stdout.
+//!
+//! It runs an rmcp server session on a [`StdioTransport`] and turns MCP
+//! requests into runtime calls; when the session ends (stdin closed, SIGTERM)
+//! it tells the root supervisor, which shuts warden down. MCP types stop
+//! here: the runtime below speaks `ToolResult` and `ToolError`.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+#[allow(deprecated)]
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion,
+    ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::{ErrorData as McpError, ServerHandler, ServiceExt};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::error::ToolError;
+use crate::root::RootMsg;
+use crate::runtime::{CallError, Runtime};
+use crate::stdio::StdioTransport;
+use crate::tool::{Progress, ProgressFn, ToolResult};
+
+/// The registered name of the transport actor.
+pub const NAME: &str = "transport";
+/// Progress notifications buffered per call; past it they are dropped, not waited for.
+const PROGRESS_BUFFER: usize = 16;
+
+pub struct TransportActor;
+
+pub enum TransportMsg {
+    /// The MCP session is over, for the reason given.
+    SessionEnded(String),
+}
+
+pub struct TransportArgs {
+    pub runtime: Arc<Runtime>,
+    pub root: ActorRef<RootMsg>,
+}
+
+pub struct TransportState {
+    root: ActorRef<RootMsg>,
+    session: JoinHandle<()>,
+}
+
+impl Actor for TransportActor {
+    type Msg = TransportMsg;
+    type State = TransportState;
+    type Arguments = TransportArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: TransportArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let runtime = args.runtime;
+        let session = tokio::spawn(async move {
+            let transport = StdioTransport::new(
+                tokio::io::BufReader::with_capacity(64 * 1024, tokio::io::stdin()),
+                tokio::io::stdout(),
+                runtime.clone(),
+            );
+            let reason = match WardenServer::new(runtime).serve(transport).await {
+                Ok(running) => match running.waiting().await {
+                    Ok(quit) => format!("{quit:?}"),
+                    Err(e) => format!("session task failed: {e}"),
+                },
+                Err(e) => format!("no session: {e}"),
+            };
+            let _ = myself.send_message(TransportMsg::SessionEnded(reason));
+        });
+        Ok(TransportState {
+            root: args.root,
+            session,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TransportMsg::SessionEnded(reason) => {
+                tracing::info!(%reason, "MCP session ended");
+                let _ = state.root.send_message(RootMsg::SessionEnded);
+                myself.stop(Some(reason));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.session.abort();
+        Ok(())
+    }
+}
+
+/// The rmcp handler: MCP requests in, runtime calls out.
+#[derive(Clone)]
+pub struct WardenServer {
+    runtime: Arc<Runtime>,
+    tools: Arc<Vec<Tool>>,
+}
+
+impl WardenServer {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        let tools = runtime
+            .tools
+            .iter()
+            .map(|t| {
+                Tool::new(
+                    t.spec.name.clone(),
+                    t.spec.description.clone(),
+                    Arc::new(t.spec.input_schema.clone()),
+                )
+            })
+            .collect();
+        WardenServer {
+            runtime,
+            tools: Arc::new(tools),
+        }
+    }
+}
+
+// Logging is deprecated by SEP-2577, but clients such as the MCP Inspector
+// still send logging/setLevel, and answering -32601 breaks them.
+#[allow(deprecated)]
+impl ServerHandler for WardenServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_logging().build())
+            .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
+            .with_instructions("Tools served by warden; `status` shows the runtime's health.")
+    }
+
+    /// Every client stays on the `initialize` handshake.
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(self.tools.as_ref().clone()))
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        tracing::info!(level = ?request.level, "client set the log level");
+        Ok(())
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let started = Instant::now();
+        let request_id = context.id.to_string();
+        let tool = request.name.to_string();
+        let progress = context
+            .meta
+            .get_progress_token()
+            .map(|token| progress_sink(context.peer.clone(), token));
+        let outcome = self
+            .runtime
+            .call(&tool, request.arguments, context.ct.clone(), progress)
+            .await;
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match outcome {
+            Err(CallError::UnknownTool(name)) => {
+                tracing::warn!(%request_id, tool = %name, outcome = "unknown_tool", duration_ms, "call");
+                Err(McpError::invalid_params(
+                    format!("unknown tool `{name}`; tools/list shows the tools"),
+                    Some(json!({"field": "name", "value": name})),
+                ))
+            }
+            Ok(result) => {
+                match &result {
+                    Ok(_) => tracing::info!(%request_id, %tool, outcome = "ok", duration_ms, "call"),
+                    Err(e) => tracing::warn!(%request_id, %tool, outcome = %e.kind, duration_ms, error = %e.message, "call"),
+                }
+                Ok(to_mcp(result).into())
+            }
+        }
+    }
+}
+
+/// A tool's answer as MCP sees it.
+fn to_mcp(result: ToolResult) -> CallToolResult {
+    match result {
+        Ok(out) => {
+            let mut content = vec![ContentBlock::text(out.text)];
+            content.extend(out.notes.into_iter().map(ContentBlock::text));
+            CallToolResult::success(content)
+        }
+        Err(e) => error_result(&e),
+    }
+}
+
+/// An `isError` result: the sentence and suggestion as text, the fields as `structuredContent`.
+pub fn error_result(e: &ToolError) -> CallToolResult {
+    let mut r = CallToolResult::error(vec![ContentBlock::text(e.text())]);
+    r.structured_content = Some(e.to_json());
+    r
+}
+
+/// Progress of one call, forwarded to the client in order by one task; a
+/// client that reads slowly loses progress reports, never a response.
+fn progress_sink(peer: rmcp::Peer<RoleServer>, token: rmcp::model::ProgressToken) -> ProgressFn {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Progress>(PROGRESS_BUFFER);
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            let mut param = ProgressNotificationParam::new(token.clone(), p.progress);
+            if let Some(total) = p.total {
+                param = param.with_total(total);
+            }
+            if let Some(message) = p.message {
+                param = param.with_message(message);
+            }
+            if peer.notify_progress(param).await.is_err() {
+                break;
+            }
+        }
+    });
+    Arc::new(move |p| {
+        let _ = tx.try_send(p);
+    })
+}
