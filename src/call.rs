@@ -24,7 +24,10 @@ pub async fn run(config: &Path, tool: &str, pairs: &[String]) -> i32 {
             2
         }
         Err(_) => {
-            eprintln!("warden call: no answer within {}", humantime::format_duration(CALL_DEADLINE));
+            eprintln!(
+                "warden call: no answer within {}",
+                humantime::format_duration(CALL_DEADLINE)
+            );
             2
         }
     }
@@ -38,7 +41,8 @@ async fn call(config: &Path, tool: &str, pairs: &[String]) -> Result<i32, String
     if std::env::var_os("WARDEN_LOG_STDERR").is_none() {
         cmd.env("WARDEN_LOG_STDERR", "error");
     }
-    let child = TokioChildProcess::new(cmd).map_err(|e| format!("cannot start warden serve: {e}"))?;
+    let child =
+        TokioChildProcess::new(cmd).map_err(|e| format!("cannot start warden serve: {e}"))?;
     let client = ().serve(child).await.map_err(|e| format!("MCP handshake failed: {e}"))?;
     let tools = client
         .list_all_tools()
@@ -47,7 +51,10 @@ async fn call(config: &Path, tool: &str, pairs: &[String]) -> Result<i32, String
     let Some(schema) = tools.iter().find(|t| t.name == tool) else {
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
         let _ = client.cancel().await;
-        return Err(format!("unknown tool `{tool}` (tools: {})", names.join(", ")));
+        return Err(format!(
+            "unknown tool `{tool}` (tools: {})",
+            names.join(", ")
+        ));
     };
     let args = parse_pairs(schema, pairs)?;
     let result = client

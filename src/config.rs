@@ -52,7 +52,13 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.file.display(), self.field, self.reason)
+        write!(
+            f,
+            "{}: {}: {}",
+            self.file.display(),
+            self.field,
+            self.reason
+        )
     }
 }
 
@@ -76,7 +82,11 @@ impl ByteSize {
             "KB" | "kB" => 1_000,
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
-            other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)"
+                ))
+            }
         };
         n.checked_mul(mult)
             .map(ByteSize)
@@ -102,11 +112,11 @@ impl<'de> Deserialize<'de> for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n >= 1 << 30 && n % (1 << 30) == 0 {
+        if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
             write!(f, "{}GiB", n >> 30)
-        } else if n >= 1 << 20 && n % (1 << 20) == 0 {
+        } else if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
             write!(f, "{}MiB", n >> 20)
-        } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
             write!(f, "{}KiB", n >> 10)
         } else {
             write!(f, "{n}B")
@@ -115,7 +125,7 @@ impl fmt::Display for ByteSize {
 }
 
 /// The runtime configuration, `config.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -124,16 +134,6 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            supervisor: SupervisorConfig::default(),
-            defaults: ToolDefaults::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -450,7 +450,10 @@ fn apply_env(
     if let Some(v) = env("WARDEN_MAX_IN_FLIGHT") {
         match v.parse() {
             Ok(n) => config.server.max_in_flight = n,
-            Err(_) => bad("WARDEN_MAX_IN_FLIGHT", format!("`{v}` is not a whole number")),
+            Err(_) => bad(
+                "WARDEN_MAX_IN_FLIGHT",
+                format!("`{v}` is not a whole number"),
+            ),
         }
     }
     if let Some(v) = env("WARDEN_SHUTDOWN_GRACE") {
@@ -505,12 +508,18 @@ fn check_config(config: &Config, path: &Path, problems: &mut Vec<Problem>) {
     if config.supervisor.window.is_zero() {
         bad("supervisor.window", "must be longer than 0s");
     }
-    for (field, filter) in [("log.level", &config.log.level), ("log.stderr", &config.log.stderr)] {
+    for (field, filter) in [
+        ("log.level", &config.log.level),
+        ("log.stderr", &config.log.stderr),
+    ] {
         if tracing_subscriber::EnvFilter::builder()
             .parse(filter.as_str())
             .is_err()
         {
-            bad(field, "is not a log filter (try \"info\", \"debug\" or \"off\")");
+            bad(
+                field,
+                "is not a log filter (try \"info\", \"debug\" or \"off\")",
+            );
         }
     }
 }
@@ -587,7 +596,10 @@ fn check_actor(
         })
     };
     if !valid_tool_name(&a.name) {
-        bad("name", format!("`{}` must match ^[a-zA-Z0-9_-]{{1,64}}$", a.name));
+        bad(
+            "name",
+            format!("`{}` must match ^[a-zA-Z0-9_-]{{1,64}}$", a.name),
+        );
     }
     let concurrency = a.concurrency.unwrap_or(defaults.concurrency);
     if concurrency == 0 {
@@ -665,16 +677,17 @@ fn check_actor(
             }
             let program = a.command.clone().unwrap_or_default();
             if program.is_empty() {
-                bad("command", "a command tool needs `command`, the program to run".into());
+                bad(
+                    "command",
+                    "a command tool needs `command`, the program to run".into(),
+                );
             }
             for (i, arg) in a.args.iter().enumerate() {
                 match crate::exec::placeholders(arg) {
                     Ok(names) => {
                         for n in names {
-                            let declared = schema
-                                .get("properties")
-                                .and_then(|p| p.get(&n))
-                                .is_some();
+                            let declared =
+                                schema.get("properties").and_then(|p| p.get(&n)).is_some();
                             if !declared {
                                 bad(
                                     &format!("args[{i}]"),
@@ -703,7 +716,10 @@ fn check_actor(
             }
             for (k, v) in &a.env {
                 if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                    bad(&format!("env.{k}"), "is not a valid environment variable".into());
+                    bad(
+                        &format!("env.{k}"),
+                        "is not a valid environment variable".into(),
+                    );
                 }
                 env.retain(|(name, _)| name != k);
                 env.push((k.clone(), v.clone()));
@@ -743,11 +759,17 @@ fn check_schema(
     bad: &mut dyn FnMut(&str, String),
 ) {
     if schema.get("type").and_then(|t| t.as_str()) != Some("object") {
-        bad("input.type", "must be \"object\" (tool arguments are an object)".into());
+        bad(
+            "input.type",
+            "must be \"object\" (tool arguments are an object)".into(),
+        );
     }
     let value = serde_json::Value::Object(schema.clone());
     if let Err(e) = jsonschema::meta::validate(&value) {
-        bad(&format!("input{}", pointer_to_dots(e.instance_path().as_str())), e.to_string());
+        bad(
+            &format!("input{}", pointer_to_dots(e.instance_path().as_str())),
+            e.to_string(),
+        );
         return;
     }
     if let Err(e) = jsonschema::validator_for(&value) {
@@ -794,13 +816,21 @@ mod tests {
             "config.toml",
             "[defaults]\nconcurrency = 0\n[supervisor]\nbackoff = { min = \"5s\", max = \"1s\" }\n",
         );
-        write(&actors, "a.toml", "name = \"a\"\nkind = \"command\"\ncolor = \"red\"\n");
+        write(
+            &actors,
+            "a.toml",
+            "name = \"a\"\nkind = \"command\"\ncolor = \"red\"\n",
+        );
         write(
             &actors,
             "b.toml",
             "name = \"b c\"\nkind = \"command\"\ncommand = \"true\"\nargs = [\"{missing}\"]\n[input]\ntype = \"object\"\n",
         );
-        write(&actors, "c.toml", "name = \"c\"\nkind = \"builtin\"\ntimeout = \"soon\"\n");
+        write(
+            &actors,
+            "c.toml",
+            "name = \"c\"\nkind = \"builtin\"\ntimeout = \"soon\"\n",
+        );
         let problems = load(&dir.path().join("config.toml"), &no_env).unwrap_err();
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let has = |file: &str, field: &str, words: &str| {
@@ -843,6 +873,9 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
         let loaded = load(&path, &no_env).unwrap_or_else(|p| panic!("{p:#?}"));
         let names: Vec<&str> = loaded.tools.iter().map(|t| t.name.as_str()).collect();
-        assert!(names.contains(&"echo") && names.contains(&"status"), "{names:?}");
+        assert!(
+            names.contains(&"echo") && names.contains(&"status"),
+            "{names:?}"
+        );
     }
 }

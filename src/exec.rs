@@ -26,6 +26,8 @@ use crate::config::CommandSpec;
 use crate::error::{ErrorKind, ToolError};
 use crate::tool::{Progress, ProgressFn, ToolOutput};
 
+/// Linux refuses a single argv string longer than this (MAX_ARG_STRLEN, 32 pages).
+pub const MAX_ARG_LEN: usize = 128 * 1024 - 1;
 /// Bytes of stderr quoted in an `execution_failed` answer.
 pub const STDERR_TAIL: usize = 2048;
 /// Progress notifications for streamed output are sent at most this often.
@@ -82,12 +84,16 @@ fn parse_template<'a>(template: &'a str, mut each: impl FnMut(Piece<'a>)) -> Res
                 .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?;
             let name = &r[..end];
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!("`{{{name}}}` is not a placeholder (use letters, digits and _)"));
+                return Err(format!(
+                    "`{{{name}}}` is not a placeholder (use letters, digits and _)"
+                ));
             }
             each(Piece::Field(name));
             rest = &r[end + 1..];
         } else if rest.starts_with('}') {
-            return Err(format!("stray `}}` in `{template}` (write `}}}}` for a literal brace)"));
+            return Err(format!(
+                "stray `}}` in `{template}` (write `}}}}` for a literal brace)"
+            ));
         } else {
             let end = rest.find(['{', '}']).unwrap_or(rest.len());
             each(Piece::Text(&rest[..end]));
@@ -99,7 +105,10 @@ fn parse_template<'a>(template: &'a str, mut each: impl FnMut(Piece<'a>)) -> Res
 
 /// Renders the argv template with validated arguments. An element whose
 /// placeholder has no value (an optional argument left out) is dropped whole.
-pub fn render_argv(template: &[String], args: &Map<String, Value>) -> Result<Vec<String>, ToolError> {
+pub fn render_argv(
+    template: &[String],
+    args: &Map<String, Value>,
+) -> Result<Vec<String>, ToolError> {
     let mut argv = Vec::with_capacity(template.len());
     for element in template {
         let mut out = String::new();
@@ -133,6 +142,15 @@ pub fn render_argv(template: &[String], args: &Map<String, Value>) -> Result<Vec
                 "An argument contains a NUL byte, which cannot be passed to a program.",
                 "Remove the NUL byte from the argument.",
             ));
+        }
+        if out.len() > MAX_ARG_LEN {
+            return Err(ToolError::new(
+                ErrorKind::Validation,
+                format!("An argument is {} bytes long; a program's argument can be at most {MAX_ARG_LEN} bytes.", out.len()),
+                "Send a shorter value.",
+            )
+            .detail("field", placeholders(element).unwrap_or_default().join(","))
+            .detail("rule", "max_arg_len"));
         }
         if !missing {
             argv.push(out);
@@ -172,7 +190,11 @@ pub struct Run<'a> {
 }
 
 enum Ending {
-    Exited(std::io::Result<std::process::ExitStatus>, Captured, Captured),
+    Exited(
+        std::io::Result<std::process::ExitStatus>,
+        Captured,
+        Captured,
+    ),
     TimedOut,
     Cancelled,
 }
@@ -270,7 +292,8 @@ pub async fn run(spec: &CommandSpec, run: Run<'_>) -> Result<ToolOutput, ToolErr
             "Nothing to do; send the call again if you still need it.",
         )),
         Ending::Exited(status, out, err) => {
-            let status = status.map_err(|e| ToolError::internal(format!("waiting for the program failed: {e}")))?;
+            let status = status
+                .map_err(|e| ToolError::internal(format!("waiting for the program failed: {e}")))?;
             finish(spec, status, out, err, started.elapsed())
         }
     }
@@ -300,7 +323,9 @@ fn finish(
         });
     }
     let tail_start = err.bytes.len().saturating_sub(STDERR_TAIL);
-    let stderr_tail = String::from_utf8_lossy(&err.bytes[tail_start..]).trim_end().to_string();
+    let stderr_tail = String::from_utf8_lossy(&err.bytes[tail_start..])
+        .trim_end()
+        .to_string();
     let (what, mut e) = match (status.code(), status.signal()) {
         (Some(code), _) => (
             format!("exited with status {code}"),
@@ -310,7 +335,10 @@ fn finish(
             format!("was killed by signal {sig}"),
             ToolError::new(ErrorKind::ExecutionFailed, "", "").detail("signal", sig),
         ),
-        (None, None) => ("ended abnormally".to_string(), ToolError::new(ErrorKind::ExecutionFailed, "", "")),
+        (None, None) => (
+            "ended abnormally".to_string(),
+            ToolError::new(ErrorKind::ExecutionFailed, "", ""),
+        ),
     };
     e.message = if stderr_tail.is_empty() {
         format!("`{}` {what}.", spec.program)
@@ -327,7 +355,11 @@ fn finish(
 fn spawn_error(program: &str, e: std::io::Error) -> ToolError {
     match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-            ToolError::unavailable(program, &format!("the program cannot be started ({e})"), None)
+            ToolError::unavailable(
+                program,
+                &format!("the program cannot be started ({e})"),
+                None,
+            )
         }
         _ => ToolError::internal(format!("starting `{program}` failed: {e}")),
     }
@@ -434,14 +466,27 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let argv = render_argv(&t, &args(json!({"path": "/tmp; rm -rf / $(id) `id`", "n": 3}))).unwrap();
-        assert_eq!(argv, ["-h", "/tmp; rm -rf / $(id) `id`", "--depth=3", "{literal}"]);
+        let argv = render_argv(
+            &t,
+            &args(json!({"path": "/tmp; rm -rf / $(id) `id`", "n": 3})),
+        )
+        .unwrap();
+        assert_eq!(
+            argv,
+            ["-h", "/tmp; rm -rf / $(id) `id`", "--depth=3", "{literal}"]
+        );
     }
 
     #[test]
     fn missing_optional_argument_drops_its_element() {
-        let t: Vec<String> = ["a", "--n={n}", "{path}"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(render_argv(&t, &args(json!({"path": "x"}))).unwrap(), ["a", "x"]);
+        let t: Vec<String> = ["a", "--n={n}", "{path}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            render_argv(&t, &args(json!({"path": "x"}))).unwrap(),
+            ["a", "x"]
+        );
     }
 
     #[test]
@@ -466,6 +511,13 @@ mod tests {
     fn programs_are_resolved_in_path() {
         assert!(resolve_program("sh", "/nonexistent:/bin:/usr/bin").is_ok());
         assert!(resolve_program("no-such-program-here", "/bin:/usr/bin").is_err());
-        assert!(resolve_program("/etc/hostname", "").is_err(), "not executable");
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "data").unwrap();
+        assert!(
+            resolve_program(plain.to_str().unwrap(), "").is_err(),
+            "not executable"
+        );
+        assert!(resolve_program("/bin/sh", "").is_ok());
     }
 }

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "warden", version, about = "A supervised MCP server runtime: tools as actors, defined as data")]
+#[command(
+    name = "warden",
+    version,
+    about = "A supervised MCP server runtime: tools as actors, defined as data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +51,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match load(&config) {
             Ok(loaded) => {
-                println!("{}: ok, {} tools", loaded.path.display(), loaded.tools.len());
+                println!(
+                    "{}: ok, {} tools",
+                    loaded.path.display(),
+                    loaded.tools.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(problems) => {
@@ -65,7 +73,10 @@ fn main() -> ExitCode {
                     for p in &problems {
                         eprintln!("{p}");
                     }
-                    eprintln!("warden: refusing to start: {} problem(s) in the config", problems.len());
+                    eprintln!(
+                        "warden: refusing to start: {} problem(s) in the config",
+                        problems.len()
+                    );
                     return ExitCode::from(1);
                 }
             };
@@ -78,13 +89,17 @@ fn main() -> ExitCode {
                 }
             };
             let rt = tokio_runtime();
-            match rt.block_on(warden::root::serve(runtime)) {
+            let code = match rt.block_on(warden::root::serve(runtime)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "warden could not start");
                     ExitCode::from(1)
                 }
-            }
+            };
+            // tokio reads stdin on a blocking thread that cannot be interrupted;
+            // after SIGTERM stdin may still be open, so do not wait for it.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            code
         }
         Command::Call { config, tool, args } => {
             let code = tokio_runtime().block_on(warden::call::run(&config, &tool, &args));

@@ -155,11 +155,19 @@ impl RootState {
 
 /// Runs `warden serve` until the MCP session ends or a stop is requested.
 pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
+    // A panic is a crash the supervisors handle; it belongs in the log, not as
+    // raw text on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "an actor panicked");
+    }));
     let (_root, handle) = Actor::spawn(Some(NAME.into()), Root, runtime.clone()).await?;
     let draining = runtime.draining.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {

@@ -77,19 +77,29 @@ impl Runtime {
         if let Some(e) = entry.validator.iter_errors(&args_value).next() {
             return Ok(Err(validation_error(&e)));
         }
-        let Value::Object(args) = args_value else { unreachable!() };
+        let Value::Object(args) = args_value else {
+            unreachable!()
+        };
 
         let Ok(_permit) = self.in_flight.try_acquire() else {
             return Ok(Err(ToolError::busy("warden (max_in_flight)")));
         };
         if self.draining.is_cancelled() {
-            return Ok(Err(ToolError::unavailable(tool, "warden is shutting down", None)));
+            return Ok(Err(ToolError::unavailable(
+                tool,
+                "warden is shutting down",
+                None,
+            )));
         }
         let actor = match entry.state() {
             ToolState::Running => entry.actor(),
             ToolState::Restarting { until } => {
                 let wait = until.saturating_duration_since(Instant::now());
-                return Ok(Err(ToolError::unavailable(tool, "it is restarting", Some(wait.max(Duration::from_millis(10))))));
+                return Ok(Err(ToolError::unavailable(
+                    tool,
+                    "it is restarting",
+                    Some(wait.max(Duration::from_millis(10))),
+                )));
             }
             ToolState::Starting => None,
             ToolState::Failed { reason } | ToolState::Unavailable { reason } => {
@@ -97,7 +107,11 @@ impl Runtime {
             }
         };
         let Some(actor) = actor else {
-            return Ok(Err(ToolError::unavailable(tool, "it is starting", Some(Duration::from_millis(100)))));
+            return Ok(Err(ToolError::unavailable(
+                tool,
+                "it is starting",
+                Some(Duration::from_millis(100)),
+            )));
         };
 
         entry.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -118,7 +132,11 @@ impl Runtime {
             accepted: None,
         };
         if ActorRef::cast(&actor, ractor::factory::FactoryMessage::Dispatch(job)).is_err() {
-            return Ok(Err(ToolError::unavailable(tool, "its actor has stopped", Some(Duration::from_millis(100)))));
+            return Ok(Err(ToolError::unavailable(
+                tool,
+                "its actor has stopped",
+                Some(Duration::from_millis(100)),
+            )));
         }
         // The watchdog: the worker enforces `timeout` itself; past timeout + grace
         // the caller answers on its own and stops waiting.
@@ -146,7 +164,10 @@ impl Runtime {
         match answer {
             Ok(result) => {
                 if let Err(e) = &result {
-                    if matches!(e.kind, ErrorKind::ExecutionFailed | ErrorKind::Timeout | ErrorKind::Internal) {
+                    if matches!(
+                        e.kind,
+                        ErrorKind::ExecutionFailed | ErrorKind::Timeout | ErrorKind::Internal
+                    ) {
                         entry.set_last_error(e.message.clone());
                     }
                 }
@@ -155,7 +176,7 @@ impl Runtime {
             Err(_) => {
                 // The reply port was dropped: the worker (or the whole tool actor) died
                 // with this call. Tell the supervisor; answer the caller now.
-                if let Some(sup) = ractor::registry::where_is(supervisor::NAME.to_string()) {
+                if let Some(sup) = ractor::registry::where_is(supervisor::NAME) {
                     let _ = sup.send_message(ToolsSupervisorMsg::WorkerCrashed(tool.to_string()));
                 }
                 Ok(Err(ToolError::internal(format!(
@@ -168,7 +189,7 @@ impl Runtime {
 
     /// The supervision tree and live counters, as the `status` builtin shows them.
     pub fn status(&self) -> Value {
-        let actor_state = |name: &str| match ractor::registry::where_is(name.to_string()) {
+        let actor_state = |name: &str| match ractor::registry::where_is(name) {
             Some(cell) => format!("{:?}", cell.get_status()).to_lowercase(),
             None => "stopped".to_string(),
         };
@@ -202,7 +223,11 @@ impl Drop for InFlight<'_> {
 
 /// A schema violation as a `validation` error naming the field and the rule.
 fn validation_error(e: &jsonschema::ValidationError<'_>) -> ToolError {
-    let field = e.instance_path().as_str().trim_start_matches('/').replace('/', ".");
+    let field = e
+        .instance_path()
+        .as_str()
+        .trim_start_matches('/')
+        .replace('/', ".");
     let rule = e
         .schema_path()
         .as_str()
@@ -210,7 +235,11 @@ fn validation_error(e: &jsonschema::ValidationError<'_>) -> ToolError {
         .next()
         .unwrap_or("")
         .to_string();
-    let where_ = if field.is_empty() { "the arguments".to_string() } else { format!("`{field}`") };
+    let where_ = if field.is_empty() {
+        "the arguments".to_string()
+    } else {
+        format!("`{field}`")
+    };
     ToolError::new(
         ErrorKind::Validation,
         format!("Invalid {where_}: {} (rule: {rule}).", e.masked()),

@@ -12,7 +12,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ErrorData, RequestId, ServerJsonRpcMessage};
+use rmcp::model::{
+    CallToolRequestParams, ClientJsonRpcMessage, ClientRequest, ErrorData, RequestId,
+    ServerJsonRpcMessage,
+};
 use rmcp::service::RoleServer;
 use rmcp::transport::Transport;
 use serde_json::Value;
@@ -30,7 +33,20 @@ pub struct StdioTransport<R, W> {
     runtime: Arc<Runtime>,
     max_line: usize,
     initialized: bool,
+    /// The line being read (kept across cancelled reads).
     line: Vec<u8>,
+    /// Bytes of the current line dropped for being past `max_line`.
+    oversized: usize,
+    /// stdin has closed.
+    eof: bool,
+    /// When the drain began (EOF or SIGTERM).
+    drain_started: Option<Instant>,
+}
+
+enum Line {
+    Complete,
+    Oversized(usize),
+    Eof,
 }
 
 impl<R, W> StdioTransport<R, W>
@@ -47,6 +63,9 @@ where
             max_line,
             initialized: false,
             line: Vec::new(),
+            oversized: 0,
+            eof: false,
+            drain_started: None,
         }
     }
 
@@ -58,32 +77,40 @@ where
         w.flush().await
     }
 
-    /// Reads one line into `self.line`. `Ok(false)` at EOF; a line past the
-    /// cap is consumed and dropped, and reported as `Err(bytes seen)`.
-    async fn read_line(&mut self) -> std::io::Result<Result<bool, usize>> {
-        self.line.clear();
-        let mut oversized = 0usize;
+    /// Reads until a whole line is in `self.line`. Cancel-safe: a partly read
+    /// line stays in `self` for the next call. A line past the cap is consumed
+    /// and dropped as it arrives, never held.
+    async fn read_line(&mut self) -> std::io::Result<Line> {
         loop {
             let buf = self.reader.fill_buf().await?;
             if buf.is_empty() {
-                let got = !self.line.is_empty() || oversized > 0;
-                return Ok(if oversized > 0 { Err(oversized) } else { Ok(got) });
+                if self.oversized > 0 {
+                    return Ok(Line::Oversized(std::mem::take(&mut self.oversized)));
+                }
+                return Ok(if self.line.is_empty() {
+                    Line::Eof
+                } else {
+                    Line::Complete
+                });
             }
-            let (chunk, done) = match memchr(buf) {
+            let (chunk, used) = match memchr(buf) {
                 Some(i) => (&buf[..i], i + 1),
                 None => (buf, buf.len()),
             };
-            let found_newline = done > chunk.len();
-            if oversized > 0 || self.line.len() + chunk.len() > self.max_line {
-                oversized += self.line.len() + chunk.len();
+            let complete = used > chunk.len();
+            if self.oversized > 0 || self.line.len() + chunk.len() > self.max_line {
+                self.oversized += self.line.len() + chunk.len();
                 self.line.clear();
                 self.line.shrink_to(64 * 1024);
             } else {
                 self.line.extend_from_slice(chunk);
             }
-            self.reader.consume(done);
-            if found_newline {
-                return Ok(if oversized > 0 { Err(oversized) } else { Ok(true) });
+            self.reader.consume(used);
+            if complete {
+                if self.oversized > 0 {
+                    return Ok(Line::Oversized(std::mem::take(&mut self.oversized)));
+                }
+                return Ok(Line::Complete);
             }
         }
     }
@@ -95,6 +122,32 @@ where
             return None;
         }
         match serde_json::from_slice::<ClientJsonRpcMessage>(text) {
+            Ok(ClientJsonRpcMessage::Request(r)) if is_standard_method(&r.request) => {
+                // rmcp reads a standard method with malformed params as a custom
+                // request and answers "method not found"; the truth is bad params.
+                let ClientRequest::CustomRequest(custom) = &r.request else {
+                    unreachable!()
+                };
+                let reason = match custom.method.as_str() {
+                    "tools/call" => serde_json::from_value::<CallToolRequestParams>(
+                        custom.params.clone().unwrap_or(Value::Null),
+                    )
+                    .err()
+                    .map_or_else(|| "malformed params".to_string(), |e| e.to_string()),
+                    _ => "malformed params".to_string(),
+                };
+                let error = ErrorData::invalid_params(
+                    format!("invalid params for `{}`: {reason}", custom.method),
+                    None,
+                );
+                tracing::warn!(request_id = %r.id, method = %custom.method, %reason, "answered a malformed request");
+                let _ = Self::write(
+                    &self.writer,
+                    &ServerJsonRpcMessage::error(error, Some(r.id.clone())),
+                )
+                .await;
+                None
+            }
             Ok(msg) => {
                 if !self.initialized {
                     match &msg {
@@ -104,7 +157,10 @@ where
                             }
                         }
                         other => {
-                            tracing::warn!(kind = message_kind(other), "dropped a message that arrived before initialize");
+                            tracing::warn!(
+                                kind = message_kind(other),
+                                "dropped a message that arrived before initialize"
+                            );
                             return None;
                         }
                     }
@@ -116,7 +172,9 @@ where
                     tracing::warn!(bytes = text.len(), "skipped a line that is not JSON");
                     return None;
                 };
-                let id = value.get("id").and_then(|id| serde_json::from_value::<RequestId>(id.clone()).ok());
+                let id = value
+                    .get("id")
+                    .and_then(|id| serde_json::from_value::<RequestId>(id.clone()).ok());
                 let method = value.get("method").and_then(Value::as_str);
                 match (id, method) {
                     (Some(id), Some(method)) => {
@@ -125,25 +183,34 @@ where
                             None,
                         );
                         tracing::warn!(request_id = %id, %method, error = %parse_error, "answered a malformed request");
-                        let _ = Self::write(&self.writer, &ServerJsonRpcMessage::error(error, Some(id))).await;
+                        let _ = Self::write(
+                            &self.writer,
+                            &ServerJsonRpcMessage::error(error, Some(id)),
+                        )
+                        .await;
                     }
-                    (Some(id), None) if value.get("result").is_some() || value.get("error").is_some() => {
+                    (Some(id), None)
+                        if value.get("result").is_some() || value.get("error").is_some() =>
+                    {
                         tracing::warn!(request_id = %id, "dropped a response to a request warden never made");
                     }
                     (_, Some(method)) => {
                         tracing::warn!(%method, error = %parse_error, "dropped a malformed notification");
                     }
                     (id, None) => {
-                        let error = ErrorData::invalid_request(format!("not a JSON-RPC 2.0 message: {parse_error}"), None);
+                        let error = ErrorData::invalid_request(
+                            format!("not a JSON-RPC 2.0 message: {parse_error}"),
+                            None,
+                        );
                         tracing::warn!(error = %parse_error, "answered a line that is JSON but not JSON-RPC");
-                        let _ = Self::write(&self.writer, &ServerJsonRpcMessage::error(error, id)).await;
+                        let _ = Self::write(&self.writer, &ServerJsonRpcMessage::error(error, id))
+                            .await;
                     }
                 }
                 None
             }
         }
     }
-
 }
 
 impl<R, W> Transport<RoleServer> for StdioTransport<R, W>
@@ -163,33 +230,67 @@ where
 
     async fn receive(&mut self) -> Option<ClientJsonRpcMessage> {
         loop {
+            // Draining: requests still arriving are read and answered (the
+            // runtime refuses new calls), until the calls in flight are done
+            // or the grace is over.
             if self.runtime.draining.is_cancelled() {
-                drain(&self.runtime).await;
-                return None;
+                let started = *self.drain_started.get_or_insert_with(|| {
+                    tracing::info!(in_flight = self.runtime.in_flight(), "draining");
+                    Instant::now()
+                });
+                let grace = self.runtime.config.server.shutdown_grace;
+                let left = self.runtime.in_flight();
+                if left == 0 || started.elapsed() >= grace {
+                    if left > 0 {
+                        tracing::warn!(calls = left, grace = %humantime::format_duration(grace), "shutdown grace over; cancelling the calls still running");
+                    }
+                    self.runtime.kill_all.cancel();
+                    return None;
+                }
             }
             let draining = self.runtime.draining.clone();
-            let read = tokio::select! {
-                read = self.read_line() => read,
-                _ = draining.cancelled() => continue,
+            let read = if self.eof {
+                tokio::time::sleep(DRAIN_POLL).await;
+                continue;
+            } else if self.drain_started.is_some() {
+                tokio::select! {
+                    read = self.read_line() => read,
+                    _ = tokio::time::sleep(DRAIN_POLL) => continue,
+                }
+            } else {
+                tokio::select! {
+                    read = self.read_line() => read,
+                    _ = draining.cancelled() => continue,
+                }
             };
             match read {
-                Ok(Ok(true)) => {
-                    if let Some(msg) = self.classify().await {
+                Ok(Line::Complete) => {
+                    let msg = self.classify().await;
+                    self.line.clear();
+                    if let Some(msg) = msg {
                         return Some(msg);
                     }
                 }
-                Ok(Ok(false)) | Err(_) => {
-                    tracing::info!("stdin closed; draining");
-                    drain(&self.runtime).await;
-                    return None;
+                Ok(Line::Eof) | Err(_) => {
+                    tracing::info!("stdin closed");
+                    self.eof = true;
+                    self.runtime.draining.cancel();
                 }
-                Ok(Err(bytes)) => {
-                    tracing::warn!(bytes, max_line = self.max_line, "skipped a line longer than server.max_line");
+                Ok(Line::Oversized(bytes)) => {
+                    tracing::warn!(
+                        bytes,
+                        max_line = self.max_line,
+                        "skipped a line longer than server.max_line"
+                    );
                     let error = ErrorData::invalid_request(
-                        format!("request line of {bytes} bytes exceeds server.max_line ({} bytes)", self.max_line),
+                        format!(
+                            "request line of {bytes} bytes exceeds server.max_line ({} bytes)",
+                            self.max_line
+                        ),
                         None,
                     );
-                    let _ = Self::write(&self.writer, &ServerJsonRpcMessage::error(error, None)).await;
+                    let _ =
+                        Self::write(&self.writer, &ServerJsonRpcMessage::error(error, None)).await;
                 }
             }
         }
@@ -198,6 +299,24 @@ where
     async fn close(&mut self) -> Result<(), Self::Error> {
         self.writer.lock().await.flush().await
     }
+}
+
+/// A request rmcp could not type although its method is one MCP defines.
+fn is_standard_method(request: &ClientRequest) -> bool {
+    let ClientRequest::CustomRequest(custom) = request else {
+        return false;
+    };
+    let m = custom.method.as_str();
+    ["initialize", "ping"].contains(&m)
+        || [
+            "tools/",
+            "resources/",
+            "prompts/",
+            "logging/",
+            "completion/",
+        ]
+        .iter()
+        .any(|p| m.starts_with(p))
 }
 
 fn memchr(buf: &[u8]) -> Option<usize> {
@@ -215,20 +334,4 @@ fn message_kind(msg: &ClientJsonRpcMessage) -> &'static str {
         ClientJsonRpcMessage::Notification(_) => "notification",
         ClientJsonRpcMessage::Error(_) => "error",
     }
-}
-
-/// Stop taking requests; let calls in flight finish until the grace is over,
-/// then cancel what is left.
-async fn drain(runtime: &Runtime) {
-    runtime.draining.cancel();
-    let grace = runtime.config.server.shutdown_grace;
-    let start = Instant::now();
-    while runtime.in_flight() > 0 && start.elapsed() < grace {
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
-    let left = runtime.in_flight();
-    if left > 0 {
-        tracing::warn!(calls = left, grace = %humantime::format_duration(grace), "shutdown grace over; cancelling the calls still running");
-    }
-    runtime.kill_all.cancel();
 }

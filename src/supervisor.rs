@@ -29,11 +29,17 @@ pub enum ToolState {
     Starting,
     Running,
     /// Waiting out its backoff before the next start.
-    Restarting { until: Instant },
+    Restarting {
+        until: Instant,
+    },
     /// Past its restart budget.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// Cannot run at all (its program is missing).
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
 impl ToolState {
@@ -118,9 +124,12 @@ impl ToolEntry {
         });
         match state {
             ToolState::Restarting { until } => {
-                v["restart_in_ms"] = json!(until.saturating_duration_since(Instant::now()).as_millis() as u64)
+                v["restart_in_ms"] =
+                    json!(until.saturating_duration_since(Instant::now()).as_millis() as u64)
             }
-            ToolState::Failed { reason } | ToolState::Unavailable { reason } => v["reason"] = json!(reason),
+            ToolState::Failed { reason } | ToolState::Unavailable { reason } => {
+                v["reason"] = json!(reason)
+            }
             _ => {}
         }
         v
@@ -140,7 +149,9 @@ impl Tools {
         for spec in specs {
             by_name.insert(spec.name.clone(), entries.len());
             let name = spec.name.clone();
-            entries.push(Arc::new(ToolEntry::new(spec).map_err(|e| format!("{name}: {e}"))?));
+            entries.push(Arc::new(
+                ToolEntry::new(spec).map_err(|e| format!("{name}: {e}"))?,
+            ));
         }
         Ok(Tools { entries, by_name })
     }
@@ -190,7 +201,9 @@ impl RestartBudget {
 /// The delay before restart number `attempt` (1-based): `min * 2^(attempt-1)`,
 /// capped at `max`, then "equal jitter": half fixed, half random (`unit` in 0..1).
 pub fn backoff_delay(b: Backoff, attempt: u32, unit: f64) -> Duration {
-    let exp = b.min.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let exp = b
+        .min
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
     let d = exp.min(b.max);
     d / 2 + d.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
 }
@@ -290,7 +303,10 @@ impl Actor for ToolsSupervisor {
             SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
             SupervisionEvent::ActorTerminated(cell, _, reason) => (
                 cell,
-                format!("stopped: {}", reason.unwrap_or_else(|| "no reason given".into())),
+                format!(
+                    "stopped: {}",
+                    reason.unwrap_or_else(|| "no reason given".into())
+                ),
             ),
             _ => return Ok(()),
         };
@@ -331,7 +347,14 @@ impl ToolsSupervisorState {
             ToolKindSpec::Builtin(_) => None::<PathBuf>,
         };
         entry.set(ToolState::Starting, None);
-        match tool::spawn(entry.clone(), self.runtime.clone(), program, myself.get_cell()).await {
+        match tool::spawn(
+            entry.clone(),
+            self.runtime.clone(),
+            program,
+            myself.get_cell(),
+        )
+        .await
+        {
             Ok((actor, _handle)) => {
                 self.children.insert(actor.get_id(), name.clone());
                 entry.set(ToolState::Running, Some(actor));
@@ -374,7 +397,11 @@ impl ToolsSupervisorState {
             }
             entry.set(
                 ToolState::Failed {
-                    reason: format!("{reason}; restart budget of {} in {} spent", self.policy.max_restarts, humantime::format_duration(self.policy.window)),
+                    reason: format!(
+                        "{reason}; restart budget of {} in {} spent",
+                        self.policy.max_restarts,
+                        humantime::format_duration(self.policy.window)
+                    ),
                 },
                 None,
             );
@@ -444,6 +471,67 @@ mod tests {
         assert_eq!(backoff_delay(b, 3, 0.5), Duration::from_millis(300));
         assert_eq!(backoff_delay(b, 10, 1.0), Duration::from_secs(1));
         assert_eq!(backoff_delay(b, 99, 0.0), Duration::from_millis(500));
+    }
+
+    /// Kills the tool actor itself (not a worker) and watches the supervisor
+    /// restart it, then give up past the budget. The only test in this binary
+    /// that registers the `tools` name.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_tool_actor_is_restarted_then_failed_past_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("actors")).unwrap();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "[supervisor]\nmax_restarts = 2\nwindow = \"60s\"\nbackoff = { min = \"20ms\", max = \"40ms\" }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("actors/echo.toml"),
+            "name = \"echo\"\nkind = \"builtin\"\n",
+        )
+        .unwrap();
+        let loaded = crate::config::load(&dir.path().join("config.toml"), &|_| None).unwrap();
+        let runtime = Runtime::new(loaded).unwrap();
+        let (sup, handle) = Actor::spawn(Some(NAME.into()), ToolsSupervisor, runtime.clone())
+            .await
+            .unwrap();
+        let entry = runtime.tools.get("echo").unwrap().clone();
+        let echo = |rt: Arc<Runtime>| async move {
+            let args = serde_json::json!({"message": "x"}).as_object().cloned();
+            rt.call("echo", args, Default::default(), None)
+                .await
+                .unwrap()
+        };
+        for n in 1..=2 {
+            let actor = ractor::registry::where_is(tool::actor_name("echo"))
+                .expect("tool actor registered");
+            actor.kill();
+            wait_for("the restart", || {
+                entry.restarts.load(Ordering::Relaxed) == n && entry.state() == ToolState::Running
+            })
+            .await;
+            assert_eq!(echo(runtime.clone()).await.unwrap().text, "x");
+        }
+        ractor::registry::where_is(tool::actor_name("echo"))
+            .unwrap()
+            .kill();
+        wait_for("the failure", || {
+            matches!(entry.state(), ToolState::Failed { .. })
+        })
+        .await;
+        let e = echo(runtime.clone()).await.unwrap_err();
+        assert_eq!(e.kind, crate::error::ErrorKind::Unavailable);
+        assert!(ractor::registry::where_is(tool::actor_name("echo")).is_none());
+        sup.stop(None);
+        handle.await.unwrap();
+    }
+
+    async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[test]

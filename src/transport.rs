@@ -139,9 +139,14 @@ impl WardenServer {
 #[allow(deprecated)]
 impl ServerHandler for WardenServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_logging().build())
-            .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
-            .with_instructions("Tools served by warden; `status` shows the runtime's health.")
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
+        .with_instructions("Tools served by warden; `status` shows the runtime's health.")
     }
 
     /// Every client stays on the `initialize` handshake.
@@ -193,8 +198,12 @@ impl ServerHandler for WardenServer {
             }
             Ok(result) => {
                 match &result {
-                    Ok(_) => tracing::info!(%request_id, %tool, outcome = "ok", duration_ms, "call"),
-                    Err(e) => tracing::warn!(%request_id, %tool, outcome = %e.kind, duration_ms, error = %e.message, "call"),
+                    Ok(_) => {
+                        tracing::info!(%request_id, %tool, outcome = "ok", duration_ms, "call")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%request_id, %tool, outcome = %e.kind, duration_ms, error = %e.message, "call")
+                    }
                 }
                 Ok(to_mcp(result).into())
             }

@@ -1,0 +1,120 @@
+//! Supervision under fire: crashing workers, restart budgets, one answer per call.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+fn chaos_setup(max_restarts: u32) -> Setup {
+    Setup::new(&format!(
+        "[supervisor]\nmax_restarts = {max_restarts}\nwindow = \"60s\"\nbackoff = {{ min = \"50ms\", max = \"200ms\" }}\n[log]\nstderr = \"off\"\n"
+    ))
+    .actor("echo", "name = \"echo\"\nkind = \"builtin\"\nconcurrency = 4\nqueue = 64\n")
+    .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+    .actor("crash", "name = \"crash\"\nkind = \"builtin\"\nbuiltin = \"panic\"\n")
+    .actor(
+        "sleeper",
+        &fixture_tool(
+            "sleeper",
+            &["sleep", "{ms}"],
+            "",
+            "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }",
+        ),
+    )
+}
+
+fn tool_status(s: &mut Server, tool: &str) -> Value {
+    let status: Value = serde_json::from_str(&text(&s.call_result("status", json!({})))).unwrap();
+    status["actors"][2]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["tool"] == tool)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn a_crashing_worker_answers_once_restarts_and_exhausts_its_budget() {
+    let mut s = chaos_setup(2).start();
+    s.initialize();
+    // Calls in flight on other tools while the worker dies.
+    let slow = s.start_call("sleeper", json!({"ms": 400}));
+    let crash = s.start_call("crash", json!({}));
+    let r = s.response(crash);
+    assert_eq!(kind(&r["result"]), "internal", "{r}");
+    assert!(r["result"]["structuredContent"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("crashed"));
+    assert_eq!(text(&s.response(slow)["result"]), "slept\n");
+
+    let st = tool_status(&mut s, "crash");
+    assert_eq!(st["restarts"], 1, "{st}");
+    assert_eq!(st["state"], "running", "{st}");
+    assert_eq!(text(&s.call_result("echo", json!({"message": "up"}))), "up");
+
+    // Second crash: still within the budget of 2.
+    assert_eq!(kind(&s.call_result("crash", json!({}))), "internal");
+    assert_eq!(tool_status(&mut s, "crash")["restarts"], 2);
+    // Third: past the budget. The tool is failed and answers unavailable.
+    assert_eq!(kind(&s.call_result("crash", json!({}))), "internal");
+    let st = tool_status(&mut s, "crash");
+    assert_eq!(st["state"], "failed", "{st}");
+    let r = s.call_result("crash", json!({}));
+    assert_eq!(kind(&r), "unavailable", "{r}");
+    assert!(r["structuredContent"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("restart budget"));
+    // The rest of the runtime goes on.
+    assert_eq!(
+        text(&s.call_result("echo", json!({"message": "still up"}))),
+        "still up"
+    );
+    assert_eq!(tool_status(&mut s, "sleeper")["state"], "running");
+}
+
+#[test]
+fn every_request_gets_exactly_one_answer_while_workers_crash() {
+    let mut s = chaos_setup(1000).start();
+    s.initialize();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let id = match i % 3 {
+            0 => s.start_call("crash", json!({})),
+            1 => s.start_call("echo", json!({"message": format!("m{i}")})),
+            _ => s.start_call("sleeper", json!({"ms": 20})),
+        };
+        ids.push((id, i % 3));
+    }
+    let mut answers: HashMap<i64, usize> = HashMap::new();
+    for &(id, which) in &ids {
+        let r = s.response(id);
+        *answers.entry(id).or_default() += 1;
+        let result = &r["result"];
+        match which {
+            0 => assert_eq!(kind(result), "internal", "{r}"),
+            1 => assert_eq!(
+                text(result),
+                format!("m{}", ids.iter().position(|x| x.0 == id).unwrap())
+            ),
+            _ => {
+                // The sleeper may be busy; either way the answer is typed.
+                if result["isError"] == json!(true) {
+                    assert_eq!(kind(result), "busy", "{r}");
+                } else {
+                    assert_eq!(text(result), "slept\n");
+                }
+            }
+        }
+    }
+    // No second answer to any request arrives later.
+    let dup = s.next_matching(Duration::from_millis(500), |v| v.get("id").is_some());
+    assert!(dup.is_none(), "an extra answer arrived: {dup:?}");
+    assert!(answers.values().all(|&n| n == 1));
+    assert_eq!(tool_status(&mut s, "crash")["restarts"], 20);
+    assert_eq!(tool_status(&mut s, "crash")["state"], "running");
+}

@@ -1,0 +1,349 @@
+//! Starts the real `warden serve` with a temporary config and speaks
+//! newline-delimited JSON-RPC over its pipes.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
+pub const FIXTURE: &str = env!("CARGO_BIN_EXE_warden-fixture");
+/// The longest any single answer may take in these tests.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A temporary config directory: config.toml plus actors/.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// `config` is the text of config.toml (logs go to the temp dir unless it says otherwise).
+    pub fn new(config: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("actors")).unwrap();
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        Setup { dir }
+    }
+
+    pub fn actor(self, name: &str, text: &str) -> Setup {
+        std::fs::write(
+            self.dir.path().join("actors").join(format!("{name}.toml")),
+            text,
+        )
+        .unwrap();
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    pub fn start(self) -> Server {
+        self.start_with_env(&[])
+    }
+
+    /// Starts warden with extra environment variables.
+    pub fn start_with_env(self, env: &[(&str, &str)]) -> Server {
+        let config = self.config_path();
+        Server::spawn(self, &config, env)
+    }
+}
+
+/// A command tool running the fixture with the given argv template.
+pub fn fixture_tool(name: &str, args: &[&str], extra: &str, input: &str) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "name = \"{name}\"\nkind = \"command\"\ncommand = \"{FIXTURE}\"\nargs = [{}]\n{extra}\n[input]\ntype = \"object\"\nadditionalProperties = false\n{input}\n",
+        args.join(", ")
+    )
+}
+
+pub struct Server {
+    pub setup: Setup,
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<Value>,
+    /// Messages read but not yet asked for.
+    pending: VecDeque<Value>,
+    next_id: i64,
+}
+
+impl Server {
+    fn spawn(setup: Setup, config: &Path, env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(WARDEN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("WARDEN_LOG_STDERR", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("warden starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout carried a non-JSON line ({e}): {line:?}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        Server {
+            setup,
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            pending: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn send(&mut self, msg: &Value) {
+        let mut line = serde_json::to_vec(msg).unwrap();
+        line.push(b'\n');
+        self.send_raw(&line);
+    }
+
+    /// Sends a request; returns its id.
+    pub fn request(&mut self, method: &str, params: Value) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        id
+    }
+
+    pub fn notify(&mut self, method: &str, params: Value) {
+        self.send(&json!({"jsonrpc": "2.0", "method": method, "params": params}));
+    }
+
+    /// The next message matching `want`, within `deadline`; others stay pending.
+    pub fn next_matching(
+        &mut self,
+        deadline: Duration,
+        want: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        if let Some(i) = self.pending.iter().position(&want) {
+            return self.pending.remove(i);
+        }
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) if want(&v) => return Some(v),
+                Ok(v) => self.pending.push_back(v),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return None
+                }
+            }
+        }
+    }
+
+    /// The response to request `id` (a result or an error object).
+    pub fn response(&mut self, id: i64) -> Value {
+        self.next_matching(ANSWER_DEADLINE, |v| {
+            v["id"] == json!(id) && v.get("method").is_none()
+        })
+        .unwrap_or_else(|| panic!("no response to request {id} within {ANSWER_DEADLINE:?}"))
+    }
+
+    pub fn initialize(&mut self) -> Value {
+        let id = self.request(
+            "initialize",
+            json!({
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "warden-tests", "version": "0"}
+            }),
+        );
+        let r = self.response(id);
+        self.notify("notifications/initialized", json!({}));
+        r
+    }
+
+    /// Starts a tools/call; returns its id.
+    pub fn start_call(&mut self, tool: &str, args: Value) -> i64 {
+        self.request("tools/call", json!({"name": tool, "arguments": args}))
+    }
+
+    /// Calls a tool and returns the JSON-RPC response.
+    pub fn call(&mut self, tool: &str, args: Value) -> Value {
+        let id = self.start_call(tool, args);
+        self.response(id)
+    }
+
+    /// Calls a tool that must answer with a result; returns the result.
+    pub fn call_result(&mut self, tool: &str, args: Value) -> Value {
+        let r = self.call(tool, args);
+        assert!(r.get("result").is_some(), "expected a result, got {r}");
+        r["result"].clone()
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Waits for warden to exit.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "warden did not exit within {deadline:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The JSON objects in warden's log files.
+    pub fn log_lines(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.setup.path().join("logs")) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+        }
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The text of a tool result's first content block.
+pub fn text(result: &Value) -> String {
+    result["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The error kind of an `isError` result.
+pub fn kind(result: &Value) -> String {
+    assert_eq!(
+        result["isError"],
+        json!(true),
+        "expected an error result, got {result}"
+    );
+    result["structuredContent"]["kind"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Is a process with this pid alive (and not a zombie)?
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the command name in parentheses.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .chars()
+                .next();
+            state != Some('Z') && state != Some('X')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Direct children of `pid`, from /proc.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.get(1).and_then(|f| f.parse::<i32>().ok()) == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Processes whose process group is `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.get(2).and_then(|f| f.parse::<i32>().ok()) == Some(pgid) && alive(p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Polls `cond` until it holds or `deadline` passes.
+pub fn eventually(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads a pid file the fixture writes, waiting for it to appear.
+pub fn read_pids(path: &Path) -> Vec<i32> {
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(path)
+            .is_ok_and(|s| !s.trim().is_empty())),
+        "the fixture never wrote {}",
+        path.display()
+    );
+    std::fs::read_to_string(path)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+pub const QUIET_CONFIG: &str = "[log]\nstderr = \"warn\"\n";

@@ -1,0 +1,117 @@
+//! Shutdown: stdin EOF and SIGTERM drain in-flight calls, then nothing is left.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use crate::harness::*;
+
+fn setup(grace: &str) -> (Setup, tempfile::TempDir) {
+    let pids = tempfile::tempdir().unwrap();
+    let s = Setup::new(&format!("[server]\nshutdown_grace = \"{grace}\"\n[log]\nstderr = \"off\"\n")).actor(
+        "sleeper",
+        &fixture_tool(
+            "sleeper",
+            &["sleep", "{ms}", "{pidfile}"],
+            "concurrency = 4",
+            "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }\nproperties.pidfile = { type = \"string\" }",
+        ),
+    );
+    (s, pids)
+}
+
+fn drains_in_flight_calls(stop: impl FnOnce(&mut Server)) {
+    let (setup, dir) = setup("10s");
+    let mut s = setup.start();
+    s.initialize();
+    let pidfile = dir.path().join("p");
+    let id = s.start_call(
+        "sleeper",
+        json!({"ms": 600, "pidfile": pidfile.to_str().unwrap()}),
+    );
+    let child = read_pids(&pidfile)[0];
+    assert_eq!(
+        children_of(s.pid()),
+        [child],
+        "the program runs as warden's child"
+    );
+    stop(&mut s);
+    // The in-flight call still gets its real answer.
+    let r = s.response(id);
+    assert_eq!(text(&r["result"]), "slept\n", "{r}");
+    let status = s.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(!alive(child));
+    assert!(group_members(child).is_empty());
+}
+
+#[test]
+fn stdin_eof_drains_in_flight_calls_and_exits_zero() {
+    drains_in_flight_calls(|s| s.close_stdin());
+}
+
+#[test]
+fn sigterm_drains_in_flight_calls_and_exits_zero() {
+    drains_in_flight_calls(|s| kill(Pid::from_raw(s.pid()), Signal::SIGTERM).unwrap());
+}
+
+#[test]
+fn past_the_grace_running_calls_are_cancelled_and_killed() {
+    let (setup, dir) = setup("300ms");
+    let mut s = setup.start();
+    s.initialize();
+    let pidfile = dir.path().join("p");
+    let id = s.start_call(
+        "sleeper",
+        json!({"ms": 60000, "pidfile": pidfile.to_str().unwrap()}),
+    );
+    let child = read_pids(&pidfile)[0];
+    let started = Instant::now();
+    s.close_stdin();
+    let r = s.response(id);
+    assert_eq!(kind(&r["result"]), "cancelled", "{r}");
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(child)),
+        "the program outlived warden"
+    );
+}
+
+#[test]
+fn eof_before_initialize_exits_cleanly() {
+    let (setup, _dir) = setup("1s");
+    let mut s = setup.start();
+    s.close_stdin();
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn new_calls_during_the_drain_answer_unavailable() {
+    let (setup, dir) = setup("10s");
+    let mut s = setup.start();
+    s.initialize();
+    let pidfile = dir.path().join("p");
+    let first = s.start_call(
+        "sleeper",
+        json!({"ms": 800, "pidfile": pidfile.to_str().unwrap()}),
+    );
+    read_pids(&pidfile);
+    kill(Pid::from_raw(s.pid()), Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // stdin is still open: a late call is refused, not lost.
+    let late = s.start_call("sleeper", json!({"ms": 1}));
+    let r = s.response(late);
+    assert!(
+        r.get("error").is_some() || kind(&r["result"]) == "unavailable",
+        "late call: {r}"
+    );
+    assert_eq!(text(&s.response(first)["result"]), "slept\n");
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
