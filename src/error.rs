@@ -142,7 +142,10 @@ impl ToolError {
 
     /// The text content a client (and the model behind it) reads.
     pub fn text(&self) -> String {
-        let mut s = format!("{}: {}\nSuggestion: {}", self.kind, self.message, self.suggestion);
+        let mut s = format!(
+            "{}: {}\nSuggestion: {}",
+            self.kind, self.message, self.suggestion
+        );
         if let Some(d) = self.retry_after {
             s.push_str(&format!(" (retry after {} ms)", d.as_millis()));
         }

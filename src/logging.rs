@@ -29,7 +29,10 @@ pub fn init(cfg: &LogConfig) -> Option<WorkerGuard> {
         }
         Err(e) => (None, None, Some(e)),
     };
-    tracing_subscriber::registry().with(stderr).with(file).init();
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .init();
     if let Some(e) = problem {
         tracing::warn!(dir = %cfg.dir.display(), error = %e, "file logging is off: cannot open the log directory");
     }

@@ -72,7 +72,8 @@ pub struct Call {
 
 pub type ToolMsg = FactoryMessage<(), Call>;
 pub type ToolRef = ActorRef<ToolMsg>;
-type ToolFactory = Factory<(), Call, (), ToolWorker, QueuerRouting<(), Call>, DefaultQueue<(), Call>>;
+type ToolFactory =
+    Factory<(), Call, (), ToolWorker, QueuerRouting<(), Call>, DefaultQueue<(), Call>>;
 
 /// The registered name of a tool's actor.
 pub fn actor_name(tool: &str) -> String {
@@ -127,7 +128,9 @@ impl DiscardHandler<(), Call> for AnswerBusy {
         if let Some(reply) = job.msg.reply.take() {
             let what = format!("Tool `{}`", self.tool);
             let error = match reason {
-                DiscardReason::Shutdown => ToolError::unavailable(&self.tool, "it is stopping", None),
+                DiscardReason::Shutdown => {
+                    ToolError::unavailable(&self.tool, "it is stopping", None)
+                }
                 _ => ToolError::busy(&what),
             };
             let _ = reply.send(Err(error));
