@@ -18,6 +18,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Default for `server.max_line`, in bytes: a longer request line is refused unread.
 pub const DEFAULT_MAX_LINE: u64 = 16 << 20;
+/// Default for `server.worker_threads`: one thread runs every actor.
+pub const DEFAULT_WORKER_THREADS: usize = 1;
 /// Default for `defaults.concurrency`: workers per tool.
 pub const DEFAULT_CONCURRENCY: usize = 2;
 /// Default for `defaults.queue`: jobs waiting per tool beyond the busy workers.
@@ -134,7 +136,6 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -147,6 +148,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// The longest request line read from stdin.
     pub max_line: ByteSize,
+    /// Threads running the actors: 1 is a single-threaded runtime (no
+    /// cross-thread wake-ups per call); more is tokio's multi-thread runtime.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -156,6 +160,7 @@ impl Default for ServerConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_line: ByteSize(DEFAULT_MAX_LINE),
+            worker_threads: DEFAULT_WORKER_THREADS,
         }
     }
 }
@@ -491,6 +496,9 @@ fn check_config(config: &Config, path: &Path, problems: &mut Vec<Problem>) {
     };
     if config.server.max_in_flight == 0 {
         bad("server.max_in_flight", "must be at least 1");
+    }
+    if config.server.worker_threads == 0 || config.server.worker_threads > 64 {
+        bad("server.worker_threads", "must be between 1 and 64");
     }
     if config.server.max_line.0 < 1024 {
         bad("server.max_line", "must be at least 1KiB");

@@ -81,6 +81,7 @@ fn main() -> ExitCode {
                 }
             };
             let _guard = warden::logging::init(&loaded.config.log);
+            let loaded_threads = loaded.config.server.worker_threads;
             let runtime = match warden::runtime::Runtime::new(loaded) {
                 Ok(r) => r,
                 Err(e) => {
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let rt = tokio_runtime();
+            let rt = serve_runtime(loaded_threads);
             let code = match rt.block_on(warden::root::serve(runtime)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -113,7 +114,24 @@ fn load(config: &std::path::Path) -> Result<warden::config::Loaded, Vec<warden::
 }
 
 fn tokio_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
+/// `server.worker_threads = 1` (the default) runs every actor on one thread:
+/// a call's hops between actors are then task switches, not cross-thread
+/// wake-ups, which measured 3× faster per call (BENCHMARKS.md).
+fn serve_runtime(worker_threads: usize) -> tokio::runtime::Runtime {
+    let mut builder = if worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(worker_threads);
+        b
+    };
+    builder
         .enable_all()
         .build()
         .expect("the tokio runtime starts")

@@ -74,8 +74,11 @@ impl Runtime {
             .ok_or_else(|| CallError::UnknownTool(tool.to_string()))?;
         let args = args.unwrap_or_default();
         let args_value = Value::Object(args);
-        if let Some(e) = entry.validator.iter_errors(&args_value).next() {
-            return Ok(Err(validation_error(&e)));
+        // `is_valid` is the fast path; the first error is collected only on failure.
+        if !entry.validator.is_valid(&args_value) {
+            if let Some(e) = entry.validator.iter_errors(&args_value).next() {
+                return Ok(Err(validation_error(&e)));
+            }
         }
         let Value::Object(args) = args_value else {
             unreachable!()

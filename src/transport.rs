@@ -61,9 +61,12 @@ impl Actor for TransportActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let runtime = args.runtime;
         let session = tokio::spawn(async move {
+            // Pipes (how MCP clients launch servers) are driven by the IO
+            // reactor; anything else falls back to tokio's blocking stdio.
+            let (stdin, stdout) = rmcp::transport::stdio_pipes();
             let transport = StdioTransport::new(
-                tokio::io::BufReader::with_capacity(64 * 1024, tokio::io::stdin()),
-                tokio::io::stdout(),
+                tokio::io::BufReader::with_capacity(64 * 1024, stdin),
+                stdout,
                 runtime.clone(),
             );
             let reason = match WardenServer::new(runtime).serve(transport).await {

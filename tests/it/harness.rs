@@ -81,7 +81,6 @@ impl Server {
         let mut child = Command::new(WARDEN)
             .args(["serve", "--config"])
             .arg(config)
-            .env("WARDEN_LOG_STDERR", "warn")
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

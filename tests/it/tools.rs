@@ -201,3 +201,36 @@ fn a_full_queue_answers_busy_at_once_and_cancel_kills_the_program() {
     let rb = s.response(b);
     assert_eq!(text(&rb["result"]), "slept\n", "{rb}");
 }
+
+#[test]
+fn progress_is_reported_on_the_clients_token() {
+    let mut s = Setup::new(QUIET_CONFIG)
+        .actor(
+            "flood",
+            &fixture_tool(
+                "flood",
+                &["flood", "{bytes}"],
+                "max_output = \"64KiB\"",
+                "properties.bytes = { type = \"integer\" }",
+            ),
+        )
+        .start();
+    s.initialize();
+    let id = s.request(
+        "tools/call",
+        json!({"name": "flood", "arguments": {"bytes": 4 << 20}, "_meta": {"progressToken": "tok-1"}}),
+    );
+    let r = s.response(id);
+    assert_eq!(text(&r["result"]).len(), 64 << 10);
+    let p = s
+        .next_matching(Duration::from_secs(5), |v| {
+            v["method"] == "notifications/progress"
+        })
+        .expect("a progress notification");
+    assert_eq!(p["params"]["progressToken"], "tok-1");
+    assert!(p["params"]["progress"].as_f64().unwrap() > 0.0, "{p}");
+    assert!(p["params"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("bytes of output"));
+}

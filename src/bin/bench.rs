@@ -1,0 +1,430 @@
+//! `warden-bench`: a load driver for stdio MCP servers.
+//!
+//! ```text
+//! warden-bench --name LABEL --calls N --concurrency C -- <server command and args...>
+//! ```
+//!
+//! It starts the server with piped stdin/stdout, does the `initialize`
+//! handshake, then runs N `tools/call`s of `echo` one at a time and N with C
+//! in flight, and prints one line of JSON with the timings and the server's
+//! memory. It speaks raw newline-delimited JSON-RPC rather than going through
+//! the rmcp client, so that it adds the same small overhead to every server.
+
+use std::collections::HashMap;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// How long any one response may take.
+const RESPONSE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a write to the server's stdin may block.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the server may take to exit once its stdin is closed.
+const EXIT_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the server sits idle before its resident memory is read.
+const IDLE_SETTLE: Duration = Duration::from_millis(300);
+/// The protocol version offered in `initialize`.
+const PROTOCOL_VERSION: &str = "2025-11-25";
+/// What every call sends, and what every answer must carry back.
+const MESSAGE: &str = "hello";
+
+const USAGE: &str =
+    "usage: warden-bench --name LABEL --calls N --concurrency C -- <server command and args...>";
+
+struct Args {
+    name: String,
+    calls: usize,
+    concurrency: usize,
+    command: Vec<String>,
+}
+
+fn parse_args(argv: &[String]) -> Result<Args, String> {
+    let mut name = None;
+    let mut calls = None;
+    let mut concurrency = None;
+    let mut i = 0;
+    while i < argv.len() {
+        let flag = argv[i].as_str();
+        if flag == "--" {
+            break;
+        }
+        if flag == "-h" || flag == "--help" {
+            return Err(USAGE.to_string());
+        }
+        let (key, inline) = match flag.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (flag, None),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => {
+                i += 1;
+                argv.get(i)
+                    .cloned()
+                    .ok_or_else(|| format!("{key} needs a value\n{USAGE}"))?
+            }
+        };
+        match key {
+            "--name" => name = Some(value),
+            "--calls" => calls = Some(parse_count(key, &value)?),
+            "--concurrency" => concurrency = Some(parse_count(key, &value)?),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+        i += 1;
+    }
+    let command: Vec<String> = argv.get(i + 1..).unwrap_or_default().to_vec();
+    if command.is_empty() {
+        return Err(format!("no server command after `--`\n{USAGE}"));
+    }
+    Ok(Args {
+        name: name.ok_or_else(|| format!("--name is required\n{USAGE}"))?,
+        calls: calls.ok_or_else(|| format!("--calls is required\n{USAGE}"))?,
+        concurrency: concurrency.ok_or_else(|| format!("--concurrency is required\n{USAGE}"))?,
+        command,
+    })
+}
+
+fn parse_count(flag: &str, value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{flag} wants a positive integer, not `{value}`")),
+    }
+}
+
+/// The server's stdio, spoken as newline-delimited JSON-RPC.
+struct Session {
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    line: String,
+}
+
+impl Session {
+    async fn send(&mut self, msg: &Value) -> Result<(), String> {
+        let mut bytes = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+        bytes.push(b'\n');
+        let write = async {
+            self.stdin.write_all(&bytes).await?;
+            self.stdin.flush().await
+        };
+        match tokio::time::timeout(WRITE_DEADLINE, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("writing to the server: {e}")),
+            Err(_) => Err(format!(
+                "the server did not read its stdin for {WRITE_DEADLINE:?}"
+            )),
+        }
+    }
+
+    /// The next response (a message with an id and no method); notifications
+    /// and requests from the server are skipped.
+    async fn response(&mut self) -> Result<(u64, Value, Instant), String> {
+        let deadline = tokio::time::Instant::now() + RESPONSE_DEADLINE;
+        loop {
+            self.line.clear();
+            let n = match tokio::time::timeout_at(deadline, self.stdout.read_line(&mut self.line))
+                .await
+            {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(format!("reading from the server: {e}")),
+                Err(_) => return Err(format!("no response within {RESPONSE_DEADLINE:?}")),
+            };
+            let at = Instant::now();
+            if n == 0 {
+                return Err("the server closed its stdout".to_string());
+            }
+            let text = self.line.trim();
+            if text.is_empty() {
+                continue;
+            }
+            let msg: Value = serde_json::from_str(text)
+                .map_err(|e| format!("the server wrote a line that is not JSON ({e}): {text}"))?;
+            if msg.get("method").is_some() {
+                continue;
+            }
+            let Some(id) = msg.get("id").and_then(Value::as_u64) else {
+                return Err(format!("a response without a numeric id: {text}"));
+            };
+            return Ok((id, msg, at));
+        }
+    }
+}
+
+fn echo_call(id: u64) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": MESSAGE}}
+    })
+}
+
+/// Whether a `tools/call` response is a successful echo of [`MESSAGE`].
+fn is_echo(msg: &Value) -> bool {
+    let Some(result) = msg.get("result") else {
+        return false;
+    };
+    if result.get("isError").and_then(Value::as_bool) == Some(true) {
+        return false;
+    }
+    let first = result
+        .get("content")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first());
+    matches!(first, Some(block)
+        if block.get("type").and_then(Value::as_str) == Some("text")
+            && block.get("text").and_then(Value::as_str) == Some(MESSAGE))
+}
+
+/// Latencies of one phase and how long it took.
+struct Phase {
+    latencies_us: Vec<u64>,
+    elapsed: Duration,
+    failures: usize,
+    first_failure: Option<String>,
+}
+
+impl Phase {
+    fn new(calls: usize) -> Self {
+        Phase {
+            latencies_us: Vec::with_capacity(calls),
+            elapsed: Duration::ZERO,
+            failures: 0,
+            first_failure: None,
+        }
+    }
+
+    fn record(&mut self, sent: Instant, at: Instant, msg: &Value) {
+        self.latencies_us
+            .push(at.duration_since(sent).as_micros() as u64);
+        if !is_echo(msg) {
+            self.failures += 1;
+            if self.first_failure.is_none() {
+                self.first_failure = Some(msg.to_string());
+            }
+        }
+    }
+
+    fn check(&self, label: &str) -> Result<(), String> {
+        if self.failures == 0 {
+            return Ok(());
+        }
+        Err(format!(
+            "{label}: {} of {} calls did not echo {MESSAGE:?}; the first: {}",
+            self.failures,
+            self.latencies_us.len(),
+            self.first_failure.as_deref().unwrap_or("?")
+        ))
+    }
+
+    fn summary(&mut self) -> Value {
+        self.latencies_us.sort_unstable();
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.latencies_us.len() as f64 / secs
+        } else {
+            0.0
+        };
+        json!({
+            "p50_us": percentile(&self.latencies_us, 50.0),
+            "p99_us": percentile(&self.latencies_us, 99.0),
+            "calls_per_s": (rate * 10.0).round() / 10.0,
+        })
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// N calls, each sent once the previous one is answered.
+async fn sequential(s: &mut Session, next_id: &mut u64, calls: usize) -> Result<Phase, String> {
+    let mut phase = Phase::new(calls);
+    let start = Instant::now();
+    for _ in 0..calls {
+        let id = *next_id;
+        *next_id += 1;
+        let sent = Instant::now();
+        s.send(&echo_call(id)).await?;
+        let (got, msg, at) = s.response().await?;
+        if got != id {
+            return Err(format!("expected the response to {id}, got one to {got}"));
+        }
+        phase.record(sent, at, &msg);
+    }
+    phase.elapsed = start.elapsed();
+    Ok(phase)
+}
+
+/// N calls with exactly `concurrency` outstanding until the last are sent;
+/// responses may come back in any order.
+async fn concurrent(
+    s: &mut Session,
+    next_id: &mut u64,
+    calls: usize,
+    concurrency: usize,
+) -> Result<Phase, String> {
+    let mut phase = Phase::new(calls);
+    let mut in_flight: HashMap<u64, Instant> = HashMap::with_capacity(concurrency);
+    let mut sent_count = 0usize;
+    let start = Instant::now();
+    while sent_count < calls.min(concurrency) {
+        let id = *next_id;
+        *next_id += 1;
+        in_flight.insert(id, Instant::now());
+        s.send(&echo_call(id)).await?;
+        sent_count += 1;
+    }
+    while !in_flight.is_empty() {
+        let (id, msg, at) = s.response().await?;
+        let Some(sent) = in_flight.remove(&id) else {
+            return Err(format!("a response to {id}, which is not in flight"));
+        };
+        phase.record(sent, at, &msg);
+        if sent_count < calls {
+            let id = *next_id;
+            *next_id += 1;
+            in_flight.insert(id, Instant::now());
+            s.send(&echo_call(id)).await?;
+            sent_count += 1;
+        }
+    }
+    phase.elapsed = start.elapsed();
+    Ok(phase)
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS in {path}"))
+}
+
+async fn run(args: &Args, child: &mut Option<Child>) -> Result<Value, String> {
+    let spawned_at = Instant::now();
+    let mut proc = Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start `{}`: {e}", args.command[0]))?;
+    let pid = proc.id().ok_or("the server exited at once")?;
+    let stdin = proc.stdin.take().ok_or("no stdin pipe")?;
+    let stdout = proc.stdout.take().ok_or("no stdout pipe")?;
+    *child = Some(proc);
+    let mut s = Session {
+        stdin,
+        stdout: BufReader::with_capacity(64 * 1024, stdout),
+        line: String::with_capacity(1024),
+    };
+
+    s.send(&json!({
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "warden-bench", "version": env!("CARGO_PKG_VERSION")}
+        }
+    }))
+    .await?;
+    let (id, msg, at) = s.response().await?;
+    let ready = at.duration_since(spawned_at);
+    if id != 0 || msg.get("result").is_none() {
+        return Err(format!("initialize failed: {msg}"));
+    }
+    s.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await?;
+
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let rss_idle = rss_kib(pid)?;
+
+    let mut next_id = 1u64;
+    let mut seq = sequential(&mut s, &mut next_id, args.calls).await?;
+    seq.check("sequential")?;
+    let mut conc = concurrent(&mut s, &mut next_id, args.calls, args.concurrency).await?;
+    conc.check("concurrent")?;
+    let rss_after = rss_kib(pid)?;
+
+    // Closing stdin is the end of the session for a stdio MCP server; its
+    // stdout stays open until it has exited.
+    let Session { stdin, stdout, .. } = s;
+    drop(stdin);
+    if let Some(proc) = child.as_mut() {
+        match tokio::time::timeout(EXIT_DEADLINE, proc.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!(
+                    "warden-bench: {} did not exit within {EXIT_DEADLINE:?} of stdin closing; killing it",
+                    args.name
+                );
+                let _ = proc.start_kill();
+                let _ = tokio::time::timeout(EXIT_DEADLINE, proc.wait()).await;
+            }
+        }
+    }
+    *child = None;
+    drop(stdout);
+
+    Ok(json!({
+        "name": args.name,
+        "ready_ms": (ready.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+        "rss_idle_kib": rss_idle,
+        "rss_after_kib": rss_after,
+        "seq": seq.summary(),
+        "conc": conc.summary(),
+    }))
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warden-bench: cannot start the tokio runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async {
+        let mut child = None;
+        let outcome = run(&args, &mut child).await;
+        if let Some(mut proc) = child.take() {
+            let _ = proc.start_kill();
+            let _ = tokio::time::timeout(EXIT_DEADLINE, proc.wait()).await;
+        }
+        match outcome {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("warden-bench: {}: {e}", args.name);
+                ExitCode::from(1)
+            }
+        }
+    })
+}
