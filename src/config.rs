@@ -18,6 +18,10 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Default for `server.max_line`, in bytes: a longer request line is refused unread.
 pub const DEFAULT_MAX_LINE: u64 = 16 << 20;
+/// Default for `log.level` and `log.stderr`. rmcp's info-level span wraps every
+/// request; entering it on each poll is measurable per call, and it says nothing
+/// warden's own call line does not.
+pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
 /// Default for `server.worker_threads`: one thread runs every actor.
 pub const DEFAULT_WORKER_THREADS: usize = 1;
 /// Default for `defaults.concurrency`: workers per tool.
@@ -258,8 +262,8 @@ impl Default for LogConfig {
             dir: PathBuf::from("logs"),
             rotation: Rotation::Daily,
             keep: 7,
-            level: "info".into(),
-            stderr: "info".into(),
+            level: DEFAULT_LOG_FILTER.into(),
+            stderr: DEFAULT_LOG_FILTER.into(),
         }
     }
 }
