@@ -13,17 +13,20 @@ pub enum Builtin {
     Echo,
     /// The supervision tree as JSON.
     Status,
+    /// The runtime's metrics in the Prometheus text format.
+    Metrics,
     /// Chaos: panics the worker that runs it, to exercise supervision.
     Panic,
 }
 
 impl Builtin {
-    pub const NAMES: &'static [&'static str] = &["echo", "status", "panic"];
+    pub const NAMES: &'static [&'static str] = &["echo", "status", "metrics", "panic"];
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "echo" => Some(Builtin::Echo),
             "status" => Some(Builtin::Status),
+            "metrics" => Some(Builtin::Metrics),
             "panic" => Some(Builtin::Panic),
             _ => None,
         }
@@ -39,7 +42,7 @@ impl Builtin {
                     "message": {"type": "string", "description": "The text to send back."}
                 }
             }),
-            Builtin::Status | Builtin::Panic => json!({
+            Builtin::Status | Builtin::Metrics | Builtin::Panic => json!({
                 "type": "object",
                 "additionalProperties": false,
                 "properties": {}
@@ -73,6 +76,7 @@ pub async fn run(
                 serde_json::to_string_pretty(&status).unwrap_or_else(|_| status.to_string()),
             ))
         }
+        Builtin::Metrics => Ok(ToolOutput::text(runtime.metrics.render())),
         Builtin::Panic => panic!("the panic builtin was called (chaos test)"),
     }
 }

@@ -137,6 +137,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub supervisor: SupervisorConfig,
     pub defaults: ToolDefaults,
+    pub breaker: BreakerConfig,
     pub log: LogConfig,
 }
 
@@ -231,6 +232,168 @@ impl Default for ToolDefaults {
             max_output: ByteSize(DEFAULT_MAX_OUTPUT),
         }
     }
+}
+
+/// Circuit breaker policy, in resilience4j's vocabulary. `[breaker]` holds the
+/// defaults; an actor file's `[breaker]` table overrides any of them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Off: the tool's calls are never refused by its breaker.
+    pub enabled: bool,
+    /// The last N calls whose outcomes decide.
+    pub window: usize,
+    /// Calls needed in the window before the rates count.
+    pub min_calls: usize,
+    /// Failure rate (0..=1) at which the breaker opens.
+    pub failure_rate: f64,
+    /// A call longer than this is slow.
+    #[serde(with = "humantime_serde")]
+    pub slow_call: Duration,
+    /// Slow-call rate (0..=1) at which the breaker opens.
+    pub slow_rate: f64,
+    /// How long it stays open before letting trial calls through.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    /// The cap of `open_for` as it grows after failed trials.
+    #[serde(with = "humantime_serde")]
+    pub open_for_max: Duration,
+    /// `open_for` is multiplied by this after each failed trial.
+    pub backoff_factor: f64,
+    /// Trial calls let through when half-open.
+    pub half_open_calls: usize,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: true,
+            window: 20,
+            min_calls: 10,
+            failure_rate: 0.5,
+            slow_call: Duration::from_secs(10),
+            slow_rate: 0.8,
+            open_for: Duration::from_secs(30),
+            open_for_max: Duration::from_secs(300),
+            backoff_factor: 2.0,
+            half_open_calls: 3,
+        }
+    }
+}
+
+/// An actor file's `[breaker]`: any field of `BreakerConfig`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerOverride {
+    pub enabled: Option<bool>,
+    pub window: Option<usize>,
+    pub min_calls: Option<usize>,
+    pub failure_rate: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    pub slow_call: Option<Duration>,
+    pub slow_rate: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    pub open_for: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub open_for_max: Option<Duration>,
+    pub backoff_factor: Option<f64>,
+    pub half_open_calls: Option<usize>,
+}
+
+impl BreakerConfig {
+    fn merged(&self, o: &BreakerOverride) -> BreakerConfig {
+        BreakerConfig {
+            enabled: o.enabled.unwrap_or(self.enabled),
+            window: o.window.unwrap_or(self.window),
+            min_calls: o.min_calls.unwrap_or(self.min_calls),
+            failure_rate: o.failure_rate.unwrap_or(self.failure_rate),
+            slow_call: o.slow_call.unwrap_or(self.slow_call),
+            slow_rate: o.slow_rate.unwrap_or(self.slow_rate),
+            open_for: o.open_for.unwrap_or(self.open_for),
+            open_for_max: o.open_for_max.unwrap_or(self.open_for_max),
+            backoff_factor: o.backoff_factor.unwrap_or(self.backoff_factor),
+            half_open_calls: o.half_open_calls.unwrap_or(self.half_open_calls),
+        }
+    }
+
+    /// Every inconsistency, as (field, reason).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.window == 0 {
+            out.push(("window", "must be at least 1".to_string()));
+        }
+        if self.min_calls == 0 || self.min_calls > self.window {
+            out.push((
+                "min_calls",
+                format!("must be between 1 and window ({})", self.window),
+            ));
+        }
+        for (field, rate) in [
+            ("failure_rate", self.failure_rate),
+            ("slow_rate", self.slow_rate),
+        ] {
+            if !(rate > 0.0 && rate <= 1.0) {
+                out.push((field, format!("{rate} must be in (0, 1]")));
+            }
+        }
+        if self.open_for.is_zero() || self.open_for > self.open_for_max {
+            out.push(("open_for", "needs 0 < open_for <= open_for_max".to_string()));
+        }
+        if self.backoff_factor.is_nan() || self.backoff_factor < 1.0 {
+            out.push(("backoff_factor", "must be at least 1".to_string()));
+        }
+        if self.half_open_calls == 0 {
+            out.push(("half_open_calls", "must be at least 1".to_string()));
+        }
+        if self.slow_call.is_zero() {
+            out.push(("slow_call", "must be longer than 0s".to_string()));
+        }
+        out
+    }
+}
+
+/// A rate limit, written "10/s", "600/m" or "100/h".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+}
+
+impl Rate {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (n, unit) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not a rate (write it like \"10/s\")"))?;
+        let n: f64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: `{n}` is not a number"))?;
+        let secs = match unit.trim() {
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("`{s}`: unknown unit `{other}` (use s, m or h)")),
+        };
+        if !(n > 0.0 && n.is_finite()) {
+            return Err(format!("`{s}`: the count must be above 0"));
+        }
+        Ok(Rate {
+            per_second: n / secs,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Rate::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A tool's token bucket: `rate` refills, `burst` is the most it holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub rate: Rate,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -331,6 +494,13 @@ pub struct ActorFile {
     pub input: Option<toml::Table>,
     #[serde(default)]
     pub limits: Limits,
+    /// Overrides of `[breaker]` for this tool.
+    #[serde(default)]
+    pub breaker: BreakerOverride,
+    /// Calls allowed per time unit ("10/s"); beyond it: rate_limited.
+    pub rate: Option<Rate>,
+    /// Calls allowed at once from a full bucket (default: one second's worth).
+    pub burst: Option<u32>,
 }
 
 /// A tool ready to run: its actor file with the defaults applied.
@@ -348,6 +518,8 @@ pub struct ToolSpec {
     pub priority: Priority,
     /// JSON Schema of the arguments, as JSON.
     pub input_schema: serde_json::Map<String, serde_json::Value>,
+    pub breaker: BreakerConfig,
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone)]
@@ -520,6 +692,9 @@ fn check_config(config: &Config, path: &Path, problems: &mut Vec<Problem>) {
     if config.supervisor.window.is_zero() {
         bad("supervisor.window", "must be longer than 0s");
     }
+    for (field, reason) in config.breaker.problems() {
+        bad(&format!("breaker.{field}"), &reason);
+    }
     for (field, filter) in [
         ("log.level", &config.log.level),
         ("log.stderr", &config.log.stderr),
@@ -585,7 +760,7 @@ fn load_actors(config: &Config, problems: &mut Vec<Problem>) -> Vec<ToolSpec> {
             });
             continue;
         }
-        if let Some(spec) = check_actor(actor, &file, &config.defaults, problems) {
+        if let Some(spec) = check_actor(actor, &file, config, problems) {
             tools.push(spec);
         }
     }
@@ -596,9 +771,10 @@ fn load_actors(config: &Config, problems: &mut Vec<Problem>) -> Vec<ToolSpec> {
 fn check_actor(
     a: ActorFile,
     file: &Path,
-    defaults: &ToolDefaults,
+    config: &Config,
     problems: &mut Vec<Problem>,
 ) -> Option<ToolSpec> {
+    let defaults = &config.defaults;
     let before = problems.len();
     let mut bad = |field: &str, reason: String| {
         problems.push(Problem {
@@ -748,6 +924,24 @@ fn check_actor(
             )
         }
     };
+    let breaker = config.breaker.merged(&a.breaker);
+    // A bad `[breaker]` in config.toml is reported once, there.
+    let overridden = breaker != config.breaker;
+    for (field, reason) in breaker.problems().into_iter().filter(|_| overridden) {
+        bad(&format!("breaker.{field}"), reason);
+    }
+    let rate_limit = a.rate.map(|rate| RateLimit {
+        rate,
+        burst: a
+            .burst
+            .unwrap_or_else(|| (rate.per_second.ceil() as u32).max(1)),
+    });
+    if a.burst == Some(0) {
+        bad("burst", "must be at least 1".into());
+    }
+    if a.burst.is_some() && a.rate.is_none() {
+        bad("burst", "needs `rate`".into());
+    }
     if problems.len() > before {
         return None;
     }
@@ -763,6 +957,8 @@ fn check_actor(
         max_output: a.max_output.unwrap_or(defaults.max_output).0,
         priority: a.priority,
         input_schema,
+        breaker,
+        rate_limit,
     })
 }
 

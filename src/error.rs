@@ -35,6 +35,14 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Failures of the tool itself, which its circuit breaker counts.
+    pub fn is_tool_failure(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Timeout | ErrorKind::ExecutionFailed | ErrorKind::Internal
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Validation => "validation",
@@ -114,6 +122,38 @@ impl ToolError {
             Some(d) => e.retry_after(d),
             None => e,
         }
+    }
+
+    pub fn rate_limited(
+        tool: &str,
+        limit: Option<crate::config::RateLimit>,
+        wait: Duration,
+    ) -> Self {
+        let mut e = ToolError::new(
+            ErrorKind::RateLimited,
+            format!("Tool `{tool}` is over its rate limit."),
+            "Wait for the suggested delay before calling it again.",
+        )
+        .retry_after(wait);
+        if let Some(l) = limit {
+            e = e
+                .detail("rate_per_second", l.rate.per_second)
+                .detail("burst", l.burst);
+        }
+        e
+    }
+
+    pub fn circuit_open(tool: &str, until_half_open: Duration, breaker: &Value) -> Self {
+        let mut e = ToolError::new(
+            ErrorKind::CircuitOpen,
+            format!(
+                "Tool `{tool}` is failing and its circuit breaker is open; nothing was run."
+            ),
+            "Retry after the suggested delay, when trial calls are let through; `status` shows the breaker.",
+        )
+        .retry_after(until_half_open);
+        e.details.insert("breaker".into(), breaker.clone());
+        e
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

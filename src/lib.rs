@@ -1,12 +1,15 @@
 //! warden: a supervised MCP server runtime. Tools are actors in a ractor
 //! supervision tree, defined as data in `actors/*.toml`. See ARCHITECTURE.md.
 
+pub mod breaker;
 pub mod builtin;
 pub mod call;
 pub mod config;
 pub mod error;
 pub mod exec;
 pub mod logging;
+pub mod metrics;
+pub mod ratelimit;
 pub mod root;
 pub mod runtime;
 pub mod stdio;

@@ -1,5 +1,5 @@
-//! The root supervisor, `warden`: starts the tools supervisor, then the
-//! transport, and owns shutdown.
+//! The root supervisor, `warden`: starts the breaker actor, the tools
+//! supervisor, then the transport, and owns shutdown.
 //!
 //! Children start in order (tools before transport, so no call can arrive
 //! before its tool exists) and stop in reverse. When the MCP session ends the
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use crate::breaker::{self, BreakerActor, BreakerMsg};
 use crate::runtime::Runtime;
 use crate::supervisor::{self, ToolsSupervisor, ToolsSupervisorMsg};
 use crate::transport::{self, TransportActor, TransportArgs, TransportMsg};
@@ -28,6 +29,7 @@ pub enum RootMsg {
 
 pub struct RootState {
     runtime: Arc<Runtime>,
+    breaker: Option<ActorRef<BreakerMsg>>,
     tools: Option<ActorRef<ToolsSupervisorMsg>>,
     transport: Option<ActorRef<TransportMsg>>,
 }
@@ -44,9 +46,11 @@ impl Actor for Root {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = RootState {
             runtime,
+            breaker: None,
             tools: None,
             transport: None,
         };
+        state.start_breaker(&myself).await?;
         state.start_tools(&myself).await?;
         let (transport, _) = Actor::spawn_linked(
             Some(transport::NAME.into()),
@@ -87,6 +91,7 @@ impl Actor for Root {
         for cell in [
             state.transport.take().map(|a| a.get_cell()),
             state.tools.take().map(|a| a.get_cell()),
+            state.breaker.take().map(|a| a.get_cell()),
         ]
         .into_iter()
         .flatten()
@@ -127,6 +132,14 @@ impl Actor for Root {
                 tracing::error!(error = %e, "restarting the tools supervisor failed; shutting down");
                 myself.stop(Some("tools supervisor lost".into()));
             }
+        } else if state.breaker.as_ref().is_some_and(|b| b.get_id() == id) {
+            // Breaker state lives in the tool entries; a new actor re-arms the timers.
+            tracing::error!(%why, "breaker actor ended; starting a new one");
+            state.breaker = None;
+            if let Err(e) = state.start_breaker(&myself).await {
+                tracing::error!(error = %e, "restarting the breaker actor failed; shutting down");
+                myself.stop(Some("breaker lost".into()));
+            }
         } else if state.transport.as_ref().is_some_and(|t| t.get_id() == id) {
             // The client's session lived in the transport: nothing left to serve.
             tracing::error!(%why, "transport ended; shutting down");
@@ -140,6 +153,21 @@ impl Actor for Root {
 }
 
 impl RootState {
+    async fn start_breaker(
+        &mut self,
+        myself: &ActorRef<RootMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (breaker, _) = Actor::spawn_linked(
+            Some(breaker::NAME.into()),
+            BreakerActor,
+            self.runtime.clone(),
+            myself.get_cell(),
+        )
+        .await?;
+        self.breaker = Some(breaker);
+        Ok(())
+    }
+
     async fn start_tools(&mut self, myself: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
         let (tools, _) = Actor::spawn_linked(
             Some(supervisor::NAME.into()),

@@ -15,9 +15,11 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::{self, Outcome};
 use crate::config::{Config, Loaded};
 use crate::error::{ErrorKind, ToolError};
-use crate::supervisor::{self, ToolState, Tools, ToolsSupervisorMsg};
+use crate::metrics::Metrics;
+use crate::supervisor::{self, ToolEntry, ToolState, Tools, ToolsSupervisorMsg};
 use crate::tool::{Call, ProgressFn, ToolResult};
 
 /// Everything the actors share. Read-mostly; live counters are atomics.
@@ -31,6 +33,7 @@ pub struct Runtime {
     pub draining: CancellationToken,
     /// Cancelled when the shutdown grace is over: every running call is killed.
     pub kill_all: CancellationToken,
+    pub metrics: Metrics,
     started: Instant,
 }
 
@@ -44,7 +47,12 @@ pub enum CallError {
 impl Runtime {
     pub fn new(loaded: Loaded) -> Result<Arc<Self>, String> {
         let tools = Tools::new(loaded.tools)?;
+        let metrics = Metrics::new();
+        for t in tools.iter() {
+            metrics.register_tool(&t.spec.name);
+        }
         Ok(Arc::new(Runtime {
+            metrics,
             in_flight: Semaphore::new(loaded.config.server.max_in_flight),
             config: loaded.config,
             config_path: loaded.path,
@@ -72,51 +80,119 @@ impl Runtime {
             .tools
             .get(tool)
             .ok_or_else(|| CallError::UnknownTool(tool.to_string()))?;
-        let args = args.unwrap_or_default();
-        let args_value = Value::Object(args);
+        let started = Instant::now();
+        let result = self
+            .admit_and_run(entry, args, cancel, progress, started)
+            .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind.as_str(),
+        };
+        self.metrics
+            .call(tool, outcome, started.elapsed().as_secs_f64());
+        Ok(result)
+    }
+
+    /// Validation, admission (rate limit, in-flight cap, tool state, breaker),
+    /// then the tool actor; the breaker hears how it ended.
+    async fn admit_and_run(
+        &self,
+        entry: &Arc<ToolEntry>,
+        args: Option<Map<String, Value>>,
+        cancel: CancellationToken,
+        progress: Option<ProgressFn>,
+        started: Instant,
+    ) -> ToolResult {
+        let tool = entry.spec.name.as_str();
+        let args_value = Value::Object(args.unwrap_or_default());
         // `is_valid` is the fast path; the first error is collected only on failure.
         if !entry.validator.is_valid(&args_value) {
             if let Some(e) = entry.validator.iter_errors(&args_value).next() {
-                return Ok(Err(validation_error(&e)));
+                return Err(validation_error(&e));
             }
         }
         let Value::Object(args) = args_value else {
-            unreachable!()
+            unreachable!("built from a map above")
         };
-
+        if let Some(bucket) = &entry.bucket {
+            let taken = bucket.lock().unwrap().try_take(started);
+            if let Err(wait) = taken {
+                return Err(ToolError::rate_limited(tool, entry.spec.rate_limit, wait));
+            }
+        }
         let Ok(_permit) = self.in_flight.try_acquire() else {
-            return Ok(Err(ToolError::busy("warden (max_in_flight)")));
+            return Err(ToolError::busy("warden (max_in_flight)"));
         };
         if self.draining.is_cancelled() {
-            return Ok(Err(ToolError::unavailable(
+            return Err(ToolError::unavailable(
                 tool,
                 "warden is shutting down",
                 None,
-            )));
+            ));
         }
         let actor = match entry.state() {
             ToolState::Running => entry.actor(),
             ToolState::Restarting { until } => {
                 let wait = until.saturating_duration_since(Instant::now());
-                return Ok(Err(ToolError::unavailable(
+                return Err(ToolError::unavailable(
                     tool,
                     "it is restarting",
                     Some(wait.max(Duration::from_millis(10))),
-                )));
+                ));
             }
             ToolState::Starting => None,
             ToolState::Failed { reason } | ToolState::Unavailable { reason } => {
-                return Ok(Err(ToolError::unavailable(tool, &reason, None)));
+                return Err(ToolError::unavailable(tool, &reason, None));
             }
         };
         let Some(actor) = actor else {
-            return Ok(Err(ToolError::unavailable(
+            return Err(ToolError::unavailable(
                 tool,
                 "it is starting",
                 Some(Duration::from_millis(100)),
-            )));
+            ));
+        };
+        let (permit, transition) = entry.breaker().try_acquire(started);
+        if let Some(t) = transition {
+            breaker::report(tool, t);
+        }
+        let ticket = match permit {
+            Ok(ticket) => ticket,
+            Err(wait) => {
+                return Err(ToolError::circuit_open(
+                    tool,
+                    wait,
+                    &entry.breaker().snapshot(started),
+                ))
+            }
         };
 
+        self.metrics.set_in_flight(self.in_flight());
+        let result = self.dispatch(entry, actor, args, cancel, progress).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Success,
+            Err(e) if e.kind.is_tool_failure() => Outcome::Failure,
+            Err(_) => Outcome::Ignored,
+        };
+        let now = Instant::now();
+        let transition = entry.breaker().record(ticket, outcome, now - started, now);
+        if let Some(t) = transition {
+            breaker::report(tool, t);
+        }
+        self.metrics.set_in_flight(self.in_flight() - 1);
+        result
+    }
+
+    /// Offers the job to the tool actor's queue and waits for its one answer.
+    async fn dispatch(
+        &self,
+        entry: &ToolEntry,
+        actor: crate::tool::ToolRef,
+        args: Map<String, Value>,
+        cancel: CancellationToken,
+        progress: Option<ProgressFn>,
+    ) -> ToolResult {
+        let tool = entry.spec.name.as_str();
         entry.in_flight.fetch_add(1, Ordering::Relaxed);
         let _accounted = InFlight(&entry.in_flight);
         let spec = &entry.spec;
@@ -135,11 +211,11 @@ impl Runtime {
             accepted: None,
         };
         if ActorRef::cast(&actor, ractor::factory::FactoryMessage::Dispatch(job)).is_err() {
-            return Ok(Err(ToolError::unavailable(
+            return Err(ToolError::unavailable(
                 tool,
                 "its actor has stopped",
                 Some(Duration::from_millis(100)),
-            )));
+            ));
         }
         // The watchdog: the worker enforces `timeout` itself; past timeout + grace
         // the caller answers on its own and stops waiting.
@@ -148,33 +224,30 @@ impl Runtime {
             answer = rx => answer,
             _ = cancel.cancelled() => {
                 job_cancel.cancel();
-                return Ok(Err(ToolError::new(
+                return Err(ToolError::new(
                     ErrorKind::Cancelled,
                     "The call was cancelled; its process group was killed.",
                     "Nothing to do; send the call again if you still need it.",
-                )));
+                ));
             }
             _ = tokio::time::sleep(deadline) => {
                 job_cancel.cancel();
                 entry.set_last_error("a call ran past its deadline and grace");
-                return Ok(Err(ToolError::new(
+                return Err(ToolError::new(
                     ErrorKind::Timeout,
                     format!("Tool `{tool}` did not answer within {}.", humantime::format_duration(deadline)),
                     "Retry later; if it keeps happening, ask the operator to check the tool.",
-                ).detail("timeout_ms", spec.timeout.as_millis() as u64)));
+                ).detail("timeout_ms", spec.timeout.as_millis() as u64));
             }
         };
         match answer {
             Ok(result) => {
                 if let Err(e) = &result {
-                    if matches!(
-                        e.kind,
-                        ErrorKind::ExecutionFailed | ErrorKind::Timeout | ErrorKind::Internal
-                    ) {
+                    if e.kind.is_tool_failure() {
                         entry.set_last_error(e.message.clone());
                     }
                 }
-                Ok(result)
+                result
             }
             Err(_) => {
                 // The reply port was dropped: the worker (or the whole tool actor) died
@@ -182,10 +255,10 @@ impl Runtime {
                 if let Some(sup) = ractor::registry::where_is(supervisor::NAME) {
                     let _ = sup.send_message(ToolsSupervisorMsg::WorkerCrashed(tool.to_string()));
                 }
-                Ok(Err(ToolError::internal(format!(
+                Err(ToolError::internal(format!(
                     "The worker running this call of `{tool}` crashed; it has been replaced."
                 ))
-                .retry_after(Duration::from_millis(100))))
+                .retry_after(Duration::from_millis(100)))
             }
         }
     }
@@ -210,6 +283,7 @@ impl Runtime {
             "actors": [
                 {"name": crate::root::NAME, "state": actor_state(crate::root::NAME)},
                 {"name": crate::transport::NAME, "state": actor_state(crate::transport::NAME)},
+                {"name": breaker::NAME, "state": actor_state(breaker::NAME)},
                 {"name": supervisor::NAME, "state": actor_state(supervisor::NAME), "children": tools},
             ]
         })

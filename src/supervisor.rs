@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{json, Value};
 
+use crate::breaker::CircuitBreaker;
 use crate::config::{Backoff, SupervisorConfig, ToolKindSpec, ToolSpec, DEFAULT_PATH};
+use crate::ratelimit::TokenBucket;
 use crate::runtime::Runtime;
 use crate::tool::{self, ToolRef};
 
@@ -68,6 +70,10 @@ pub struct ToolEntry {
     /// Calls a worker is running now.
     pub running: AtomicUsize,
     last_error: Mutex<Option<String>>,
+    /// The tool's circuit breaker; its clock is driven by the breaker actor.
+    breaker: Mutex<CircuitBreaker>,
+    /// The tool's rate limit, if it has one.
+    pub bucket: Option<Mutex<TokenBucket>>,
 }
 
 impl ToolEntry {
@@ -75,7 +81,6 @@ impl ToolEntry {
         let validator = jsonschema::validator_for(&Value::Object(spec.input_schema.clone()))
             .map_err(|e| e.to_string())?;
         Ok(ToolEntry {
-            spec: Arc::new(spec),
             validator,
             state: Mutex::new(ToolState::Starting),
             actor: Mutex::new(None),
@@ -84,7 +89,17 @@ impl ToolEntry {
             in_flight: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             last_error: Mutex::new(None),
+            breaker: Mutex::new(CircuitBreaker::new(spec.breaker.clone())),
+            bucket: spec
+                .rate_limit
+                .map(|limit| Mutex::new(TokenBucket::new(limit, Instant::now()))),
+            spec: Arc::new(spec),
         })
+    }
+
+    /// The tool's breaker, locked. Hold it for a decision, never across an await.
+    pub fn breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn state(&self) -> ToolState {
@@ -121,6 +136,7 @@ impl ToolEntry {
             "queue_depth": self.in_flight.load(Ordering::Relaxed).saturating_sub(self.running.load(Ordering::Relaxed)),
             "queue_capacity": self.spec.queue,
             "last_error": *self.last_error.lock().unwrap(),
+            "breaker": self.breaker().snapshot(Instant::now()),
         });
         match state {
             ToolState::Restarting { until } => {
@@ -408,6 +424,7 @@ impl ToolsSupervisorState {
             return;
         };
         entry.restarts.fetch_add(1, Ordering::Relaxed);
+        self.runtime.metrics.restart(&name);
         if alive {
             tracing::warn!(tool = %name, %reason, restarts_in_window = attempt, "worker replaced");
             return;

@@ -5,6 +5,7 @@
 //! warden-fixture sleep MS [PIDFILE]     write its pid to PIDFILE, sleep MS
 //! warden-fixture group PIDFILE MS       start a grandchild, write both pids, sleep MS
 //! warden-fixture flood BYTES            write BYTES bytes to stdout
+//! warden-fixture record FILE CODE      append a line to FILE, exit CODE
 //! warden-fixture env                    print its environment, one VAR=value a line
 //! warden-fixture cwd                    print its working directory
 
@@ -55,6 +56,19 @@ fn main() {
                 }
                 left -= n;
             }
+        }
+        "record" => {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(arg(1))
+                .unwrap();
+            writeln!(f, "run").unwrap();
+            if num(2) != 0 {
+                eprintln!("failing on purpose");
+            }
+            std::process::exit(num(2) as i32);
         }
         "env" => {
             for (k, v) in std::env::vars() {

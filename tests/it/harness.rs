@@ -346,3 +346,21 @@ pub fn read_pids(path: &Path) -> Vec<i32> {
 }
 
 pub const QUIET_CONFIG: &str = "[log]\nstderr = \"warn\"\n";
+
+/// One tool's line in the `status` builtin's answer (the server must have a `status` tool).
+pub fn tool_status(s: &mut Server, tool: &str) -> Value {
+    let status: Value = serde_json::from_str(&text(&s.call_result("status", json!({})))).unwrap();
+    let tools = status["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "tools")
+        .expect("a tools node");
+    tools["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["tool"] == tool)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {tool} in {status:#}"))
+}

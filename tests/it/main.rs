@@ -2,7 +2,9 @@
 
 mod harness;
 
+mod breaker;
 mod chaos;
+mod errors;
 mod protocol;
 mod shutdown;
 mod tools;

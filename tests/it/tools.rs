@@ -152,16 +152,7 @@ fn a_missing_program_answers_unavailable_and_the_rest_works() {
         text(&s.call_result("echo", json!({"message": "fine"}))),
         "fine"
     );
-    let status: serde_json::Value =
-        serde_json::from_str(&text(&s.call_result("status", json!({})))).unwrap();
-    let ghost = status["actors"][2]["children"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["tool"] == "ghost")
-        .unwrap()
-        .clone();
-    assert_eq!(ghost["state"], "unavailable");
+    assert_eq!(tool_status(&mut s, "ghost")["state"], "unavailable");
 }
 
 #[test]

@@ -1,0 +1,130 @@
+//! The runtime's Prometheus registry: what it counts and how it is named.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Call duration buckets, in seconds: from a builtin's microseconds to a program's minutes.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    calls: IntCounterVec,
+    call_seconds: HistogramVec,
+    in_flight: IntGauge,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
+    restarts: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let calls = IntCounterVec::new(
+            Opts::new(
+                "warden_calls_total",
+                "Tool calls answered, by tool and outcome (ok or an error kind)",
+            ),
+            &["tool", "outcome"],
+        )
+        .expect("valid metric");
+        let call_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "warden_call_duration_seconds",
+                "Time from accepting a call to its answer",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["tool"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new("warden_in_flight", "Calls accepted and not yet answered")
+            .expect("valid metric");
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "warden_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half_open, 3 forced_open, 4 forced_closed",
+            ),
+            &["tool"],
+        )
+        .expect("valid metric");
+        let breaker_transitions = IntCounterVec::new(
+            Opts::new(
+                "warden_breaker_transitions_total",
+                "Circuit breaker state changes",
+            ),
+            &["tool", "from", "to"],
+        )
+        .expect("valid metric");
+        let restarts = IntCounterVec::new(
+            Opts::new(
+                "warden_actor_restarts_total",
+                "Tool actor and worker restarts",
+            ),
+            &["tool"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(call_seconds.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(breaker_transitions.clone()),
+            Box::new(restarts.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            calls,
+            call_seconds,
+            in_flight,
+            breaker_state,
+            breaker_transitions,
+            restarts,
+        }
+    }
+
+    /// Makes every tool's series exist from the start, at zero.
+    pub fn register_tool(&self, tool: &str) {
+        self.breaker_state.with_label_values(&[tool]).set(0);
+        self.restarts.with_label_values(&[tool]);
+    }
+
+    pub fn call(&self, tool: &str, outcome: &str, seconds: f64) {
+        self.calls.with_label_values(&[tool, outcome]).inc();
+        self.call_seconds
+            .with_label_values(&[tool])
+            .observe(seconds);
+    }
+
+    pub fn set_in_flight(&self, n: usize) {
+        self.in_flight.set(n as i64);
+    }
+
+    pub fn breaker_transition(&self, tool: &str, from: &str, to: &str, gauge: i64) {
+        self.breaker_state.with_label_values(&[tool]).set(gauge);
+        self.breaker_transitions
+            .with_label_values(&[tool, from, to])
+            .inc();
+    }
+
+    pub fn restart(&self, tool: &str) {
+        self.restarts.with_label_values(&[tool]).inc();
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
