@@ -411,6 +411,7 @@ pub fn report(tool: &str, transition: Transition) {
 
 fn on_transition(myself: &ActorRef<BreakerMsg>, runtime: &Runtime, tool: &str, t: &Transition) {
     tracing::warn!(
+        actor = "breaker",
         %tool,
         from = t.from.name(),
         to = t.to.name(),

@@ -139,6 +139,33 @@ pub struct Config {
     pub defaults: ToolDefaults,
     pub breaker: BreakerConfig,
     pub log: LogConfig,
+    pub control: ControlConfig,
+    pub http: HttpConfig,
+}
+
+/// The control socket `warden status`, `kill` and `metrics` talk to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// "auto": `$XDG_RUNTIME_DIR/warden` (or `/tmp/warden-<uid>`), one socket
+    /// per instance named after its pid; "off": none; else a directory.
+    pub socket: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: "auto".into(),
+        }
+    }
+}
+
+/// The optional HTTP listener: /metrics, /health, /ready.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// An address such as "127.0.0.1:9464"; empty: no listener.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -694,6 +721,13 @@ fn check_config(config: &Config, path: &Path, problems: &mut Vec<Problem>) {
     }
     for (field, reason) in config.breaker.problems() {
         bad(&format!("breaker.{field}"), &reason);
+    }
+    if !config.http.listen.is_empty() && config.http.listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        bad(
+            "http.listen",
+            "is not an address such as \"127.0.0.1:9464\"",
+        );
     }
     for (field, filter) in [
         ("log.level", &config.log.level),

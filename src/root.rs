@@ -102,7 +102,11 @@ impl Actor for Root {
         }
         let killed = crate::exec::kill_all_groups();
         if killed > 0 {
-            tracing::warn!(groups = killed, "killed process groups left at shutdown");
+            tracing::warn!(
+                actor = "warden",
+                groups = killed,
+                "killed process groups left at shutdown"
+            );
         }
         Ok(())
     }
@@ -126,23 +130,23 @@ impl Actor for Root {
         let id = cell.get_id();
         if state.tools.as_ref().is_some_and(|t| t.get_id() == id) {
             // The tools' live state lives in `Runtime`, so a new supervisor picks it up.
-            tracing::error!(%why, "tools supervisor ended; starting a new one");
+            tracing::error!(actor = "warden", %why, "tools supervisor ended; starting a new one");
             state.tools = None;
             if let Err(e) = state.start_tools(&myself).await {
-                tracing::error!(error = %e, "restarting the tools supervisor failed; shutting down");
+                tracing::error!(actor = "warden", error = %e, "restarting the tools supervisor failed; shutting down");
                 myself.stop(Some("tools supervisor lost".into()));
             }
         } else if state.breaker.as_ref().is_some_and(|b| b.get_id() == id) {
             // Breaker state lives in the tool entries; a new actor re-arms the timers.
-            tracing::error!(%why, "breaker actor ended; starting a new one");
+            tracing::error!(actor = "warden", %why, "breaker actor ended; starting a new one");
             state.breaker = None;
             if let Err(e) = state.start_breaker(&myself).await {
-                tracing::error!(error = %e, "restarting the breaker actor failed; shutting down");
+                tracing::error!(actor = "warden", error = %e, "restarting the breaker actor failed; shutting down");
                 myself.stop(Some("breaker lost".into()));
             }
         } else if state.transport.as_ref().is_some_and(|t| t.get_id() == id) {
             // The client's session lived in the transport: nothing left to serve.
-            tracing::error!(%why, "transport ended; shutting down");
+            tracing::error!(actor = "warden", %why, "transport ended; shutting down");
             state.transport = None;
             state.runtime.draining.cancel();
             state.runtime.kill_all.cancel();
@@ -186,7 +190,7 @@ pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
     // A panic is a crash the supervisors handle; it belongs in the log, not as
     // raw text on stderr.
     std::panic::set_hook(Box::new(|info| {
-        tracing::error!(panic = %info, "an actor panicked");
+        tracing::error!(actor = "warden", panic = %info, "an actor panicked");
     }));
     let (_root, handle) = Actor::spawn(Some(NAME.into()), Root, runtime.clone()).await?;
     let draining = runtime.draining.clone();
@@ -199,8 +203,8 @@ pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
             return;
         };
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
+            _ = term.recv() => tracing::info!(actor = "warden", "SIGTERM: draining"),
+            _ = int.recv() => tracing::info!(actor = "warden", "SIGINT: draining"),
         }
         draining.cancel();
     });

@@ -140,7 +140,7 @@ where
                     format!("invalid params for `{}`: {reason}", custom.method),
                     None,
                 );
-                tracing::warn!(request_id = %r.id, method = %custom.method, %reason, "answered a malformed request");
+                tracing::warn!(actor = "transport", request_id = %r.id, method = %custom.method, %reason, "answered a malformed request");
                 let _ = Self::write(
                     &self.writer,
                     &ServerJsonRpcMessage::error(error, Some(r.id.clone())),
@@ -158,6 +158,7 @@ where
                         }
                         other => {
                             tracing::warn!(
+                                actor = "transport",
                                 kind = message_kind(other),
                                 "dropped a message that arrived before initialize"
                             );
@@ -169,7 +170,11 @@ where
             }
             Err(parse_error) => {
                 let Ok(value) = serde_json::from_slice::<Value>(text) else {
-                    tracing::warn!(bytes = text.len(), "skipped a line that is not JSON");
+                    tracing::warn!(
+                        actor = "transport",
+                        bytes = text.len(),
+                        "skipped a line that is not JSON"
+                    );
                     return None;
                 };
                 let id = value
@@ -182,7 +187,7 @@ where
                             format!("invalid params for `{method}`: {parse_error}"),
                             None,
                         );
-                        tracing::warn!(request_id = %id, %method, error = %parse_error, "answered a malformed request");
+                        tracing::warn!(actor = "transport", request_id = %id, %method, error = %parse_error, "answered a malformed request");
                         let _ = Self::write(
                             &self.writer,
                             &ServerJsonRpcMessage::error(error, Some(id)),
@@ -192,17 +197,17 @@ where
                     (Some(id), None)
                         if value.get("result").is_some() || value.get("error").is_some() =>
                     {
-                        tracing::warn!(request_id = %id, "dropped a response to a request warden never made");
+                        tracing::warn!(actor = "transport", request_id = %id, "dropped a response to a request warden never made");
                     }
                     (_, Some(method)) => {
-                        tracing::warn!(%method, error = %parse_error, "dropped a malformed notification");
+                        tracing::warn!(actor = "transport", %method, error = %parse_error, "dropped a malformed notification");
                     }
                     (id, None) => {
                         let error = ErrorData::invalid_request(
                             format!("not a JSON-RPC 2.0 message: {parse_error}"),
                             None,
                         );
-                        tracing::warn!(error = %parse_error, "answered a line that is JSON but not JSON-RPC");
+                        tracing::warn!(actor = "transport", error = %parse_error, "answered a line that is JSON but not JSON-RPC");
                         let _ = Self::write(&self.writer, &ServerJsonRpcMessage::error(error, id))
                             .await;
                     }
@@ -235,14 +240,18 @@ where
             // or the grace is over.
             if self.runtime.draining.is_cancelled() {
                 let started = *self.drain_started.get_or_insert_with(|| {
-                    tracing::info!(in_flight = self.runtime.in_flight(), "draining");
+                    tracing::info!(
+                        actor = "transport",
+                        in_flight = self.runtime.in_flight(),
+                        "draining"
+                    );
                     Instant::now()
                 });
                 let grace = self.runtime.config.server.shutdown_grace;
                 let left = self.runtime.in_flight();
                 if left == 0 || started.elapsed() >= grace {
                     if left > 0 {
-                        tracing::warn!(calls = left, grace = %humantime::format_duration(grace), "shutdown grace over; cancelling the calls still running");
+                        tracing::warn!(actor = "transport", calls = left, grace = %humantime::format_duration(grace), "shutdown grace over; cancelling the calls still running");
                     }
                     self.runtime.kill_all.cancel();
                     return None;
@@ -272,12 +281,13 @@ where
                     }
                 }
                 Ok(Line::Eof) | Err(_) => {
-                    tracing::info!("stdin closed");
+                    tracing::info!(actor = "transport", "stdin closed");
                     self.eof = true;
                     self.runtime.draining.cancel();
                 }
                 Ok(Line::Oversized(bytes)) => {
                     tracing::warn!(
+                        actor = "transport",
                         bytes,
                         max_line = self.max_line,
                         "skipped a line longer than server.max_line"

@@ -353,7 +353,7 @@ impl ToolsSupervisorState {
                 match crate::exec::resolve_program(&cmd.program, path) {
                     Ok(p) => Some(p),
                     Err(reason) => {
-                        tracing::error!(tool = %name, %reason, "tool is unavailable: its program is missing");
+                        tracing::error!(actor = "tools", tool = %name, %reason, "tool is unavailable: its program is missing");
                         entry.set_last_error(reason.clone());
                         entry.set(ToolState::Unavailable { reason }, None);
                         return;
@@ -374,11 +374,11 @@ impl ToolsSupervisorState {
             Ok((actor, _handle)) => {
                 self.children.insert(actor.get_id(), name.clone());
                 entry.set(ToolState::Running, Some(actor));
-                tracing::debug!(tool = %name, "tool actor started");
+                tracing::debug!(actor = "tools", tool = %name, "tool actor started");
             }
             Err(e) => {
                 // Never `?` here: a failed spawn must not take the supervisor down.
-                tracing::error!(tool = %name, error = %e, "starting the tool actor failed");
+                tracing::error!(actor = "tools", tool = %name, error = %e, "starting the tool actor failed");
                 self.on_failure(myself, &entry, &format!("start failed: {e}"), false);
             }
         }
@@ -402,6 +402,7 @@ impl ToolsSupervisorState {
             .or_insert_with(|| RestartBudget::new(self.policy.max_restarts, self.policy.window));
         let Some(attempt) = budget.record(Instant::now()) else {
             tracing::error!(
+                actor = "tools",
                 tool = %name, %reason,
                 max_restarts = self.policy.max_restarts,
                 window = %humantime::format_duration(self.policy.window),
@@ -426,11 +427,12 @@ impl ToolsSupervisorState {
         entry.restarts.fetch_add(1, Ordering::Relaxed);
         self.runtime.metrics.restart(&name);
         if alive {
-            tracing::warn!(tool = %name, %reason, restarts_in_window = attempt, "worker replaced");
+            tracing::warn!(actor = "tools", tool = %name, %reason, restarts_in_window = attempt, "worker replaced");
             return;
         }
         let delay = backoff_delay(self.policy.backoff, attempt, jitter_unit(&mut self.seed));
         tracing::warn!(
+            actor = "tools",
             tool = %name, %reason, restarts_in_window = attempt,
             backoff_ms = delay.as_millis() as u64,
             "tool actor will be restarted"

@@ -92,7 +92,7 @@ impl Actor for TransportActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TransportMsg::SessionEnded(reason) => {
-                tracing::info!(%reason, "MCP session ended");
+                tracing::info!(actor = "transport", %reason, "MCP session ended");
                 let _ = state.root.send_message(RootMsg::SessionEnded);
                 myself.stop(Some(reason));
             }
@@ -170,7 +170,7 @@ impl ServerHandler for WardenServer {
         request: SetLevelRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        tracing::info!(level = ?request.level, "client set the log level");
+        tracing::info!(actor = "transport", level = ?request.level, "client set the log level");
         Ok(())
     }
 
@@ -193,7 +193,7 @@ impl ServerHandler for WardenServer {
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         match outcome {
             Err(CallError::UnknownTool(name)) => {
-                tracing::warn!(%request_id, tool = %name, outcome = "unknown_tool", duration_ms, "call");
+                tracing::warn!(actor = "transport", %request_id, tool = %name, outcome = "unknown_tool", duration_ms, "call");
                 Err(McpError::invalid_params(
                     format!("unknown tool `{name}`; tools/list shows the tools"),
                     Some(json!({"field": "name", "value": name})),
@@ -202,10 +202,10 @@ impl ServerHandler for WardenServer {
             Ok(result) => {
                 match &result {
                     Ok(_) => {
-                        tracing::info!(%request_id, %tool, outcome = "ok", duration_ms, "call")
+                        tracing::info!(actor = "transport", %request_id, %tool, outcome = "ok", duration_ms, "call")
                     }
                     Err(e) => {
-                        tracing::warn!(%request_id, %tool, outcome = %e.kind, duration_ms, error = %e.message, "call")
+                        tracing::warn!(actor = "transport", %request_id, %tool, outcome = %e.kind, duration_ms, error = %e.message, "call")
                     }
                 }
                 Ok(to_mcp(result).into())
