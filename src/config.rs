@@ -670,6 +670,9 @@ fn apply_env(
             Err(e) => bad("WARDEN_SHUTDOWN_GRACE", format!("`{v}`: {e}")),
         }
     }
+    if let Some(v) = env("WARDEN_CONTROL_DIR") {
+        config.control.socket = v;
+    }
     if let Some(v) = env("WARDEN_LOG_DIR") {
         config.log.dir = PathBuf::from(v);
     }

@@ -7,7 +7,7 @@
 //! fixed working directory. Output is read while it streams, keeping at most
 //! `max_output` bytes of each stream in memory.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -35,22 +35,38 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// How long to wait for a killed process to be reaped before giving up on it.
 const REAP_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Process groups of programs that are running now, so that shutdown can kill
-/// whatever is left. A `std` mutex: it is held for an insert or a remove only.
-static LIVE_GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+/// Process groups of programs that are running now, with their tool, so that
+/// shutdown can kill whatever is left and operators can see and signal them.
+/// A `std` mutex: it is held for an insert, a remove or a copy only.
+static LIVE_GROUPS: Mutex<BTreeMap<i32, String>> = Mutex::new(BTreeMap::new());
 
 /// Kills every process group still registered (used at shutdown).
 pub fn kill_all_groups() -> usize {
-    let groups: Vec<i32> = LIVE_GROUPS.lock().unwrap().iter().copied().collect();
+    let groups: Vec<i32> = LIVE_GROUPS.lock().unwrap().keys().copied().collect();
     for &g in &groups {
         let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
     }
     groups.len()
 }
 
-/// Number of program process groups alive now.
-pub fn live_groups() -> usize {
-    LIVE_GROUPS.lock().unwrap().len()
+/// The process groups (= leader pids) of a tool's running calls.
+pub fn tool_groups(tool: &str) -> Vec<i32> {
+    LIVE_GROUPS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, t)| t.as_str() == tool)
+        .map(|(&g, _)| g)
+        .collect()
+}
+
+/// Sends `signal` to every process group of a tool's running calls.
+pub fn signal_tool(tool: &str, signal: Signal) -> usize {
+    let groups = tool_groups(tool);
+    for &g in &groups {
+        let _ = killpg(Pid::from_raw(g), signal);
+    }
+    groups.len()
 }
 
 /// The placeholder names in one argv template element. `{{` and `}}` are literal braces.
@@ -181,6 +197,8 @@ pub fn resolve_program(program: &str, path: &str) -> Result<PathBuf, String> {
 
 /// What `run` needs besides the spec.
 pub struct Run<'a> {
+    /// The tool this program runs for (for status and `warden kill --signal`).
+    pub tool: &'a str,
     pub program: &'a Path,
     pub argv: Vec<String>,
     pub timeout: Duration,
@@ -239,7 +257,10 @@ pub async fn run(spec: &CommandSpec, run: Run<'_>) -> Result<ToolOutput, ToolErr
     }
     let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.program, e))?;
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-    LIVE_GROUPS.lock().unwrap().insert(pgid);
+    LIVE_GROUPS
+        .lock()
+        .unwrap()
+        .insert(pgid, run.tool.to_string());
     let kill_group = || {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     };

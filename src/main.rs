@@ -44,6 +44,83 @@ enum Command {
         /// Arguments as key=value; values are JSON where the schema wants a non-string.
         args: Vec<String>,
     },
+    /// Print warden's JSON log files as readable lines: the last events, filtered; -f follows them.
+    ///
+    /// Example: warden logs -f --level warn --tool echo --since 10m
+    Logs {
+        /// The runtime config; its [log] dir holds the files.
+        #[arg(long, default_value = "config.toml", env = "WARDEN_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        args: warden::logs::LogsArgs,
+    },
+    /// Show a running instance: a header, then one line per actor (state,
+    /// uptime, restarts, queue, calls in flight, breaker, processes, last error).
+    ///
+    /// Exit code 3 when no instance runs. Example: warden status --watch
+    Status {
+        /// Print the status as JSON (the schema is in README.md).
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Chaos: kill one actor of a running instance; its supervisor restarts it.
+    ///
+    /// ACTOR is a name from `warden status`: tool:NAME, tool:NAME/worker:N,
+    /// tools, breaker, control. With --signal, signals the processes of the
+    /// tool's running calls instead. The transport cannot be killed.
+    /// Example: warden kill tool:echo
+    Kill {
+        actor: String,
+        /// Send this signal (TERM, KILL, ...) to the tool's running programs.
+        #[arg(long)]
+        signal: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Print a running instance's metrics in the Prometheus text format.
+    ///
+    /// Example: warden metrics | grep warden_breaker_state
+    Metrics {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Force a tool's circuit breaker open or closed, or reset it.
+    ///
+    /// Example: warden breaker disk_usage reset
+    Breaker {
+        tool: String,
+        #[arg(value_parser = ["open", "closed", "reset"])]
+        action: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+/// Which running instance an operator command talks to.
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// The instance's pid, when several run.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// The directory of control sockets (default: $XDG_RUNTIME_DIR/warden, else /tmp/warden-UID).
+    #[arg(long, env = "WARDEN_CONTROL_DIR")]
+    dir: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    fn target(self) -> warden::operator::Target {
+        warden::operator::Target {
+            dir: self
+                .dir
+                .unwrap_or_else(|| warden::control::socket_dir("auto")),
+            pid: self.pid,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -106,7 +183,48 @@ fn main() -> ExitCode {
             let code = tokio_runtime().block_on(warden::call::run(&config, &tool, &args));
             ExitCode::from(code as u8)
         }
+        Command::Status { json, watch, target } => {
+            let t = target.target();
+            operator_exit(warden::operator::status(&t, json, watch))
+        }
+        Command::Kill {
+            actor,
+            signal,
+            target,
+        } => {
+            let t = target.target();
+            operator_exit(warden::operator::kill(&t, &actor, signal.as_deref()))
+        }
+        Command::Metrics { target } => {
+            let t = target.target();
+            operator_exit(warden::operator::metrics(&t))
+        }
+        Command::Breaker {
+            tool,
+            action,
+            target,
+        } => {
+            let t = target.target();
+            operator_exit(warden::operator::breaker(&t, &tool, &action))
+        }
+        Command::Logs { config, args } => match load(&config) {
+            Ok(loaded) => ExitCode::from(warden::logs::run(&loaded.config.log.dir, &args)),
+            Err(problems) => {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                eprintln!("warden: {} problem(s) in the config", problems.len());
+                ExitCode::from(1)
+            }
+        },
     }
+}
+
+fn operator_exit(
+    f: impl std::future::Future<Output = Result<(), warden::operator::Failure>>,
+) -> ExitCode {
+    let code = tokio_runtime().block_on(warden::operator::run(f));
+    ExitCode::from(code as u8)
 }
 
 fn load(config: &std::path::Path) -> Result<warden::config::Loaded, Vec<warden::config::Problem>> {

@@ -1,19 +1,22 @@
 //! The root supervisor, `warden`: starts the breaker actor, the tools
-//! supervisor, then the transport, and owns shutdown.
+//! supervisor, the control socket and the transport, and owns shutdown.
 //!
 //! Children start in order (tools before transport, so no call can arrive
-//! before its tool exists) and stop in reverse. When the MCP session ends the
-//! root stops the tree and kills any process group still registered.
+//! before its tool exists) and stop in reverse. A child that dies is started
+//! again, except the transport: the client's session lived in it, so warden
+//! shuts down. When the MCP session ends the root stops the tree and kills any
+//! process group still registered.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::breaker::{self, BreakerActor, BreakerMsg};
+use crate::breaker::BreakerActor;
+use crate::control::ControlActor;
 use crate::runtime::Runtime;
-use crate::supervisor::{self, ToolsSupervisor, ToolsSupervisorMsg};
-use crate::transport::{self, TransportActor, TransportArgs, TransportMsg};
+use crate::supervisor::ToolsSupervisor;
+use crate::transport::{TransportActor, TransportArgs};
 
 /// The registered name of the root supervisor.
 pub const NAME: &str = "warden";
@@ -27,11 +30,38 @@ pub enum RootMsg {
     SessionEnded,
 }
 
+/// The root's children, in start order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Child {
+    Breaker,
+    Tools,
+    Control,
+    Transport,
+}
+
+impl Child {
+    const START_ORDER: [Child; 4] = [
+        Child::Breaker,
+        Child::Tools,
+        Child::Control,
+        Child::Transport,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Child::Breaker => crate::breaker::NAME,
+            Child::Tools => crate::supervisor::NAME,
+            Child::Control => crate::control::NAME,
+            Child::Transport => crate::transport::NAME,
+        }
+    }
+}
+
 pub struct RootState {
     runtime: Arc<Runtime>,
-    breaker: Option<ActorRef<BreakerMsg>>,
-    tools: Option<ActorRef<ToolsSupervisorMsg>>,
-    transport: Option<ActorRef<TransportMsg>>,
+    children: Vec<(Child, ActorCell)>,
+    /// Stops the optional HTTP listener when dropped (also if `pre_start` fails).
+    http: Option<tokio_util::sync::DropGuard>,
 }
 
 impl Actor for Root {
@@ -46,23 +76,13 @@ impl Actor for Root {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = RootState {
             runtime,
-            breaker: None,
-            tools: None,
-            transport: None,
+            children: Vec::new(),
+            http: None,
         };
-        state.start_breaker(&myself).await?;
-        state.start_tools(&myself).await?;
-        let (transport, _) = Actor::spawn_linked(
-            Some(transport::NAME.into()),
-            TransportActor,
-            TransportArgs {
-                runtime: state.runtime.clone(),
-                root: myself.clone(),
-            },
-            myself.get_cell(),
-        )
-        .await?;
-        state.transport = Some(transport);
+        for child in Child::START_ORDER {
+            state.start(&myself, child).await?;
+        }
+        state.http = start_http(&state.runtime).await;
         Ok(state)
     }
 
@@ -87,15 +107,7 @@ impl Actor for Root {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // Reverse start order: the transport first, then the tools.
-        for cell in [
-            state.transport.take().map(|a| a.get_cell()),
-            state.tools.take().map(|a| a.get_cell()),
-            state.breaker.take().map(|a| a.get_cell()),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        while let Some((_, cell)) = state.children.pop() {
             let _ = cell
                 .stop_and_wait(Some("shutdown".into()), Some(STOP_CHILDREN_DEADLINE))
                 .await;
@@ -103,11 +115,13 @@ impl Actor for Root {
         let killed = crate::exec::kill_all_groups();
         if killed > 0 {
             tracing::warn!(
-                actor = "warden",
+                actor = NAME,
                 groups = killed,
                 "killed process groups left at shutdown"
             );
         }
+        // Last, so that /health answers 503 (draining) while the tree stops.
+        drop(state.http.take());
         Ok(())
     }
 
@@ -127,61 +141,93 @@ impl Actor for Root {
         if state.runtime.draining.is_cancelled() {
             return Ok(());
         }
-        let id = cell.get_id();
-        if state.tools.as_ref().is_some_and(|t| t.get_id() == id) {
-            // The tools' live state lives in `Runtime`, so a new supervisor picks it up.
-            tracing::error!(actor = "warden", %why, "tools supervisor ended; starting a new one");
-            state.tools = None;
-            if let Err(e) = state.start_tools(&myself).await {
-                tracing::error!(actor = "warden", error = %e, "restarting the tools supervisor failed; shutting down");
-                myself.stop(Some("tools supervisor lost".into()));
-            }
-        } else if state.breaker.as_ref().is_some_and(|b| b.get_id() == id) {
-            // Breaker state lives in the tool entries; a new actor re-arms the timers.
-            tracing::error!(actor = "warden", %why, "breaker actor ended; starting a new one");
-            state.breaker = None;
-            if let Err(e) = state.start_breaker(&myself).await {
-                tracing::error!(actor = "warden", error = %e, "restarting the breaker actor failed; shutting down");
-                myself.stop(Some("breaker lost".into()));
-            }
-        } else if state.transport.as_ref().is_some_and(|t| t.get_id() == id) {
-            // The client's session lived in the transport: nothing left to serve.
-            tracing::error!(actor = "warden", %why, "transport ended; shutting down");
-            state.transport = None;
-            state.runtime.draining.cancel();
-            state.runtime.kill_all.cancel();
-            myself.stop(Some("transport lost".into()));
-        }
+        let Some(i) = state
+            .children
+            .iter()
+            .position(|(_, c)| c.get_id() == cell.get_id())
+        else {
+            return Ok(());
+        };
+        let (child, _) = state.children.remove(i);
+        state.restart_child(&myself, child, &why).await;
         Ok(())
     }
 }
 
+/// The optional HTTP listener (`[http] listen`). One that cannot bind is
+/// logged, not fatal: the client's MCP session matters more.
+async fn start_http(runtime: &Arc<Runtime>) -> Option<tokio_util::sync::DropGuard> {
+    let listen = &runtime.config.http.listen;
+    if listen.is_empty() {
+        return None;
+    }
+    match crate::http::bind(listen).await {
+        Ok(listener) => {
+            tracing::info!(actor = NAME, %listen, "HTTP listener ready: /metrics, /health, /ready");
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(crate::http::serve(listener, runtime.clone(), stop.clone()));
+            Some(stop.drop_guard())
+        }
+        Err(e) => {
+            tracing::error!(actor = NAME, %listen, error = %e, "cannot listen for HTTP; going on without it");
+            None
+        }
+    }
+}
+
 impl RootState {
-    async fn start_breaker(
+    async fn start(
         &mut self,
         myself: &ActorRef<RootMsg>,
+        child: Child,
     ) -> Result<(), ActorProcessingErr> {
-        let (breaker, _) = Actor::spawn_linked(
-            Some(breaker::NAME.into()),
-            BreakerActor,
-            self.runtime.clone(),
-            myself.get_cell(),
-        )
-        .await?;
-        self.breaker = Some(breaker);
+        let name = Some(child.name().to_string());
+        let sup = myself.get_cell();
+        let rt = self.runtime.clone();
+        let cell = match child {
+            Child::Breaker => Actor::spawn_linked(name, BreakerActor, rt, sup)
+                .await?
+                .0
+                .get_cell(),
+            Child::Tools => Actor::spawn_linked(name, ToolsSupervisor, rt, sup)
+                .await?
+                .0
+                .get_cell(),
+            Child::Control => Actor::spawn_linked(name, ControlActor, rt, sup)
+                .await?
+                .0
+                .get_cell(),
+            Child::Transport => {
+                let args = TransportArgs {
+                    runtime: rt,
+                    root: myself.clone(),
+                };
+                Actor::spawn_linked(name, TransportActor, args, sup)
+                    .await?
+                    .0
+                    .get_cell()
+            }
+        };
+        self.children.push((child, cell));
         Ok(())
     }
 
-    async fn start_tools(&mut self, myself: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
-        let (tools, _) = Actor::spawn_linked(
-            Some(supervisor::NAME.into()),
-            ToolsSupervisor,
-            self.runtime.clone(),
-            myself.get_cell(),
-        )
-        .await?;
-        self.tools = Some(tools);
-        Ok(())
+    /// A child died. Its state lives in `Runtime` (tool entries, breakers), so
+    /// a new one picks up where it left off; the transport cannot be replaced.
+    async fn restart_child(&mut self, myself: &ActorRef<RootMsg>, child: Child, why: &str) {
+        if child == Child::Transport {
+            tracing::error!(actor = NAME, %why, "transport ended; shutting down");
+            self.runtime.draining.cancel();
+            self.runtime.kill_all.cancel();
+            myself.stop(Some("transport lost".into()));
+            return;
+        }
+        tracing::error!(actor = NAME, child = child.name(), %why, "child ended; starting a new one");
+        self.runtime.count_restart(child.name());
+        if let Err(e) = self.start(myself, child).await {
+            tracing::error!(actor = NAME, child = child.name(), error = %e, "restart failed; shutting down");
+            myself.stop(Some(format!("{} lost", child.name())));
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::breaker::{self, Outcome};
 use crate::config::{Config, Loaded};
 use crate::error::{ErrorKind, ToolError};
 use crate::metrics::Metrics;
-use crate::supervisor::{self, ToolEntry, ToolState, Tools, ToolsSupervisorMsg};
+use crate::supervisor::{self, ToolEntry, ToolState, Tools};
 use crate::tool::{Call, ProgressFn, ToolResult};
 
 /// Everything the actors share. Read-mostly; live counters are atomics.
@@ -34,6 +34,8 @@ pub struct Runtime {
     /// Cancelled when the shutdown grace is over: every running call is killed.
     pub kill_all: CancellationToken,
     pub metrics: Metrics,
+    /// Restarts of the root's children (breaker, tools, control), by name.
+    root_restarts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u32>>,
     started: Instant,
 }
 
@@ -59,8 +61,14 @@ impl Runtime {
             tools,
             draining: CancellationToken::new(),
             kill_all: CancellationToken::new(),
+            root_restarts: Default::default(),
             started: Instant::now(),
         }))
+    }
+
+    /// Counts a restart of one of the root's children.
+    pub fn count_restart(&self, child: &'static str) {
+        *self.root_restarts.lock().unwrap().entry(child).or_default() += 1;
     }
 
     /// Calls accepted and not yet answered, all tools together.
@@ -251,10 +259,7 @@ impl Runtime {
             }
             Err(_) => {
                 // The reply port was dropped: the worker (or the whole tool actor) died
-                // with this call. Tell the supervisor; answer the caller now.
-                if let Some(sup) = ractor::registry::where_is(supervisor::NAME) {
-                    let _ = sup.send_message(ToolsSupervisorMsg::WorkerCrashed(tool.to_string()));
-                }
+                // with this call. Its replacement reports to the supervisor; answer now.
                 Err(ToolError::internal(format!(
                     "The worker running this call of `{tool}` crashed; it has been replaced."
                 ))
@@ -263,13 +268,20 @@ impl Runtime {
         }
     }
 
-    /// The supervision tree and live counters, as the `status` builtin shows them.
+    /// The supervision tree and live counters: what `status` shows. The
+    /// schema is documented in README.md; add fields, never rename them.
     pub fn status(&self) -> Value {
-        let actor_state = |name: &str| match ractor::registry::where_is(name) {
-            Some(cell) => format!("{:?}", cell.get_status()).to_lowercase(),
-            None => "stopped".to_string(),
+        let restarts = self.root_restarts.lock().unwrap().clone();
+        let actor = |name: &'static str| {
+            let state = match ractor::registry::where_is(name) {
+                Some(cell) => format!("{:?}", cell.get_status()).to_lowercase(),
+                None => "stopped".to_string(),
+            };
+            json!({"name": name, "state": state, "restarts": restarts.get(name).copied().unwrap_or(0)})
         };
         let tools: Vec<Value> = self.tools.iter().map(|t| t.status()).collect();
+        let mut tools_node = actor(supervisor::NAME);
+        tools_node["children"] = json!(tools);
         json!({
             "warden": {
                 "version": env!("CARGO_PKG_VERSION"),
@@ -277,17 +289,33 @@ impl Runtime {
                 "uptime_s": self.started.elapsed().as_secs(),
                 "config": self.config_path.display().to_string(),
                 "state": if self.draining.is_cancelled() { "draining" } else { "running" },
+                "rss_bytes": rss_bytes(std::process::id() as i32),
                 "in_flight": self.in_flight(),
                 "max_in_flight": self.config.server.max_in_flight,
             },
             "actors": [
-                {"name": crate::root::NAME, "state": actor_state(crate::root::NAME)},
-                {"name": crate::transport::NAME, "state": actor_state(crate::transport::NAME)},
-                {"name": breaker::NAME, "state": actor_state(breaker::NAME)},
-                {"name": supervisor::NAME, "state": actor_state(supervisor::NAME), "children": tools},
+                actor(crate::root::NAME),
+                actor(crate::transport::NAME),
+                actor(crate::control::NAME),
+                actor(breaker::NAME),
+                tools_node,
             ]
         })
     }
+}
+
+/// Resident memory of a process, from /proc (None when it is gone).
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);

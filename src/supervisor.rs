@@ -137,6 +137,10 @@ impl ToolEntry {
             "queue_capacity": self.spec.queue,
             "last_error": *self.last_error.lock().unwrap(),
             "breaker": self.breaker().snapshot(Instant::now()),
+            "processes": crate::exec::tool_groups(&self.spec.name)
+                .into_iter()
+                .map(|pid| json!({"pid": pid, "rss_bytes": crate::runtime::rss_bytes(pid)}))
+                .collect::<Vec<_>>(),
         });
         match state {
             ToolState::Restarting { until } => {
@@ -237,7 +241,7 @@ pub struct ToolsSupervisor;
 pub enum ToolsSupervisorMsg {
     /// A tool's backoff is over: start it again.
     Restart(String),
-    /// A worker of this tool died while running a call (seen by its caller).
+    /// A worker of this tool died and the tool actor replaced it.
     WorkerCrashed(String),
 }
 

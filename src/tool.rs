@@ -94,6 +94,7 @@ pub async fn spawn(
             entry: entry.clone(),
             runtime,
             program,
+            started: Arc::default(),
         }),
     };
     let args = FactoryArguments::builder()
@@ -156,6 +157,9 @@ pub struct ToolWorker {
     runtime: Arc<Runtime>,
     /// The resolved program of a command tool.
     program: Option<PathBuf>,
+    /// Worker ids this factory has started: a second start of an id is the
+    /// factory replacing a worker that died.
+    started: Arc<std::sync::Mutex<std::collections::HashSet<WorkerId>>>,
 }
 
 impl Worker for ToolWorker {
@@ -166,10 +170,20 @@ impl Worker for ToolWorker {
 
     async fn pre_start(
         &self,
-        _wid: WorkerId,
+        wid: WorkerId,
         _factory: &ActorRef<FactoryMessage<(), Call>>,
         _args: (),
     ) -> Result<(), ActorProcessingErr> {
+        let replacement = !self.started.lock().unwrap().insert(wid);
+        if replacement {
+            // Counted here, at the one place every replacement passes through
+            // (a panic, a kill), and charged to the tool's restart budget.
+            if let Some(sup) = ractor::registry::where_is(crate::supervisor::NAME) {
+                let _ = sup.send_message(crate::supervisor::ToolsSupervisorMsg::WorkerCrashed(
+                    self.spec.name.clone(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -203,6 +217,7 @@ impl Worker for ToolWorker {
                         exec::run(
                             cmd,
                             exec::Run {
+                                tool: &self.spec.name,
                                 program,
                                 argv,
                                 timeout: self.spec.timeout,

@@ -6,6 +6,8 @@
 //! warden-fixture group PIDFILE MS       start a grandchild, write both pids, sleep MS
 //! warden-fixture flood BYTES            write BYTES bytes to stdout
 //! warden-fixture record FILE CODE      append a line to FILE, exit CODE
+//! warden-fixture connect-as UID SOCKET  become UID, send a status request to a
+//!                                       control socket, print the answer line
 //! warden-fixture env                    print its environment, one VAR=value a line
 //! warden-fixture cwd                    print its working directory
 
@@ -69,6 +71,21 @@ fn main() {
                 eprintln!("failing on purpose");
             }
             std::process::exit(num(2) as i32);
+        }
+        "connect-as" => {
+            use std::io::{BufRead, Write as _};
+            let uid = nix::unistd::Uid::from_raw(num(1) as u32);
+            nix::unistd::setuid(uid).expect("setuid (the test runs as root)");
+            match std::os::unix::net::UnixStream::connect(arg(2)) {
+                Ok(mut s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let _ = s.write_all(b"{\"cmd\":\"status\"}\n");
+                    let mut line = String::new();
+                    let _ = std::io::BufReader::new(s).read_line(&mut line);
+                    print!("{line}");
+                }
+                Err(e) => println!("connect failed: {e}"),
+            }
         }
         "env" => {
             for (k, v) in std::env::vars() {

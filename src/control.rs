@@ -1,0 +1,482 @@
+//! The control actor: a Unix socket per running instance, for operators.
+//!
+//! The socket lives in a per-user directory (mode 0700) as `<pid>.sock` (mode
+//! 0600), and every connection's peer uid is checked (SO_PEERCRED): only the
+//! user warden runs as may talk to it. The protocol is newline-delimited JSON,
+//! one request per line, one response per request:
+//!
+//! ```text
+//! {"cmd":"status"}                                  → {"ok":true,"status":{...}}
+//! {"cmd":"metrics"}                                 → {"ok":true,"metrics":"..."}
+//! {"cmd":"kill","actor":"tool:echo"}                → {"ok":true,"killed":"tool:echo"}
+//! {"cmd":"kill","actor":"tool:x","signal":"TERM"}   → {"ok":true,"signalled":2}
+//! {"cmd":"breaker","tool":"x","action":"reset"}     → {"ok":true,"breaker":{...}}
+//! ```
+//!
+//! Failures answer `{"ok":false,"error":"..."}`.
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+
+use crate::breaker::{self, BreakerMsg, Force};
+use crate::runtime::Runtime;
+
+/// The registered name of the control actor.
+pub const NAME: &str = "control";
+/// The longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+/// How long a connection may sit without sending a request.
+const IDLE_DEADLINE: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait for the accept loop.
+const MAX_CONNECTIONS: usize = 16;
+/// How long a request to another actor may take.
+const ACTOR_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The per-user directory of control sockets for `setting` ("auto" or a path).
+pub fn socket_dir(setting: &str) -> PathBuf {
+    if setting != "auto" {
+        return PathBuf::from(setting);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if Path::new(&d).is_dir() => Path::new(&d).join("warden"),
+        _ => PathBuf::from(format!("/tmp/warden-{}", nix::unistd::getuid())),
+    }
+}
+
+/// The socket path of the instance with process id `pid`.
+pub fn socket_path(dir: &Path, pid: u32) -> PathBuf {
+    dir.join(format!("{pid}.sock"))
+}
+
+/// Creates the directory 0700, or checks that an existing one is ours and private.
+pub fn prepare_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(dir) {
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display())),
+        Ok(meta) => {
+            if !meta.is_dir() {
+                return Err(format!("{} is not a directory", dir.display()));
+            }
+            if meta.uid() != nix::unistd::getuid().as_raw() {
+                return Err(format!("{} belongs to another user", dir.display()));
+            }
+            if meta.mode() & 0o077 != 0 {
+                return Err(format!(
+                    "{} is open to other users (mode {:o}); it must be 0700",
+                    dir.display(),
+                    meta.mode() & 0o777
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Only the user warden runs as may use its control socket.
+pub fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == own_uid
+}
+
+pub struct ControlActor;
+
+pub struct ControlState {
+    path: PathBuf,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for ControlState {
+    /// A killed actor skips `post_stop`; its accept loop must die with it anyway.
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Actor for ControlActor {
+    type Msg = ();
+    type State = Option<ControlState>;
+    type Arguments = Arc<Runtime>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        runtime: Arc<Runtime>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let setting = runtime.config.control.socket.clone();
+        if setting == "off" {
+            return Ok(None);
+        }
+        // A control socket that cannot be opened must not keep warden from serving.
+        match listen(&socket_dir(&setting)) {
+            Ok((listener, path)) => {
+                tracing::info!(actor = NAME, socket = %path.display(), "control socket ready");
+                let accept = tokio::spawn(accept_loop(listener, runtime));
+                Ok(Some(ControlState { path, accept }))
+            }
+            Err(e) => {
+                tracing::error!(actor = NAME, error = %e, "no control socket; warden status will not see this instance");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(s) = state.take() {
+            s.accept.abort();
+            let _ = std::fs::remove_file(&s.path);
+        }
+        Ok(())
+    }
+}
+
+fn listen(dir: &Path) -> Result<(UnixListener, PathBuf), String> {
+    prepare_dir(dir)?;
+    let path = socket_path(dir, std::process::id());
+    // A socket of ours from a dead process with our pid: gone with that process.
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+    Ok((listener, path))
+}
+
+async fn accept_loop(listener: UnixListener, runtime: Arc<Runtime>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let own_uid = nix::unistd::getuid().as_raw();
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(actor = NAME, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let runtime = runtime.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(stream, runtime, own_uid).await;
+        });
+    }
+}
+
+async fn serve_connection(mut stream: UnixStream, runtime: Arc<Runtime>, own_uid: u32) {
+    let peer = stream.peer_cred().map(|c| c.uid());
+    match peer {
+        Ok(uid) if peer_allowed(uid, own_uid) => {}
+        other => {
+            let who = other.map_or_else(|e| format!("unknown ({e})"), |u| u.to_string());
+            tracing::warn!(actor = NAME, peer_uid = %who, "refused a control connection from another user");
+            let line = json!({"ok": false, "error": format!("permission denied: uid {who} is not warden's user")});
+            let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
+            return;
+        }
+    }
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read).take(u64::MAX);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.set_limit(MAX_REQUEST as u64 + 1);
+        let n = match tokio::time::timeout(IDLE_DEADLINE, reader.read_line(&mut line)).await {
+            Ok(Ok(n)) => n,
+            _ => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let response = if line.len() > MAX_REQUEST || !line.ends_with('\n') {
+            json!({"ok": false, "error": format!("request longer than {MAX_REQUEST} bytes")})
+        } else {
+            handle(&line, &runtime).await
+        };
+        let mut out = response.to_string();
+        out.push('\n');
+        if write.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+        if line.len() > MAX_REQUEST {
+            return;
+        }
+    }
+}
+
+/// One request of the control protocol.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    // Struct variants, so that `deny_unknown_fields` applies to them too.
+    Status {},
+    Metrics {},
+    Kill {
+        actor: String,
+        #[serde(default)]
+        signal: Option<String>,
+    },
+    Breaker {
+        tool: String,
+        action: String,
+    },
+}
+
+async fn handle(line: &str, runtime: &Arc<Runtime>) -> Value {
+    let request: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
+    };
+    let result = match request {
+        Request::Status {} => Ok(json!({"status": runtime.status()})),
+        Request::Metrics {} => Ok(json!({"metrics": runtime.metrics.render()})),
+        Request::Kill { actor, signal } => kill(runtime, &actor, signal.as_deref()),
+        Request::Breaker { tool, action } => force_breaker(&tool, &action).await,
+    };
+    match result {
+        Ok(Value::Object(mut m)) => {
+            m.insert("ok".into(), json!(true));
+            Value::Object(m)
+        }
+        Ok(other) => json!({"ok": true, "result": other}),
+        Err(e) => json!({"ok": false, "error": e}),
+    }
+}
+
+async fn force_breaker(tool: &str, action: &str) -> Result<Value, String> {
+    let force = match action {
+        "open" => Force::Open,
+        "closed" | "close" => Force::Closed,
+        "reset" => Force::Reset,
+        other => {
+            return Err(format!(
+                "unknown breaker action `{other}` (open, closed, reset)"
+            ))
+        }
+    };
+    let actor: ActorRef<BreakerMsg> = ractor::registry::where_is(breaker::NAME)
+        .ok_or("the breaker actor is not running")?
+        .into();
+    let tool = tool.to_string();
+    let answer = ractor::call_t!(
+        actor,
+        |reply| BreakerMsg::Force { tool, force, reply },
+        ACTOR_DEADLINE.as_millis() as u64
+    )
+    .map_err(|e| format!("the breaker actor did not answer: {e}"))?;
+    answer.map(|b| json!({"breaker": b}))
+}
+
+/// Chaos: kills one actor (its supervisor restarts it), or signals the
+/// processes of a tool's running calls.
+fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, String> {
+    if let Some(sig) = signal {
+        let tool = actor.strip_prefix("tool:").unwrap_or(actor);
+        runtime
+            .tools
+            .get(tool)
+            .ok_or_else(|| format!("unknown tool `{tool}`"))?;
+        let signal = parse_signal(sig)?;
+        let n = crate::exec::signal_tool(tool, signal);
+        return Ok(json!({"signalled": n, "signal": format!("{signal:?}")}));
+    }
+    match actor {
+        crate::transport::NAME => {
+            return Err("refusing to kill the transport: it would end the client's session".into())
+        }
+        crate::root::NAME => {
+            return Err("refusing to kill the root supervisor: it would end warden".into())
+        }
+        _ => {}
+    }
+    if let Some((tool, worker)) = actor.split_once("/worker:") {
+        let index: usize = worker
+            .parse()
+            .map_err(|_| format!("`{worker}` is not a worker number"))?;
+        let cell =
+            ractor::registry::where_is(tool).ok_or_else(|| format!("no running actor `{tool}`"))?;
+        let mut workers = cell.get_children();
+        workers.sort_by_key(|c| c.get_id().pid());
+        let w = workers
+            .get(index)
+            .ok_or_else(|| format!("`{tool}` has {} workers", workers.len()))?;
+        w.kill();
+        return Ok(json!({"killed": actor}));
+    }
+    let cell = ractor::registry::where_is(actor)
+        .ok_or_else(|| format!("no running actor `{actor}` (warden status lists them)"))?;
+    if actor == NAME {
+        // Answer first: killing ourselves drops this connection's accept loop.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cell.kill();
+        });
+    } else {
+        cell.kill();
+    }
+    Ok(json!({"killed": actor}))
+}
+
+fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
+    let name = s.trim().to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse()
+        .map_err(|_| format!("unknown signal `{s}` (for example TERM, KILL, STOP)"))
+}
+
+/// A client of one instance's control socket.
+pub struct Client {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(path: &Path) -> std::io::Result<Client> {
+        let stream = tokio::time::timeout(ACTOR_DEADLINE, UnixStream::connect(path))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        let (r, w) = stream.into_split();
+        Ok(Client {
+            reader: BufReader::new(r),
+            writer: w,
+        })
+    }
+
+    /// Sends one request and waits (with a deadline) for its response.
+    pub async fn request(&mut self, request: &Value) -> Result<Value, String> {
+        let mut line = request.to_string();
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| format!("cannot send: {e}"))?;
+        let mut answer = String::new();
+        match tokio::time::timeout(ACTOR_DEADLINE * 2, self.reader.read_line(&mut answer)).await {
+            Err(_) => Err("no answer from warden within 10s".into()),
+            Ok(Err(e)) => Err(format!("cannot read the answer: {e}")),
+            Ok(Ok(0)) => Err("warden closed the connection".into()),
+            Ok(Ok(_)) => {
+                let v: Value =
+                    serde_json::from_str(&answer).map_err(|e| format!("bad answer: {e}"))?;
+                if v["ok"] == json!(true) {
+                    Ok(v)
+                } else {
+                    Err(v["error"].as_str().unwrap_or("unknown error").to_string())
+                }
+            }
+        }
+    }
+}
+
+/// A running instance found through its socket.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub pid: u32,
+    pub socket: PathBuf,
+}
+
+/// The instances with a live socket in `dir`; sockets of dead processes are removed.
+pub async fn discover(dir: &Path) -> Vec<Instance> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(pid) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".sock"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        match UnixStream::connect(&path).await {
+            Ok(_) => found.push(Instance { pid, socket: path }),
+            // The file is there but nobody listens: the instance died without cleaning up.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(_) => {}
+        }
+    }
+    found.sort_by_key(|i| i.pid);
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_same_uid_is_allowed() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 0));
+        assert!(
+            !peer_allowed(0, 1000),
+            "not even root talks to another user's warden"
+        );
+        assert!(!peer_allowed(65534, 0));
+    }
+
+    #[test]
+    fn the_socket_directory_must_be_private() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("ctl");
+        prepare_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(prepare_dir(&dir)
+            .unwrap_err()
+            .contains("open to other users"));
+        let file = base.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(prepare_dir(&file).unwrap_err().contains("not a directory"));
+    }
+
+    #[test]
+    fn requests_parse_strictly() {
+        assert!(matches!(
+            serde_json::from_str(r#"{"cmd":"status"}"#),
+            Ok(Request::Status {})
+        ));
+        assert!(matches!(
+            serde_json::from_str(r#"{"cmd":"kill","actor":"tool:x","signal":"TERM"}"#),
+            Ok(Request::Kill { .. })
+        ));
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+        assert_eq!(
+            parse_signal("term").unwrap(),
+            nix::sys::signal::Signal::SIGTERM
+        );
+        assert_eq!(
+            parse_signal("SIGKILL").unwrap(),
+            nix::sys::signal::Signal::SIGKILL
+        );
+        assert!(parse_signal("NOPE").is_err());
+    }
+}

@@ -1,0 +1,1296 @@
+//! `warden logs`: reads the JSON log files `warden serve` writes (see
+//! `logging.rs`), filters them, and prints them as readable lines or unchanged;
+//! `-f` keeps following them across rotations, like `tail -F`.
+//!
+//! Memory stays bounded whatever the size of the files: the tail reads the
+//! files backwards from the newest and keeps only the last N matching lines;
+//! following reads only the bytes appended since the last poll, and holds at
+//! most one incomplete line. A line longer than `MAX_LINE` is skipped.
+//!
+//! This is the only code besides the transport that writes stdout, and it runs
+//! only in `warden logs`, never in `warden serve`.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+
+/// Default for `--lines`: events printed before following.
+pub const DEFAULT_LINES: usize = 50;
+/// How often `-f` looks for new lines, new files, truncation and replacement.
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+/// Bytes read from a log file at a time.
+const CHUNK: usize = 64 * 1024;
+/// A longer log line is skipped rather than held in memory.
+const MAX_LINE: usize = 16 << 20;
+/// What `logging.rs` names the files: `warden.<date>.log` or `warden.log`.
+const FILE_PREFIX: &str = "warden";
+const FILE_SUFFIX: &str = "log";
+/// Fields a readable line shows in its own columns (or not at all: `target`
+/// when the event names its actor).
+const COLUMNS: &[&str] = &["timestamp", "level", "message", "actor", "target"];
+
+/// The options of `warden logs` (the config path is main.rs's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogsArgs {
+    /// After the last lines, keep printing new events as they are written, across rotations (like tail -F).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only events at this level or more severe.
+    #[arg(long, value_enum, ignore_case = true)]
+    pub level: Option<Level>,
+    /// Only this actor's events (warden, transport, tools, breaker); an event
+    /// without an actor matches the last segment of its target (rmcp::service: service).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only events about this tool.
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// Only events from this long ago or later, such as "10m", "2h" or "1day".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// Print the matching JSON lines unchanged instead of readable lines.
+    #[arg(long)]
+    pub json: bool,
+    /// How many of the last matching events to print (before following, with -f).
+    #[arg(short = 'n', long, default_value_t = DEFAULT_LINES)]
+    pub lines: usize,
+}
+
+/// Prints the logs in `dir` as `args` asks; returns the exit code.
+pub fn run(dir: &Path, args: &LogsArgs) -> u8 {
+    let color =
+        io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let since = args.since.map(|ago| {
+        let cutoff = SystemTime::now().checked_sub(ago).unwrap_or(UNIX_EPOCH);
+        Timestamp::from_system(cutoff)
+    });
+    let printer = Printer {
+        json: args.json,
+        color,
+        filter: Filter {
+            level: args.level,
+            actor: args.actor.clone(),
+            tool: args.tool.clone(),
+            since,
+        },
+    };
+    let files = log_files(dir);
+    if files.is_empty() {
+        eprintln!("warden: no log files in {}", dir.display());
+        if !args.follow {
+            return 1;
+        }
+        eprintln!("warden: waiting for them");
+    }
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let (lines, current) = tail(&files, args.lines, &printer, args.follow);
+    // A write error is stdout closed (`warden logs | head`): nothing more to do.
+    for line in lines.iter().rev() {
+        if out.write_all(line).is_err() {
+            return 0;
+        }
+    }
+    if out.flush().is_err() || !args.follow {
+        return 0;
+    }
+    // SIGINT and SIGTERM keep their default action (the process ends); every
+    // poll's output is flushed before sleeping, so nothing printed is lost.
+    let mut follower = Follower {
+        dir: dir.to_path_buf(),
+        current,
+    };
+    loop {
+        if follower
+            .poll(&printer, &mut out)
+            .and_then(|()| out.flush())
+            .is_err()
+            || stdout_gone()
+        {
+            return 0;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// Whether stdout is a pipe or socket whose reader has gone, or a terminal
+/// that hung up: found without writing (as `tail -f` does), so that
+/// `warden logs -f | head` ends with `head`, not at the next log line.
+fn stdout_gone() -> bool {
+    use std::ffi::{c_int, c_short, c_ulong};
+    #[repr(C)]
+    struct PollFd {
+        fd: c_int,
+        events: c_short,
+        revents: c_short,
+    }
+    extern "C" {
+        fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
+    }
+    // Linux's values; reported whatever `events` asks for.
+    const POLLERR: c_short = 0x8;
+    const POLLHUP: c_short = 0x10;
+    const POLLNVAL: c_short = 0x20;
+    let mut fd = PollFd {
+        fd: 1,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid, exclusively borrowed pollfd; a zero timeout never blocks.
+    let ready = unsafe { poll(&mut fd, 1, 0) };
+    ready > 0 && fd.revents & (POLLERR | POLLHUP | POLLNVAL) != 0
+}
+
+/// A tracing level, least severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    #[value(alias = "warning")]
+    Warn,
+    Error,
+}
+
+impl Level {
+    /// The level of a log line ("INFO"; any case).
+    pub fn parse(s: &str) -> Option<Level> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "TRACE" => Level::Trace,
+            "DEBUG" => Level::Debug,
+            "INFO" => Level::Info,
+            "WARN" | "WARNING" => Level::Warn,
+            "ERROR" => Level::Error,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Trace => "TRACE",
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        }
+    }
+
+    /// tracing-subscriber's colours.
+    fn ansi(self) -> &'static str {
+        match self {
+            Level::Trace => "\x1b[35m",
+            Level::Debug => "\x1b[34m",
+            Level::Info => "\x1b[32m",
+            Level::Warn => "\x1b[33m",
+            Level::Error => "\x1b[31m",
+        }
+    }
+}
+
+/// A point in time, UTC: seconds since the Unix epoch and nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn from_system(t: SystemTime) -> Timestamp {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (secs, nanos) = (d.as_secs() as i64, d.subsec_nanos());
+                if nanos == 0 {
+                    Timestamp { secs: -secs, nanos }
+                } else {
+                    Timestamp {
+                        secs: -secs - 1,
+                        nanos: 1_000_000_000 - nanos,
+                    }
+                }
+            }
+        }
+    }
+
+    /// An RFC 3339 date-time: `2026-11-22T04:41:49.909715Z`, or with an
+    /// offset such as `+01:00`. Fractions beyond nanoseconds are truncated.
+    pub fn parse(s: &str) -> Option<Timestamp> {
+        let b = s.as_bytes();
+        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+            return None;
+        }
+        if !matches!(b[10], b'T' | b't' | b' ') {
+            return None;
+        }
+        let year = digits(&b[0..4])?;
+        let month = digits(&b[5..7])?;
+        let day = digits(&b[8..10])?;
+        let hour = digits(&b[11..13])?;
+        let minute = digits(&b[14..16])?;
+        // A leap second (60) counts as the last second of its minute.
+        let second = digits(&b[17..19])?.min(59);
+        if !(1..=12).contains(&month)
+            || day < 1
+            || day > days_in_month(year, month)
+            || hour > 23
+            || minute > 59
+            || digits(&b[17..19])? > 60
+        {
+            return None;
+        }
+        let mut rest = &b[19..];
+        let mut nanos: u32 = 0;
+        if rest.first() == Some(&b'.') {
+            let n = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if n == 0 {
+                return None;
+            }
+            for i in 0..9 {
+                let d = rest.get(1 + i).filter(|_| i < n).map_or(0, |c| c - b'0');
+                nanos = nanos * 10 + d as u32;
+            }
+            rest = &rest[1 + n..];
+        }
+        let offset: i64 = match rest {
+            [b'Z' | b'z'] => 0,
+            [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+                let h = digits(&[*h1, *h2])?;
+                let m = digits(&[*m1, *m2])?;
+                if h > 23 || m > 59 {
+                    return None;
+                }
+                let off = h * 3600 + m * 60;
+                if *sign == b'-' {
+                    -off
+                } else {
+                    off
+                }
+            }
+            _ => return None,
+        };
+        let days = days_from_civil(year, month, day);
+        let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+        Some(Timestamp { secs, nanos })
+    }
+
+    /// `2026-11-22T04:41:49.909Z`: UTC, milliseconds (truncated).
+    pub fn to_rfc3339_millis(self) -> String {
+        let days = self.secs.div_euclid(86_400);
+        let of_day = self.secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            of_day / 3600,
+            of_day / 60 % 60,
+            of_day % 60,
+            self.nanos / 1_000_000
+        )
+    }
+}
+
+fn digits(b: &[u8]) -> Option<i64> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0, |n, c| n * 10 + i64::from(c - b'0')))
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day since 1970-01-01 (the inverse of `days_from_civil`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// One log line's object, its fields in the order they were written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    fields: Vec<(String, Value)>,
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Event;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    fields.push(entry);
+                }
+                Ok(Event { fields })
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+impl Event {
+    /// A log line (without its newline); `None` if it is not a JSON object.
+    pub fn parse(line: &[u8]) -> Option<Event> {
+        serde_json::from_slice(line).ok()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(Value::as_str)
+    }
+
+    pub fn level(&self) -> Option<Level> {
+        self.str("level").and_then(Level::parse)
+    }
+
+    pub fn timestamp(&self) -> Option<Timestamp> {
+        self.str("timestamp").and_then(Timestamp::parse)
+    }
+
+    /// The `actor` field, else the `target` (a module path).
+    fn who(&self) -> Option<&str> {
+        self.str("actor").or_else(|| self.str("target"))
+    }
+}
+
+/// Which events to print. An event without the field a filter needs does not match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// This level or more severe.
+    pub level: Option<Level>,
+    /// The `actor` field, or the target's last path segment when there is no actor.
+    pub actor: Option<String>,
+    pub tool: Option<String>,
+    /// At this time or later.
+    pub since: Option<Timestamp>,
+}
+
+impl Filter {
+    pub fn matches(&self, e: &Event) -> bool {
+        if let Some(min) = self.level {
+            if e.level().is_none_or(|l| l < min) {
+                return false;
+            }
+        }
+        if let Some(want) = &self.actor {
+            let ok = match e.str("actor") {
+                Some(actor) => actor == want,
+                None => e
+                    .str("target")
+                    .is_some_and(|t| t == want || t.rsplit("::").next() == Some(want.as_str())),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(want) = &self.tool {
+            if e.str("tool") != Some(want.as_str()) {
+                return false;
+            }
+        }
+        if let Some(since) = self.since {
+            if e.timestamp().is_none_or(|t| t < since) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One readable line (without its newline):
+/// `2026-11-22T04:41:49.909Z INFO  transport  call request_id=2 tool=echo outcome=ok`.
+pub fn format_event(e: &Event, color: bool) -> String {
+    let mut s = String::with_capacity(160);
+    match e.str("timestamp") {
+        Some(t) => match Timestamp::parse(t) {
+            Some(ts) => s.push_str(&ts.to_rfc3339_millis()),
+            None => s.push_str(t),
+        },
+        None => s.push('-'),
+    }
+    s.push(' ');
+    let raw_level = e.str("level").unwrap_or("-");
+    let level = Level::parse(raw_level);
+    let name = level.map_or(raw_level, |l| l.name());
+    match level {
+        Some(l) if color => {
+            s.push_str(l.ansi());
+            s.push_str(name);
+            s.push_str("\x1b[0m");
+            s.push_str(&" ".repeat(5usize.saturating_sub(name.len())));
+        }
+        _ => s.push_str(&format!("{name:<5}")),
+    }
+    s.push(' ');
+    s.push_str(&format!("{:<10}", e.who().unwrap_or("-")));
+    match e.get("message") {
+        Some(Value::String(m)) if !m.is_empty() => {
+            s.push(' ');
+            if m.chars().any(char::is_control) {
+                let quoted = Value::String(m.clone()).to_string();
+                s.push_str(&quoted[1..quoted.len() - 1]);
+            } else {
+                s.push_str(m);
+            }
+        }
+        Some(Value::String(_)) | None => {}
+        Some(other) => {
+            s.push(' ');
+            s.push_str(&other.to_string());
+        }
+    }
+    for (k, v) in &e.fields {
+        if COLUMNS.contains(&k.as_str()) {
+            continue;
+        }
+        s.push(' ');
+        s.push_str(k);
+        s.push('=');
+        s.push_str(&format_value(v));
+    }
+    s
+}
+
+/// A field's value: strings bare unless empty or holding spaces, quotes or
+/// control characters (then JSON-quoted); anything else as compact JSON.
+pub fn format_value(v: &Value) -> Cow<'_, str> {
+    match v {
+        Value::String(t) => {
+            let quote = t.is_empty()
+                || t.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"');
+            if quote {
+                Cow::Owned(v.to_string())
+            } else {
+                Cow::Borrowed(t)
+            }
+        }
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
+/// Turns log lines into output: filters, then formats or passes them through.
+struct Printer {
+    json: bool,
+    color: bool,
+    filter: Filter,
+}
+
+impl Printer {
+    /// What to print for one log line (without its newline), newline included;
+    /// `None` if it is skipped. Lines that are not JSON objects are skipped in
+    /// both modes, so `--json` output is always JSON lines.
+    fn render(&self, line: &[u8]) -> Option<Vec<u8>> {
+        let event = Event::parse(line)?;
+        if !self.filter.matches(&event) {
+            return None;
+        }
+        let mut out = if self.json {
+            line.to_vec()
+        } else {
+            format_event(&event, self.color).into_bytes()
+        };
+        out.push(b'\n');
+        Some(out)
+    }
+
+    fn emit(&self, line: &[u8], out: &mut dyn Write) -> io::Result<()> {
+        match self.render(line) {
+            Some(bytes) => out.write_all(&bytes),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Orders log files by the time in their names (`warden.log`, written by
+/// `rotation = "never"`, after any dated file).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct FileKey {
+    undated: bool,
+    /// Year, month, day, hour, minute; what the name leaves out is 0.
+    when: [u32; 5],
+    name: String,
+}
+
+/// The key of a log file's name; `None` for any other file.
+fn file_key(name: &str) -> Option<FileKey> {
+    let middle = name
+        .strip_prefix(FILE_PREFIX)?
+        .strip_suffix(FILE_SUFFIX)?
+        .strip_prefix('.')?;
+    if middle.is_empty() {
+        return Some(FileKey {
+            undated: true,
+            when: [0; 5],
+            name: name.into(),
+        });
+    }
+    let date = middle.strip_suffix('.')?;
+    let parts: Vec<&str> = date.split('-').collect();
+    let widths = [4, 2, 2, 2, 2];
+    if !(3..=5).contains(&parts.len()) {
+        return None;
+    }
+    let mut when = [0u32; 5];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != widths[i] || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        when[i] = p.parse().ok()?;
+    }
+    Some(FileKey {
+        undated: false,
+        when,
+        name: name.into(),
+    })
+}
+
+/// The log files in `dir`, oldest first. A missing directory has none.
+fn log_files(dir: &Path) -> Vec<(FileKey, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(FileKey, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+        .filter_map(|e| Some((file_key(e.file_name().to_str()?)?, e.path())))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Calls `each` with the lines of `file` before `end`, last line first, until
+/// it returns false; reads `chunk` bytes at a time, backwards. Bytes after the
+/// last newline are a line only when `include_partial` (else they are still
+/// being written). Returns where the complete lines end.
+fn lines_backwards(
+    file: &mut File,
+    end: u64,
+    include_partial: bool,
+    chunk: usize,
+    each: &mut dyn FnMut(&[u8]) -> bool,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; chunk];
+    let mut pos = end;
+    // The end of the line whose start is not found yet, in reverse order of
+    // reading (the last piece comes first in the file).
+    let mut pieces: Vec<Vec<u8>> = Vec::new();
+    let mut pieces_len = 0usize;
+    let mut too_long = false;
+    // Whether that line ends with a newline.
+    let mut terminated = false;
+    let mut complete_end = None;
+    let mut line = Vec::new();
+    let mut give = |part: &[u8], pieces: &mut Vec<Vec<u8>>, terminated: bool, too_long: bool| {
+        let empty = part.is_empty() && pieces.is_empty();
+        if too_long || !(terminated || include_partial) || (!terminated && empty) {
+            return true;
+        }
+        if pieces.is_empty() {
+            return each(part);
+        }
+        line.clear();
+        line.extend_from_slice(part);
+        for p in pieces.iter().rev() {
+            line.extend_from_slice(p);
+        }
+        each(&line)
+    };
+    while pos > 0 {
+        let start = pos.saturating_sub(chunk as u64);
+        let buf = &mut buf[..(pos - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(buf)?;
+        let mut right = buf.len();
+        while let Some(i) = buf[..right].iter().rposition(|&b| b == b'\n') {
+            complete_end.get_or_insert(start + i as u64 + 1);
+            let more = give(&buf[i + 1..right], &mut pieces, terminated, too_long);
+            if !more {
+                return Ok(complete_end.unwrap_or(0));
+            }
+            pieces.clear();
+            pieces_len = 0;
+            too_long = false;
+            terminated = true;
+            right = i;
+        }
+        if !too_long && right > 0 {
+            pieces_len += right;
+            if pieces_len > MAX_LINE {
+                too_long = true;
+                pieces.clear();
+            } else {
+                pieces.push(buf[..right].to_vec());
+            }
+        }
+        pos = start;
+    }
+    if end > 0 {
+        give(&[], &mut pieces, terminated, too_long);
+    }
+    Ok(complete_end.unwrap_or(0))
+}
+
+/// The last `n` lines to print from `files` (oldest first), newest first, and
+/// with `follow` the newest file opened where its complete lines end.
+fn tail(
+    files: &[(FileKey, PathBuf)],
+    n: usize,
+    printer: &Printer,
+    follow: bool,
+) -> (Vec<Vec<u8>>, Option<Current>) {
+    let mut picked: Vec<Vec<u8>> = Vec::new();
+    let mut current = None;
+    for (i, (key, path)) in files.iter().enumerate().rev() {
+        let newest = i + 1 == files.len();
+        if picked.len() >= n && !(newest && follow) {
+            break;
+        }
+        // A file deleted since the listing (`keep`) is skipped.
+        let Ok(mut file) = File::open(path) else {
+            continue;
+        };
+        let Ok(meta) = file.metadata() else {
+            continue;
+        };
+        let read = lines_backwards(&mut file, meta.len(), !newest, CHUNK, &mut |line| {
+            if picked.len() >= n {
+                return false;
+            }
+            if let Some(out) = printer.render(line) {
+                picked.push(out);
+            }
+            picked.len() < n
+        });
+        match read {
+            Ok(complete_end) if newest && follow => {
+                current = Some(Current::new(key.clone(), path.clone(), file, complete_end))
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("warden: reading {}: {e}", path.display()),
+        }
+    }
+    (picked, current)
+}
+
+/// The file being followed.
+struct Current {
+    key: FileKey,
+    path: PathBuf,
+    file: File,
+    /// Device and inode: the file behind `path` may be replaced.
+    id: (u64, u64),
+    /// Bytes read so far.
+    offset: u64,
+    /// The last line read so far when it has no newline yet.
+    partial: Vec<u8>,
+    /// That line passed `MAX_LINE`: skip it up to its newline.
+    partial_too_long: bool,
+}
+
+impl Current {
+    fn new(key: FileKey, path: PathBuf, file: File, offset: u64) -> Current {
+        let id = file.metadata().map_or((0, 0), |m| (m.dev(), m.ino()));
+        Current {
+            key,
+            path,
+            file,
+            id,
+            offset,
+            partial: Vec::new(),
+            partial_too_long: false,
+        }
+    }
+
+    fn open(key: FileKey, path: PathBuf) -> Option<Current> {
+        let file = File::open(&path).ok()?;
+        Some(Current::new(key, path, file, 0))
+    }
+
+    /// Prints the complete lines appended since the last read. A read error
+    /// is nothing new (the next poll tries again); an error is stdout's.
+    fn read_new(&mut self, printer: &Printer, out: &mut dyn Write) -> io::Result<()> {
+        if self.file.seek(SeekFrom::Start(self.offset)).is_err() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match self.file.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Ok(()),
+            };
+            self.offset += n as u64;
+            let mut data = &buf[..n];
+            while let Some(i) = data.iter().position(|&b| b == b'\n') {
+                if self.partial_too_long {
+                    self.partial_too_long = false;
+                } else if self.partial.is_empty() {
+                    printer.emit(&data[..i], out)?;
+                } else {
+                    self.partial.extend_from_slice(&data[..i]);
+                    let line = std::mem::take(&mut self.partial);
+                    printer.emit(&line, out)?;
+                }
+                data = &data[i + 1..];
+            }
+            if !self.partial_too_long && !data.is_empty() {
+                if self.partial.len() + data.len() > MAX_LINE {
+                    self.partial_too_long = true;
+                    self.partial = Vec::new();
+                } else {
+                    self.partial.extend_from_slice(data);
+                }
+            }
+        }
+    }
+
+    /// The file is done (rotated away or replaced): its last line counts even
+    /// without a newline.
+    fn finish(&mut self, printer: &Printer, out: &mut dyn Write) -> io::Result<()> {
+        self.read_new(printer, out)?;
+        let line = std::mem::take(&mut self.partial);
+        if !line.is_empty() && !self.partial_too_long {
+            printer.emit(&line, out)?;
+        }
+        self.partial_too_long = false;
+        Ok(())
+    }
+}
+
+/// `tail -F` over the log directory.
+struct Follower {
+    dir: PathBuf,
+    current: Option<Current>,
+}
+
+impl Follower {
+    /// Prints what was written since the last poll: the rest of the current
+    /// file, then of each newer file in turn; a truncated or replaced file is
+    /// read again from its start. An error is stdout's.
+    fn poll(&mut self, printer: &Printer, out: &mut dyn Write) -> io::Result<()> {
+        if self.current.is_none() {
+            // No file yet: the first one that appears, from its start.
+            let Some((key, path)) = log_files(&self.dir).into_iter().next() else {
+                return Ok(());
+            };
+            self.current = Current::open(key, path);
+        }
+        while let Some(cur) = self.current.as_mut() {
+            cur.read_new(printer, out)?;
+            if let Ok(meta) = std::fs::metadata(&cur.path) {
+                if (meta.dev(), meta.ino()) != cur.id {
+                    // Replaced: the old file is done; the new one is read from its start.
+                    cur.finish(printer, out)?;
+                    match Current::open(cur.key.clone(), cur.path.clone()) {
+                        Some(new) => {
+                            *cur = new;
+                            continue;
+                        }
+                        None => return Ok(()),
+                    }
+                }
+                if meta.len() < cur.offset {
+                    // Truncated: what is there now was written after.
+                    cur.offset = 0;
+                    cur.partial.clear();
+                    cur.partial_too_long = false;
+                    continue;
+                }
+            }
+            let next = log_files(&self.dir)
+                .into_iter()
+                .find(|(key, _)| *key > cur.key);
+            let Some((key, path)) = next else {
+                return Ok(());
+            };
+            // Rotated: finish the old file (what was written before the
+            // listing), then go on with the next one.
+            cur.finish(printer, out)?;
+            if let Some(new) = Current::open(key, path) {
+                *cur = new;
+            } else {
+                // Deleted before it could be opened: the next poll lists again.
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CALL: &str = r#"{"timestamp":"2026-11-22T04:41:49.909715Z","level":"INFO","message":"call","actor":"transport","request_id":"2","tool":"echo","outcome":"ok","duration_ms":0.1,"target":"warden::transport"}"#;
+    const RMCP: &str = r#"{"timestamp":"2026-11-22T04:41:50.000001Z","level":"WARN","message":"response error","id":"3","error":"unknown tool `nope`","target":"rmcp::service"}"#;
+
+    fn event(line: &str) -> Event {
+        Event::parse(line.as_bytes()).expect("a JSON object")
+    }
+
+    fn line(ts: &str, level: &str, message: &str, tool: &str) -> String {
+        format!(
+            r#"{{"timestamp":"{ts}","level":"{level}","message":"{message}","actor":"transport","tool":"{tool}","target":"warden::transport"}}"#
+        )
+    }
+
+    fn printer(json: bool) -> Printer {
+        Printer {
+            json,
+            color: false,
+            filter: Filter::default(),
+        }
+    }
+
+    #[test]
+    fn timestamps_parse_as_utc() {
+        let t = Timestamp::parse("2026-11-22T04:41:49.909715Z").unwrap();
+        assert_eq!(
+            t,
+            Timestamp {
+                secs: 1_795_322_509,
+                nanos: 909_715_000
+            }
+        );
+        assert_eq!(t.to_rfc3339_millis(), "2026-11-22T04:41:49.909Z");
+        assert_eq!(
+            Timestamp::parse("1970-01-01T00:00:00Z"),
+            Some(Timestamp { secs: 0, nanos: 0 })
+        );
+        assert_eq!(
+            Timestamp::parse("2026-11-22T05:41:49.909715+01:00"),
+            Some(t)
+        );
+        assert_eq!(
+            Timestamp::parse("2026-11-22T03:11:49.909715-01:30"),
+            Some(t)
+        );
+        assert_eq!(
+            Timestamp::parse("2026-11-22T04:41:49.9097151234Z")
+                .unwrap()
+                .nanos,
+            909_715_123
+        );
+        assert_eq!(
+            Timestamp::parse("2024-02-29T23:59:59Z")
+                .unwrap()
+                .to_rfc3339_millis(),
+            "2024-02-29T23:59:59.000Z"
+        );
+        let before = Timestamp::parse("1969-12-31T23:59:59.5Z").unwrap();
+        assert_eq!(
+            before,
+            Timestamp {
+                secs: -1,
+                nanos: 500_000_000
+            }
+        );
+        assert_eq!(before.to_rfc3339_millis(), "1969-12-31T23:59:59.500Z");
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-11-22T24:00:00Z",
+            "2026-11-22T04:41:49",
+            "2026-11-22T04:41:49.Z",
+            "2026-11-22T04:41:49.9+1",
+            "2026-11-22X04:41:49Z",
+        ] {
+            assert_eq!(Timestamp::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn system_times_round_trip() {
+        let now = SystemTime::now();
+        let t = Timestamp::from_system(now);
+        let d = now.duration_since(UNIX_EPOCH).unwrap();
+        assert_eq!(t.secs, d.as_secs() as i64);
+        let before = Timestamp::from_system(UNIX_EPOCH - Duration::from_millis(1500));
+        assert_eq!(
+            before,
+            Timestamp {
+                secs: -2,
+                nanos: 500_000_000
+            }
+        );
+        // Every day of a few centuries converts both ways.
+        for days in (-200_000..200_000).step_by(97) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn levels_are_ordered_by_severity() {
+        use Level::*;
+        assert!(Trace < Debug && Debug < Info && Info < Warn && Warn < Error);
+        assert_eq!(Level::parse("WARN"), Some(Warn));
+        assert_eq!(Level::parse("warning"), Some(Warn));
+        assert_eq!(Level::parse("Error"), Some(Error));
+        assert_eq!(Level::parse("loud"), None);
+        for l in [Trace, Debug, Info, Warn, Error] {
+            assert_eq!(Level::parse(l.name()), Some(l));
+        }
+    }
+
+    #[test]
+    fn readable_lines() {
+        assert_eq!(
+            format_event(&event(CALL), false),
+            "2026-11-22T04:41:49.909Z INFO  transport  call request_id=2 tool=echo outcome=ok duration_ms=0.1"
+        );
+        // No actor: the target names the source, and stays out of the fields.
+        assert_eq!(
+            format_event(&event(RMCP), false),
+            "2026-11-22T04:41:50.000Z WARN  rmcp::service response error id=3 error=\"unknown tool `nope`\""
+        );
+        let colored = format_event(&event(CALL), true);
+        assert!(
+            colored.starts_with("2026-11-22T04:41:49.909Z \x1b[32mINFO\x1b[0m  transport  call"),
+            "{colored:?}"
+        );
+        let odd = r#"{"level":"TRACE","message":"two\nlines","empty":"","n":3,"ok":true,"list":[1,"a"],"quote":"say \"hi\"","path":"/a=b"}"#;
+        assert_eq!(
+            format_event(&event(odd), false),
+            r#"- TRACE -          two\nlines empty="" n=3 ok=true list=[1,"a"] quote="say \"hi\"" path=/a=b"#
+        );
+    }
+
+    #[test]
+    fn filters() {
+        let call = event(CALL);
+        let rmcp = event(RMCP);
+        let all = Filter::default();
+        assert!(all.matches(&call) && all.matches(&rmcp));
+
+        let warn = Filter {
+            level: Some(Level::Warn),
+            ..Filter::default()
+        };
+        assert!(!warn.matches(&call) && warn.matches(&rmcp));
+        let info = Filter {
+            level: Some(Level::Info),
+            ..Filter::default()
+        };
+        assert!(info.matches(&call) && info.matches(&rmcp));
+
+        let actor = |a: &str| Filter {
+            actor: Some(a.into()),
+            ..Filter::default()
+        };
+        assert!(actor("transport").matches(&call));
+        assert!(!actor("transport").matches(&rmcp));
+        assert!(!actor("trans").matches(&call));
+        // The actor field wins over the target.
+        assert!(!actor("warden::transport").matches(&call));
+        assert!(actor("service").matches(&rmcp));
+        assert!(actor("rmcp::service").matches(&rmcp));
+
+        let tool = |t: &str| Filter {
+            tool: Some(t.into()),
+            ..Filter::default()
+        };
+        assert!(tool("echo").matches(&call));
+        assert!(!tool("ech").matches(&call));
+        assert!(!tool("echo").matches(&rmcp));
+
+        let since = |ts: &str| Filter {
+            since: Timestamp::parse(ts),
+            ..Filter::default()
+        };
+        assert!(since("2026-11-22T04:41:49Z").matches(&call));
+        assert!(since("2026-11-22T04:41:49.909715Z").matches(&call));
+        assert!(!since("2026-11-22T04:41:49.909716Z").matches(&call));
+        assert!(since("2026-11-22T04:41:50Z").matches(&rmcp));
+        assert!(!since("2020-01-01T00:00:00Z").matches(&event(r#"{"level":"INFO"}"#)));
+    }
+
+    #[test]
+    fn lines_that_are_not_json_objects_are_skipped() {
+        let p = printer(false);
+        for junk in ["", "not json", "[1,2]", "42", "{\"level\":", "{} trailing"] {
+            assert_eq!(p.render(junk.as_bytes()), None, "{junk:?}");
+        }
+        assert_eq!(
+            printer(true).render(CALL.as_bytes()),
+            Some(format!("{CALL}\n").into_bytes())
+        );
+    }
+
+    #[test]
+    fn log_file_names_sort_by_time() {
+        for bad in [
+            "warden.log.gz",
+            "warden.2026-11-22.txt",
+            "other.2026-11-22.log",
+            "warden.2026-11.log",
+            "warden.2026-11-22-4.log",
+            "warden..log",
+            "wardenlog",
+        ] {
+            assert_eq!(file_key(bad), None, "{bad}");
+        }
+        let mut names = vec![
+            "warden.log",
+            "warden.2026-11-22-04-05.log",
+            "warden.2026-11-23.log",
+            "warden.2026-11-22-04.log",
+            "warden.2026-11-22.log",
+            "warden.2025-12-31-23-59.log",
+        ];
+        names.sort_by_key(|n| file_key(n).unwrap());
+        assert_eq!(
+            names,
+            [
+                "warden.2025-12-31-23-59.log",
+                "warden.2026-11-22.log",
+                "warden.2026-11-22-04.log",
+                "warden.2026-11-22-04-05.log",
+                "warden.2026-11-23.log",
+                "warden.log",
+            ]
+        );
+    }
+
+    fn backwards(text: &[u8], include_partial: bool, chunk: usize) -> (Vec<String>, u64) {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(text).unwrap();
+        let mut got = Vec::new();
+        let end = lines_backwards(
+            &mut f,
+            text.len() as u64,
+            include_partial,
+            chunk,
+            &mut |l| {
+                got.push(String::from_utf8(l.to_vec()).unwrap());
+                true
+            },
+        )
+        .unwrap();
+        got.reverse();
+        (got, end)
+    }
+
+    #[test]
+    fn reading_backwards_finds_every_line_at_any_chunk_size() {
+        let text = b"first\n\nthird line\nfourth\npartial";
+        for chunk in 1..=40 {
+            let (lines, end) = backwards(text, false, chunk);
+            assert_eq!(
+                lines,
+                ["first", "", "third line", "fourth"],
+                "chunk {chunk}"
+            );
+            assert_eq!(end, 25);
+            let (lines, _) = backwards(text, true, chunk);
+            assert_eq!(
+                lines,
+                ["first", "", "third line", "fourth", "partial"],
+                "chunk {chunk}"
+            );
+            let (lines, end) = backwards(b"a\nb\n", false, chunk);
+            assert_eq!((lines, end), (vec!["a".to_string(), "b".to_string()], 4));
+            let (lines, end) = backwards(b"no newline", false, chunk);
+            assert_eq!((lines.len(), end), (0, 0));
+        }
+        assert_eq!(backwards(b"", true, 4), (vec![], 0));
+    }
+
+    #[test]
+    fn the_tail_is_the_last_matching_lines_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = (0..30)
+            .map(|i| line("2026-01-01T00:00:00Z", "INFO", &format!("old{i}"), "echo") + "\n")
+            .collect::<String>();
+        std::fs::write(dir.path().join("warden.2026-01-01.log"), old).unwrap();
+        let new = format!(
+            "{}\nnot json\n{}\n{}\n{{\"partial",
+            line("2026-01-02T00:00:00Z", "INFO", "new0", "echo"),
+            line("2026-01-02T00:00:00Z", "ERROR", "new1", "other"),
+            line("2026-01-02T00:00:00Z", "INFO", "new2", "echo"),
+        );
+        std::fs::write(dir.path().join("warden.2026-01-02.log"), &new).unwrap();
+        let files = log_files(dir.path());
+        assert_eq!(files.len(), 2);
+        let messages = |picked: Vec<Vec<u8>>| -> Vec<String> {
+            picked
+                .iter()
+                .rev()
+                .map(|l| {
+                    event(std::str::from_utf8(l).unwrap())
+                        .str("message")
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        let (picked, current) = tail(&files, 5, &printer(true), true);
+        assert_eq!(messages(picked), ["old28", "old29", "new0", "new1", "new2"]);
+        let current = current.expect("following the newest file");
+        assert!(current.path.ends_with("warden.2026-01-02.log"));
+        assert_eq!(current.offset, new.rfind('\n').unwrap() as u64 + 1);
+
+        let echo = Printer {
+            json: true,
+            color: false,
+            filter: Filter {
+                tool: Some("echo".into()),
+                ..Filter::default()
+            },
+        };
+        let (picked, current) = tail(&files, 3, &echo, false);
+        assert_eq!(messages(picked), ["old29", "new0", "new2"]);
+        assert!(current.is_none());
+        let (picked, _) = tail(&files, 0, &echo, false);
+        assert!(picked.is_empty());
+        let (picked, _) = tail(&files, 1000, &echo, false);
+        assert_eq!(picked.len(), 32);
+    }
+
+    /// Appends to a file.
+    fn append(path: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn poll(f: &mut Follower) -> Vec<String> {
+        let mut out = Vec::new();
+        f.poll(&printer(false), &mut out).unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| l.split_whitespace().nth(3).unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn following_handles_partial_lines_rotation_truncation_and_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let ts = "2026-01-01T00:00:00Z";
+        let first = dir.path().join("warden.2026-01-01-00-00.log");
+        let second = dir.path().join("warden.2026-01-01-00-01.log");
+        let mut f = Follower {
+            dir: dir.path().to_path_buf(),
+            current: None,
+        };
+        assert!(poll(&mut f).is_empty(), "no files yet");
+
+        append(&first, &(line(ts, "INFO", "a", "echo") + "\n"));
+        assert_eq!(poll(&mut f), ["a"], "the first file, from its start");
+        assert!(poll(&mut f).is_empty());
+
+        // A line is printed once its newline is written.
+        let b = line(ts, "INFO", "b", "echo");
+        append(&first, &b[..10]);
+        assert!(poll(&mut f).is_empty());
+        append(
+            &first,
+            &(b[10..].to_string() + "\n" + &line(ts, "INFO", "c", "echo")[..5]),
+        );
+        assert_eq!(poll(&mut f), ["b"]);
+
+        // Rotation: the old file's last line (even without its newline) comes
+        // first, then every line of the new file.
+        append(&first, &line(ts, "INFO", "c", "echo")[5..]);
+        append(&second, &(line(ts, "INFO", "d", "echo") + "\n"));
+        assert_eq!(poll(&mut f), ["c", "d"]);
+        append(&first, &(line(ts, "INFO", "late", "echo") + "\n"));
+        append(&second, &(line(ts, "INFO", "e", "echo") + "\n"));
+        assert_eq!(poll(&mut f), ["e"], "an older file is not read again");
+
+        // Truncated: read again from the start.
+        std::fs::write(&second, line(ts, "INFO", "f", "echo") + "\n").unwrap();
+        assert_eq!(poll(&mut f), ["f"]);
+
+        // Replaced (a new file under the same name): from its start.
+        let tmp = dir.path().join("next");
+        std::fs::write(
+            &tmp,
+            line(ts, "INFO", "g", "echo") + "\n" + &line(ts, "INFO", "h", "echo") + "\n",
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &second).unwrap();
+        assert_eq!(poll(&mut f), ["g", "h"]);
+
+        // Several new files at once: each in order.
+        for (minute, msg) in [("03", "j"), ("02", "i")] {
+            append(
+                &dir.path()
+                    .join(format!("warden.2026-01-01-00-{minute}.log")),
+                &(line(ts, "INFO", msg, "echo") + "\n"),
+            );
+        }
+        assert_eq!(poll(&mut f), ["i", "j"]);
+    }
+
+    #[test]
+    fn following_skips_an_overlong_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warden.log");
+        let ts = "2026-01-01T00:00:00Z";
+        std::fs::write(&path, "").unwrap();
+        let mut f = Follower {
+            dir: dir.path().to_path_buf(),
+            current: None,
+        };
+        assert!(poll(&mut f).is_empty());
+        let huge = "x".repeat(MAX_LINE / 2 + 1);
+        append(&path, &huge);
+        append(&path, &huge);
+        append(&path, &huge);
+        assert!(poll(&mut f).is_empty());
+        assert!(f.current.as_ref().unwrap().partial.is_empty());
+        append(
+            &path,
+            &format!("tail\n{}\n", line(ts, "INFO", "after", "echo")),
+        );
+        assert_eq!(poll(&mut f), ["after"]);
+    }
+}

@@ -1,0 +1,343 @@
+//! The operator's commands against a running instance: `warden status`,
+//! `warden kill`, `warden metrics`, `warden breaker`. Each finds the instance
+//! through its control socket and speaks the control protocol.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::control::{self, Client, Instance};
+
+/// Exit code when no running instance is found (like `systemctl status` of a stopped unit).
+pub const EXIT_NOT_RUNNING: i32 = 3;
+/// How often `status --watch` redraws.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Which instance a command talks to.
+pub struct Target {
+    /// The directory of control sockets.
+    pub dir: PathBuf,
+    /// The instance's pid, needed when several run.
+    pub pid: Option<u32>,
+}
+
+/// A command's failure: the exit code and what to tell the operator.
+pub struct Failure(pub i32, pub String);
+
+impl Target {
+    async fn instance(&self) -> Result<Instance, Failure> {
+        let found = control::discover(&self.dir).await;
+        match (self.pid, found.as_slice()) {
+            (_, []) => Err(Failure(
+                EXIT_NOT_RUNNING,
+                format!(
+                    "no running warden found (no live socket in {})",
+                    self.dir.display()
+                ),
+            )),
+            (Some(pid), all) => all.iter().find(|i| i.pid == pid).cloned().ok_or_else(|| {
+                Failure(
+                    EXIT_NOT_RUNNING,
+                    format!("no running warden with pid {pid} in {}", self.dir.display()),
+                )
+            }),
+            (None, [one]) => Ok(one.clone()),
+            (None, several) => {
+                let mut msg = format!(
+                    "{} warden instances are running; pick one with --pid:\n",
+                    several.len()
+                );
+                for i in several {
+                    msg.push_str(&format!("  pid {}  {}\n", i.pid, i.socket.display()));
+                }
+                Err(Failure(2, msg.trim_end().to_string()))
+            }
+        }
+    }
+
+    async fn request(&self, request: Value) -> Result<Value, Failure> {
+        let instance = self.instance().await?;
+        let mut client = Client::connect(&instance.socket).await.map_err(|e| {
+            Failure(
+                1,
+                format!("cannot connect to {}: {e}", instance.socket.display()),
+            )
+        })?;
+        client.request(&request).await.map_err(|e| Failure(1, e))
+    }
+}
+
+/// Runs a command; prints its failure to stderr and returns the exit code.
+pub async fn run(f: impl std::future::Future<Output = Result<(), Failure>>) -> i32 {
+    match f.await {
+        Ok(()) => 0,
+        Err(Failure(code, msg)) => {
+            eprintln!("warden: {msg}");
+            code
+        }
+    }
+}
+
+pub async fn status(target: &Target, as_json: bool, watch: bool) -> Result<(), Failure> {
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    loop {
+        let answer = target.request(json!({"cmd": "status"})).await?;
+        let status = &answer["status"];
+        let text = if as_json {
+            serde_json::to_string_pretty(status).unwrap_or_default()
+        } else {
+            render(status, color)
+        };
+        let mut out = std::io::stdout().lock();
+        if watch {
+            // Home the cursor and clear, so the table redraws in place.
+            let _ = write!(out, "\x1b[H\x1b[2J");
+        }
+        if writeln!(out, "{text}").is_err() {
+            return Ok(());
+        }
+        let _ = out.flush();
+        if !watch {
+            return Ok(());
+        }
+        drop(out);
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
+}
+
+pub async fn kill(target: &Target, actor: &str, signal: Option<&str>) -> Result<(), Failure> {
+    let answer = target
+        .request(json!({"cmd": "kill", "actor": actor, "signal": signal}))
+        .await?;
+    match answer.get("signalled") {
+        Some(n) => println!(
+            "sent SIG{} to {n} process group(s) of {actor}",
+            answer["signal"]
+                .as_str()
+                .unwrap_or("?")
+                .trim_start_matches("SIG")
+        ),
+        None => println!("killed {actor}; its supervisor restarts it"),
+    }
+    Ok(())
+}
+
+pub async fn metrics(target: &Target) -> Result<(), Failure> {
+    let answer = target.request(json!({"cmd": "metrics"})).await?;
+    print!("{}", answer["metrics"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+pub async fn breaker(target: &Target, tool: &str, action: &str) -> Result<(), Failure> {
+    let answer = target
+        .request(json!({"cmd": "breaker", "tool": tool, "action": action}))
+        .await?;
+    println!(
+        "{tool}: breaker {}",
+        answer["breaker"]["state"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// `status` as a person reads it: a header, then one line per actor.
+pub fn render(status: &Value, color: bool) -> String {
+    let w = &status["warden"];
+    let paint = |s: &str, code: &str| {
+        if color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    };
+    let state_color = |s: &str| match s {
+        "running" | "closed" | "healthy" => "32",
+        "starting" | "restarting" | "half_open" | "draining" | "degraded" | "forced_closed" => "33",
+        _ => "31",
+    };
+    let health_body = crate::http::health(status).1;
+    let health = health_body["status"].as_str().unwrap_or("?");
+    let mut out =
+        format!(
+        "warden {}  pid {}  up {}  config {}\nstate {}  health {}  memory {}  in flight {}/{}\n\n",
+        w["version"].as_str().unwrap_or("?"),
+        w["pid"],
+        duration(w["uptime_s"].as_u64().unwrap_or(0)),
+        w["config"].as_str().unwrap_or("?"),
+        paint(w["state"].as_str().unwrap_or("?"), state_color(w["state"].as_str().unwrap_or(""))),
+        paint(health, state_color(health)),
+        w["rss_bytes"].as_u64().map_or("?".to_string(), mib),
+        w["in_flight"],
+        w["max_in_flight"],
+    );
+    let header = [
+        "ACTOR",
+        "STATE",
+        "UPTIME",
+        "RESTARTS",
+        "QUEUE",
+        "IN FLIGHT",
+        "BREAKER",
+        "PROCESSES",
+        "LAST ERROR",
+    ];
+    let mut rows: Vec<[String; 9]> = Vec::new();
+    for a in status["actors"].as_array().into_iter().flatten() {
+        rows.push([
+            a["name"].as_str().unwrap_or("?").to_string(),
+            a["state"].as_str().unwrap_or("?").to_string(),
+            String::new(),
+            a["restarts"].to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+        for t in a["children"].as_array().into_iter().flatten() {
+            let b = &t["breaker"];
+            let breaker = match b["half_open_in_ms"].as_u64() {
+                Some(ms) => format!("open ({} to half-open)", duration_ms(ms)),
+                None => b["state"].as_str().unwrap_or("?").to_string(),
+            };
+            let processes: Vec<String> = t["processes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    format!(
+                        "{} ({})",
+                        p["pid"],
+                        p["rss_bytes"].as_u64().map_or("?".into(), mib)
+                    )
+                })
+                .collect();
+            let mut last_error = t["last_error"].as_str().unwrap_or("").replace('\n', " ");
+            if last_error.chars().count() > 60 {
+                last_error = last_error.chars().take(59).collect::<String>() + "…";
+            }
+            rows.push([
+                format!("  {}", t["name"].as_str().unwrap_or("?")),
+                t["state"].as_str().unwrap_or("?").to_string(),
+                duration(t["uptime_s"].as_u64().unwrap_or(0)),
+                t["restarts"].to_string(),
+                format!("{}/{}", t["queue_depth"], t["queue_capacity"]),
+                t["in_flight"].to_string(),
+                breaker,
+                if processes.is_empty() {
+                    "-".into()
+                } else {
+                    processes.join(", ")
+                },
+                if last_error.is_empty() {
+                    "-".into()
+                } else {
+                    last_error
+                },
+            ]);
+        }
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>, raw: &[String]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(raw[i].chars().count());
+            l.push_str(c);
+            if i + 1 < cells.len() {
+                l.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    out.push_str(&line(head.clone(), &head));
+    out.push('\n');
+    for r in &rows {
+        let mut cells = r.to_vec();
+        cells[1] = paint(&r[1], state_color(&r[1]));
+        if !r[6].is_empty() {
+            let s = r[6].split(' ').next().unwrap_or("");
+            cells[6] = paint(&r[6], state_color(s));
+        }
+        out.push_str(&line(cells, r));
+        out.push('\n');
+    }
+    out.trim_end().to_string()
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        duration(ms.div_ceil(1000))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_systemctl() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(125), "2m05s");
+        assert_eq!(duration(7260), "2h01m");
+        assert_eq!(duration(90000), "1d01h");
+        assert_eq!(duration_ms(250), "250ms");
+        assert_eq!(duration_ms(1500), "2s");
+    }
+
+    #[test]
+    fn render_shows_one_line_per_actor_without_colour_off_a_terminal() {
+        let status = json!({
+            "warden": {"version": "0.1.0", "pid": 42, "uptime_s": 61, "config": "/etc/warden/config.toml",
+                       "state": "running", "rss_bytes": 11534336, "in_flight": 1, "max_in_flight": 256},
+            "actors": [
+                {"name": "warden", "state": "running", "restarts": 0},
+                {"name": "tools", "state": "running", "restarts": 1, "children": [
+                    {"name": "tool:df", "state": "running", "uptime_s": 61, "restarts": 2, "queue_depth": 1,
+                     "queue_capacity": 8, "in_flight": 3, "breaker": {"state": "open", "half_open_in_ms": 12000},
+                     "processes": [{"pid": 99, "rss_bytes": 1048576}], "last_error": "`df` exited with status 1"}
+                ]}
+            ]
+        });
+        let text = render(&status, false);
+        assert!(!text.contains('\x1b'));
+        assert!(
+            text.starts_with("warden 0.1.0  pid 42  up 1m01s  config /etc/warden/config.toml"),
+            "{text}"
+        );
+        assert!(text.contains("memory 11.0 MiB  in flight 1/256"), "{text}");
+        let df = text.lines().find(|l| l.contains("tool:df")).unwrap();
+        for want in [
+            "running",
+            "1m01s",
+            "1/8",
+            "open (12s to half-open)",
+            "99 (1.0 MiB)",
+            "`df` exited",
+        ] {
+            assert!(df.contains(want), "{want} missing from {df:?}");
+        }
+        assert!(render(&status, true).contains("\x1b[31mopen (12s to half-open)\x1b[0m"));
+    }
+}
