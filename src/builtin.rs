@@ -76,7 +76,7 @@ pub async fn run(
                 serde_json::to_string_pretty(&status).unwrap_or_else(|_| status.to_string()),
             ))
         }
-        Builtin::Metrics => Ok(ToolOutput::text(runtime.metrics.render())),
+        Builtin::Metrics => Ok(ToolOutput::text(runtime.metrics_text())),
         Builtin::Panic => panic!("the panic builtin was called (chaos test)"),
     }
 }

@@ -245,7 +245,7 @@ async fn handle(line: &str, runtime: &Arc<Runtime>) -> Value {
     };
     let result = match request {
         Request::Status {} => Ok(json!({"status": runtime.status()})),
-        Request::Metrics {} => Ok(json!({"metrics": runtime.metrics.render()})),
+        Request::Metrics {} => Ok(json!({"metrics": runtime.metrics_text()})),
         Request::Kill { actor, signal } => kill(runtime, &actor, signal.as_deref()),
         Request::Breaker { tool, action } => force_breaker(&tool, &action).await,
     };

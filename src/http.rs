@@ -316,7 +316,7 @@ fn respond(req: &Request<'_>, runtime: &Runtime) -> Response {
         "/metrics" => Response {
             status: 200,
             content_type: METRICS_CONTENT_TYPE,
-            body: runtime.metrics.render(),
+            body: runtime.metrics_text(),
         },
         "/health" => {
             let (status, body) = health(&runtime.status());

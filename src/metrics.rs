@@ -18,6 +18,8 @@ pub struct Metrics {
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
     restarts: IntCounterVec,
+    queue_depth: IntGaugeVec,
+    memory: IntGaugeVec,
 }
 
 impl Metrics {
@@ -66,6 +68,19 @@ impl Metrics {
             &["tool"],
         )
         .expect("valid metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("warden_queue_depth", "Calls waiting in a tool's queue"),
+            &["tool"],
+        )
+        .expect("valid metric");
+        let memory = IntGaugeVec::new(
+            Opts::new(
+                "warden_memory_bytes",
+                "Resident memory: of warden itself (process) and of the programs running for calls (children)",
+            ),
+            &["what"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(call_seconds.clone()),
@@ -73,6 +88,8 @@ impl Metrics {
             Box::new(breaker_state.clone()),
             Box::new(breaker_transitions.clone()),
             Box::new(restarts.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(memory.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -84,13 +101,26 @@ impl Metrics {
             breaker_state,
             breaker_transitions,
             restarts,
+            queue_depth,
+            memory,
         }
+    }
+
+    pub fn set_queue_depth(&self, tool: &str, depth: usize) {
+        self.queue_depth
+            .with_label_values(&[tool])
+            .set(depth as i64);
+    }
+
+    pub fn set_memory(&self, what: &str, bytes: u64) {
+        self.memory.with_label_values(&[what]).set(bytes as i64);
     }
 
     /// Makes every tool's series exist from the start, at zero.
     pub fn register_tool(&self, tool: &str) {
         self.breaker_state.with_label_values(&[tool]).set(0);
         self.restarts.with_label_values(&[tool]);
+        self.queue_depth.with_label_values(&[tool]).set(0);
     }
 
     pub fn call(&self, tool: &str, outcome: &str, seconds: f64) {

@@ -66,6 +66,27 @@ impl Runtime {
         }))
     }
 
+    /// The Prometheus text, with the gauges that are sampled rather than
+    /// counted (queue depths, memory) brought up to date first.
+    pub fn metrics_text(&self) -> String {
+        let mut children = 0;
+        for t in self.tools.iter() {
+            let running = t.running.load(Ordering::Relaxed);
+            let depth = t.in_flight.load(Ordering::Relaxed).saturating_sub(running);
+            self.metrics.set_queue_depth(&t.spec.name, depth);
+            children += crate::exec::tool_groups(&t.spec.name)
+                .into_iter()
+                .filter_map(rss_bytes)
+                .sum::<u64>();
+        }
+        self.metrics.set_memory("children", children);
+        if let Some(own) = rss_bytes(std::process::id() as i32) {
+            self.metrics.set_memory("process", own);
+        }
+        self.metrics.set_in_flight(self.in_flight());
+        self.metrics.render()
+    }
+
     /// Counts a restart of one of the root's children.
     pub fn count_restart(&self, child: &'static str) {
         *self.root_restarts.lock().unwrap().entry(child).or_default() += 1;

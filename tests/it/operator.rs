@@ -185,6 +185,17 @@ fn status_tells_the_truth_about_a_live_instance() {
     s.call_result("echo", json!({"message": "y"}));
     let after = String::from_utf8(ctl(&dir, &["metrics"]).stdout).unwrap();
     assert_eq!(count(&after), count(&before) + 2, "{after}");
+    for family in [
+        "warden_call_duration_seconds_bucket",
+        "warden_in_flight",
+        "warden_queue_depth{tool=\"sleeper\"}",
+        "warden_breaker_state{tool=\"flaky\"} 1",
+        "warden_breaker_transitions_total",
+        "warden_actor_restarts_total{tool=\"echo\"} 2",
+        "warden_memory_bytes{what=\"process\"}",
+    ] {
+        assert!(after.contains(family), "{family} missing from\n{after}");
+    }
 
     // Breaker reset through the socket.
     let out = ctl(&dir, &["breaker", "flaky", "reset"]);
