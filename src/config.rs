@@ -586,6 +586,32 @@ pub fn valid_tool_name(name: &str) -> bool {
 /// `must_exist` is false), applies `WARDEN_*` overrides and loads every actor
 /// file. Returns every problem found.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Problem>> {
+    let (config, mut problems) = read_runtime(path, env);
+    let tools = load_actors(&config, &mut problems);
+    if problems.is_empty() {
+        Ok(Loaded {
+            path: path.to_path_buf(),
+            config,
+            tools,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// Only `config.toml` (with `WARDEN_*` overrides), not the actor files: for
+/// commands such as `warden logs`, which must work when an actor file is broken.
+pub fn load_runtime(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<Problem>> {
+    match read_runtime(path, env) {
+        (config, problems) if problems.is_empty() => Ok(config),
+        (_, problems) => Err(problems),
+    }
+}
+
+fn read_runtime(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> (Config, Vec<Problem>) {
     let mut problems = Vec::new();
     let base = path
         .parent()
@@ -608,17 +634,7 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     apply_env(&mut config, path, env, &mut problems);
     resolve_relative(&mut config, &base);
     check_config(&config, path, &mut problems);
-
-    let tools = load_actors(&config, &mut problems);
-    if problems.is_empty() {
-        Ok(Loaded {
-            path: path.to_path_buf(),
-            config,
-            tools,
-        })
-    } else {
-        Err(problems)
-    }
+    (config, problems)
 }
 
 fn parse_toml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, Problem> {

@@ -122,28 +122,14 @@ pub fn run(dir: &Path, args: &LogsArgs) -> u8 {
 /// that hung up: found without writing (as `tail -f` does), so that
 /// `warden logs -f | head` ends with `head`, not at the next log line.
 fn stdout_gone() -> bool {
-    use std::ffi::{c_int, c_short, c_ulong};
-    #[repr(C)]
-    struct PollFd {
-        fd: c_int,
-        events: c_short,
-        revents: c_short,
-    }
-    extern "C" {
-        fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
-    }
-    // Linux's values; reported whatever `events` asks for.
-    const POLLERR: c_short = 0x8;
-    const POLLHUP: c_short = 0x10;
-    const POLLNVAL: c_short = 0x20;
-    let mut fd = PollFd {
-        fd: 1,
-        events: 0,
-        revents: 0,
-    };
-    // SAFETY: one valid, exclusively borrowed pollfd; a zero timeout never blocks.
-    let ready = unsafe { poll(&mut fd, 1, 0) };
-    ready > 0 && fd.revents & (POLLERR | POLLHUP | POLLNVAL) != 0
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::empty())];
+    // Error, hang-up and invalid-descriptor are reported whatever `events` asks for.
+    let gone = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0].revents().is_some_and(|r| r.intersects(gone))
 }
 
 /// A tracing level, least severe first.
@@ -611,8 +597,8 @@ fn lines_backwards(
 ) -> io::Result<u64> {
     let mut buf = vec![0u8; chunk];
     let mut pos = end;
-    // The end of the line whose start is not found yet, in reverse order of
-    // reading (the last piece comes first in the file).
+    // The end of the line whose start is not found yet, in the order read:
+    // its last piece first.
     let mut pieces: Vec<Vec<u8>> = Vec::new();
     let mut pieces_len = 0usize;
     let mut too_long = false;

@@ -183,7 +183,11 @@ fn main() -> ExitCode {
             let code = tokio_runtime().block_on(warden::call::run(&config, &tool, &args));
             ExitCode::from(code as u8)
         }
-        Command::Status { json, watch, target } => {
+        Command::Status {
+            json,
+            watch,
+            target,
+        } => {
             let t = target.target();
             operator_exit(warden::operator::status(&t, json, watch))
         }
@@ -207,16 +211,18 @@ fn main() -> ExitCode {
             let t = target.target();
             operator_exit(warden::operator::breaker(&t, &tool, &action))
         }
-        Command::Logs { config, args } => match load(&config) {
-            Ok(loaded) => ExitCode::from(warden::logs::run(&loaded.config.log.dir, &args)),
-            Err(problems) => {
-                for p in &problems {
-                    eprintln!("{p}");
+        Command::Logs { config, args } => {
+            match warden::config::load_runtime(&config, &|k| std::env::var(k).ok()) {
+                Ok(runtime) => ExitCode::from(warden::logs::run(&runtime.log.dir, &args)),
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    eprintln!("warden: {} problem(s) in the config", problems.len());
+                    ExitCode::from(1)
                 }
-                eprintln!("warden: {} problem(s) in the config", problems.len());
-                ExitCode::from(1)
             }
-        },
+        }
     }
 }
 
