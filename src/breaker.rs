@@ -678,16 +678,8 @@ mod tests {
     /// force closed, reset, through the breaker actor, with metrics.
     #[tokio::test]
     async fn operators_force_and_reset_through_the_actor() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("actors")).unwrap();
-        std::fs::write(dir.path().join("config.toml"), "").unwrap();
-        std::fs::write(
-            dir.path().join("actors/echo.toml"),
-            "name = \"echo\"\nkind = \"builtin\"\n",
-        )
-        .unwrap();
-        let loaded = crate::config::load(&dir.path().join("config.toml"), &|_| None).unwrap();
-        let runtime = Runtime::new(loaded).unwrap();
+        let (_dir, runtime) =
+            crate::runtime::test_runtime("", &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")]);
         let (actor, handle) = Actor::spawn(Some(NAME.into()), BreakerActor, runtime.clone())
             .await
             .unwrap();

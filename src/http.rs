@@ -748,16 +748,8 @@ mod tests {
     /// The listener end to end against a runtime with no actors started.
     #[tokio::test]
     async fn serves_until_cancelled_and_refuses_what_it_does_not_serve() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("actors")).unwrap();
-        std::fs::write(dir.path().join("config.toml"), "").unwrap();
-        std::fs::write(
-            dir.path().join("actors/echo.toml"),
-            "name = \"echo\"\nkind = \"builtin\"\n",
-        )
-        .unwrap();
-        let loaded = crate::config::load(&dir.path().join("config.toml"), &|_| None).unwrap();
-        let runtime = Runtime::new(loaded).unwrap();
+        let (_dir, runtime) =
+            crate::runtime::test_runtime("", &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")]);
         runtime.metrics.call("echo", "ok", 0.001);
 
         let listener = bind("127.0.0.1:0").await.unwrap();

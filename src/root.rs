@@ -131,12 +131,8 @@ impl Actor for Root {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match event {
-            SupervisionEvent::ActorFailed(cell, e) => (cell, format!("failed: {e}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, format!("stopped: {}", reason.unwrap_or_default()))
-            }
-            _ => return Ok(()),
+        let Some((cell, why)) = crate::supervisor::child_ended(event) else {
+            return Ok(());
         };
         if state.runtime.draining.is_cancelled() {
             return Ok(());

@@ -339,6 +339,20 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// A runtime over a temporary config for unit tests: `config` is config.toml,
+/// `actors` are (file stem, text) pairs. Keep the directory alive with it.
+#[cfg(test)]
+pub fn test_runtime(config: &str, actors: &[(&str, &str)]) -> (tempfile::TempDir, Arc<Runtime>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("actors")).unwrap();
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    for (name, text) in actors {
+        std::fs::write(dir.path().join("actors").join(format!("{name}.toml")), text).unwrap();
+    }
+    let loaded = crate::config::load(&dir.path().join("config.toml"), &|_| None).unwrap();
+    (dir, Runtime::new(loaded).unwrap())
+}
+
 struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
 
 impl Drop for InFlight<'_> {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{json, Value};
 
 use crate::breaker::CircuitBreaker;
@@ -319,16 +319,8 @@ impl Actor for ToolsSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (
-                cell,
-                format!(
-                    "stopped: {}",
-                    reason.unwrap_or_else(|| "no reason given".into())
-                ),
-            ),
-            _ => return Ok(()),
+        let Some((cell, reason)) = child_ended(event) else {
+            return Ok(());
         };
         let Some(name) = state.children.remove(&cell.get_id()) else {
             return Ok(());
@@ -340,6 +332,21 @@ impl Actor for ToolsSupervisor {
             state.on_failure(&myself, &entry, &format!("tool actor {reason}"), false);
         }
         Ok(())
+    }
+}
+
+/// The child that ended and why, for the events that mean a child is gone.
+pub fn child_ended(event: SupervisionEvent) -> Option<(ActorCell, String)> {
+    match event {
+        SupervisionEvent::ActorFailed(cell, err) => Some((cell, format!("failed: {err}"))),
+        SupervisionEvent::ActorTerminated(cell, _, reason) => Some((
+            cell,
+            format!(
+                "stopped: {}",
+                reason.unwrap_or_else(|| "no reason given".into())
+            ),
+        )),
+        _ => None,
     }
 }
 
@@ -501,20 +508,11 @@ mod tests {
     /// that registers the `tools` name.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_killed_tool_actor_is_restarted_then_failed_past_its_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("actors")).unwrap();
-        std::fs::write(
-            dir.path().join("config.toml"),
-            "[supervisor]\nmax_restarts = 2\nwindow = \"60s\"\nbackoff = { min = \"20ms\", max = \"40ms\" }\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("actors/echo.toml"),
-            "name = \"echo\"\nkind = \"builtin\"\n",
-        )
-        .unwrap();
-        let loaded = crate::config::load(&dir.path().join("config.toml"), &|_| None).unwrap();
-        let runtime = Runtime::new(loaded).unwrap();
+        let (_dir, runtime) =
+            crate::runtime::test_runtime(
+                "[supervisor]\nmax_restarts = 2\nwindow = \"60s\"\nbackoff = { min = \"20ms\", max = \"40ms\" }\n",
+                &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")],
+            );
         let (sup, handle) = Actor::spawn(Some(NAME.into()), ToolsSupervisor, runtime.clone())
             .await
             .unwrap();
