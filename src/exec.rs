@@ -301,7 +301,7 @@ pub async fn run(spec: &CommandSpec, run: Run<'_>) -> Result<ToolOutput, ToolErr
             ErrorKind::Timeout,
             format!(
                 "`{}` did not finish within {}; its process group was killed.",
-                spec.program,
+                program_name(&spec.program),
                 humantime::format_duration(run.timeout)
             ),
             "Retry with a narrower request, or ask the operator to raise this tool's timeout.",
@@ -362,15 +362,21 @@ fn finish(
         ),
     };
     e.message = if stderr_tail.is_empty() {
-        format!("`{}` {what}.", spec.program)
+        format!("`{}` {what}.", program_name(&spec.program))
     } else {
-        format!("`{}` {what}: {stderr_tail}", spec.program)
+        format!("`{}` {what}: {stderr_tail}", program_name(&spec.program))
     };
     e.suggestion = "Check the arguments against the tool's description; the stderr tail says what the program objected to.".into();
     Err(e
         .detail("stderr_tail", stderr_tail)
         .detail("stdout", stdout)
         .detail("duration_ms", elapsed.as_millis() as u64))
+}
+
+/// The program as messages name it: its file name, not the path from the
+/// actor file (which the operator has, and which would crowd out the reason).
+fn program_name(program: &str) -> &str {
+    program.rsplit('/').next().unwrap_or(program)
 }
 
 fn spawn_error(program: &str, e: std::io::Error) -> ToolError {
