@@ -69,6 +69,28 @@ pub fn signal_tool(tool: &str, signal: Signal) -> usize {
     groups.len()
 }
 
+/// A running program's process group: registered while it lives, killed and
+/// unregistered when dropped.
+struct GroupGuard(i32);
+
+impl GroupGuard {
+    fn register(pgid: i32, tool: &str) -> Self {
+        LIVE_GROUPS.lock().unwrap().insert(pgid, tool.to_string());
+        GroupGuard(pgid)
+    }
+
+    fn kill(&self) {
+        let _ = killpg(Pid::from_raw(self.0), Signal::SIGKILL);
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+        LIVE_GROUPS.lock().unwrap().remove(&self.0);
+    }
+}
+
 /// The placeholder names in one argv template element. `{{` and `}}` are literal braces.
 pub fn placeholders(template: &str) -> Result<Vec<String>, String> {
     let mut names = Vec::new();
@@ -257,13 +279,10 @@ pub async fn run(spec: &CommandSpec, run: Run<'_>) -> Result<ToolOutput, ToolErr
     }
     let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.program, e))?;
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-    LIVE_GROUPS
-        .lock()
-        .unwrap()
-        .insert(pgid, run.tool.to_string());
-    let kill_group = || {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-    };
+    // Kills the group however this function ends, also when its future is
+    // dropped half-way (the worker running it was killed).
+    let group = GroupGuard::register(pgid, run.tool);
+    let kill_group = || group.kill();
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let started = Instant::now();
@@ -294,7 +313,7 @@ pub async fn run(spec: &CommandSpec, run: Run<'_>) -> Result<ToolOutput, ToolErr
         kill_group();
         let _ = tokio::time::timeout(REAP_DEADLINE, child.wait()).await;
     }
-    LIVE_GROUPS.lock().unwrap().remove(&pgid);
+    drop(group);
 
     match ending {
         Ending::TimedOut => Err(ToolError::new(

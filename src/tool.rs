@@ -202,7 +202,12 @@ impl Worker for ToolWorker {
         } = msg;
         let Some(reply) = reply else { return Ok(key) };
         if cancel.is_cancelled() {
-            // Cancelled or past its deadline while it waited in the queue.
+            // Cancelled (by the client, the watchdog or shutdown) while it waited.
+            let _ = reply.send(Err(ToolError::new(
+                crate::error::ErrorKind::Cancelled,
+                "The call was cancelled before it started.",
+                "Nothing to do; send the call again if you still need it.",
+            )));
             return Ok(key);
         }
         self.entry.running.fetch_add(1, Ordering::Relaxed);

@@ -323,6 +323,51 @@ fn kill_with_a_signal_reaches_the_running_program() {
 }
 
 #[test]
+fn killing_a_tool_actor_mid_call_kills_its_programs_whole_group() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("ctl");
+    let pidfile = base.path().join("pids");
+    let mut s = setup(&dir)
+        .actor(
+            "grouper",
+            &fixture_tool(
+                "grouper",
+                &["group", "{pidfile}", "60000"],
+                "",
+                "properties.pidfile = { type = \"string\" }",
+            ),
+        )
+        .start();
+    s.initialize();
+    let id = s.start_call("grouper", json!({"pidfile": pidfile.to_str().unwrap()}));
+    let pids = read_pids(&pidfile);
+    assert_eq!(pids.len(), 2);
+    assert!(eventually(Duration::from_secs(5), || ctl(
+        &dir,
+        &["status"]
+    )
+    .status
+    .success()));
+    let out = ctl(&dir, &["kill", "tool:grouper"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = s.response(id);
+    assert_eq!(kind(&r["result"]), "internal", "{r}");
+    // warden is still running; the call's leader and grandchild must be gone already.
+    assert!(
+        eventually(Duration::from_secs(3), || pids.iter().all(|&p| !alive(p))),
+        "processes of the killed call outlived it: {pids:?}"
+    );
+    assert!(eventually(Duration::from_secs(3), || {
+        tool_line(&status_json(&dir), "grouper")["processes"] == json!([])
+    }));
+}
+
+#[test]
 fn several_instances_need_a_pid_and_stale_sockets_are_cleaned() {
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join("ctl");
