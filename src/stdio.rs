@@ -9,12 +9,13 @@
 //! On EOF or SIGTERM it stops taking requests and ends the session once the
 //! calls in flight have finished or the shutdown grace is over.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CallToolRequestParams, ClientJsonRpcMessage, ClientRequest, ErrorData, RequestId,
-    ServerJsonRpcMessage,
+    CallToolRequestParams, ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorData,
+    RequestId, ServerJsonRpcMessage,
 };
 use rmcp::service::RoleServer;
 use rmcp::transport::Transport;
@@ -26,6 +27,40 @@ use crate::runtime::Runtime;
 
 /// How often the drain checks whether the calls in flight have finished.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// Requests read but not yet answered, at the most, per `max_in_flight` slot:
+/// past it stdin is not read until answers are written, so a client that does
+/// not read its responses cannot grow warden's memory.
+const PENDING_PER_SLOT: usize = 2;
+
+/// Requests handed to rmcp whose answer has not been written yet, by id (a
+/// count per id: a client may reuse an id while the first is in flight).
+#[derive(Default)]
+struct Pending {
+    ids: std::sync::Mutex<HashMap<RequestId, usize>>,
+    answered: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn add(&self, id: &RequestId) {
+        *self.ids.lock().unwrap().entry(id.clone()).or_default() += 1;
+    }
+
+    fn remove(&self, id: &RequestId) {
+        let mut ids = self.ids.lock().unwrap();
+        if let Some(n) = ids.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                ids.remove(id);
+            }
+        }
+        drop(ids);
+        self.answered.notify_waiters();
+    }
+
+    fn len(&self) -> usize {
+        self.ids.lock().unwrap().values().sum()
+    }
+}
 
 pub struct StdioTransport<R, W> {
     reader: R,
@@ -41,6 +76,8 @@ pub struct StdioTransport<R, W> {
     eof: bool,
     /// When the drain began (EOF or SIGTERM).
     drain_started: Option<Instant>,
+    pending: Arc<Pending>,
+    max_pending: usize,
 }
 
 enum Line {
@@ -56,6 +93,7 @@ where
 {
     pub fn new(reader: R, writer: W, runtime: Arc<Runtime>) -> Self {
         let max_line = runtime.config.server.max_line.0 as usize;
+        let max_pending = (runtime.config.server.max_in_flight * PENDING_PER_SLOT).max(64);
         StdioTransport {
             reader,
             writer: Arc::new(Mutex::new(writer)),
@@ -66,6 +104,8 @@ where
             oversized: 0,
             eof: false,
             drain_started: None,
+            pending: Arc::default(),
+            max_pending,
         }
     }
 
@@ -230,36 +270,62 @@ where
         item: ServerJsonRpcMessage,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
         let writer = self.writer.clone();
-        async move { Self::write(&writer, &item).await }
+        let pending = self.pending.clone();
+        let answers = match &item {
+            ServerJsonRpcMessage::Response(r) => Some(r.id.clone()),
+            ServerJsonRpcMessage::Error(e) => e.id.clone(),
+            _ => None,
+        };
+        async move {
+            let written = Self::write(&writer, &item).await;
+            // Answered once written (or failed for good): it no longer holds memory here.
+            if let Some(id) = answers {
+                pending.remove(&id);
+            }
+            written
+        }
     }
 
     async fn receive(&mut self) -> Option<ClientJsonRpcMessage> {
         loop {
-            // Draining: requests still arriving are read and answered (the
-            // runtime refuses new calls), until the calls in flight are done
-            // or the grace is over.
-            if self.runtime.draining.is_cancelled() {
+            // The drain, after EOF or SIGTERM: until every request read has
+            // been answered, or the grace is over. After SIGTERM stdin is still
+            // read and new calls are refused; after EOF nothing new can come.
+            if self.eof || self.runtime.draining.is_cancelled() {
                 let started = *self.drain_started.get_or_insert_with(|| {
                     tracing::info!(
                         actor = "transport",
-                        in_flight = self.runtime.in_flight(),
+                        pending = self.pending.len(),
                         "draining"
                     );
                     Instant::now()
                 });
                 let grace = self.runtime.config.server.shutdown_grace;
-                let left = self.runtime.in_flight();
+                let left = self.pending.len();
                 if left == 0 || started.elapsed() >= grace {
                     if left > 0 {
-                        tracing::warn!(actor = "transport", calls = left, grace = %humantime::format_duration(grace), "shutdown grace over; cancelling the calls still running");
+                        tracing::warn!(actor = "transport", requests = left, grace = %humantime::format_duration(grace), "shutdown grace over; cancelling the calls still running");
                     }
+                    self.runtime.draining.cancel();
                     self.runtime.kill_all.cancel();
                     return None;
                 }
             }
             let draining = self.runtime.draining.clone();
+            let pending = self.pending.clone();
             let read = if self.eof {
                 tokio::time::sleep(DRAIN_POLL).await;
+                continue;
+            } else if self.pending.len() >= self.max_pending {
+                // Backpressure: read on once answers have been written.
+                let answered = pending.answered.notified();
+                if self.pending.len() >= self.max_pending {
+                    tokio::select! {
+                        _ = answered => {}
+                        _ = tokio::time::sleep(DRAIN_POLL), if self.drain_started.is_some() => {}
+                        _ = draining.cancelled(), if self.drain_started.is_none() => {}
+                    }
+                }
                 continue;
             } else if self.drain_started.is_some() {
                 tokio::select! {
@@ -276,6 +342,18 @@ where
                 Ok(Line::Complete) => {
                     let msg = self.classify().await;
                     self.line.clear();
+                    match &msg {
+                        Some(ClientJsonRpcMessage::Request(r)) => self.pending.add(&r.id),
+                        Some(ClientJsonRpcMessage::Notification(n)) => {
+                            // A cancelled request may never be answered: stop waiting for it.
+                            if let ClientNotification::CancelledNotification(c) = &n.notification {
+                                if let Some(id) = &c.params.request_id {
+                                    self.pending.remove(id);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
                     if let Some(msg) = msg {
                         return Some(msg);
                     }
@@ -283,7 +361,6 @@ where
                 Ok(Line::Eof) | Err(_) => {
                     tracing::info!(actor = "transport", "stdin closed");
                     self.eof = true;
-                    self.runtime.draining.cancel();
                 }
                 Ok(Line::Oversized(bytes)) => {
                     tracing::warn!(

@@ -115,3 +115,55 @@ fn new_calls_during_the_drain_answer_unavailable() {
     assert_eq!(text(&s.response(first)["result"]), "slept\n");
     assert_eq!(s.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+#[test]
+fn requests_written_just_before_eof_are_all_served() {
+    let (setup, _dir) = setup("5s");
+    let mut s = setup.start();
+    // The whole session in one write, then EOF at once: `printf ... | warden serve`.
+    let mut script = String::new();
+    for line in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "sleeper", "arguments": {"ms": 300}}}),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+    ] {
+        script.push_str(&line.to_string());
+        script.push('\n');
+    }
+    s.send_raw(script.as_bytes());
+    s.close_stdin();
+    assert!(s.response(1).get("result").is_some());
+    assert_eq!(text(&s.response(2)["result"]), "slept\n");
+    assert!(s.response(3)["result"]["tools"].is_array());
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn calls_still_queued_at_the_end_of_the_grace_are_answered_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("p");
+    let mut s = Setup::new("[server]\nshutdown_grace = \"300ms\"\n[log]\nstderr = \"off\"\n")
+        .actor(
+            "one",
+            &fixture_tool(
+                "one",
+                &["sleep", "{ms}", "{pidfile}"],
+                "concurrency = 1\nqueue = 4",
+                "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }\nproperties.pidfile = { type = \"string\" }",
+            ),
+        )
+        .start();
+    s.initialize();
+    let running = s.start_call(
+        "one",
+        json!({"ms": 30000, "pidfile": pidfile.to_str().unwrap()}),
+    );
+    read_pids(&pidfile);
+    let queued = s.start_call("one", json!({"ms": 30000}));
+    std::thread::sleep(Duration::from_millis(50));
+    s.close_stdin();
+    assert_eq!(kind(&s.response(running)["result"]), "cancelled");
+    assert_eq!(kind(&s.response(queued)["result"]), "cancelled");
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
