@@ -227,6 +227,44 @@ impl RootState {
     }
 }
 
+/// How long past `shutdown_grace` the whole shutdown may take before warden
+/// exits without waiting for the rest.
+const SHUTDOWN_DEADLINE_EXTRA: Duration = Duration::from_secs(5);
+
+/// SIGTERM or SIGINT: drain. A second one: stop now, killing what runs.
+async fn on_signals(draining: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!(
+            actor = NAME,
+            "cannot install signal handlers; SIGTERM will not drain"
+        );
+        return;
+    };
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        seen += 1;
+        if seen == 1 {
+            tracing::info!(
+                actor = NAME,
+                "signal: draining (send it again to stop at once)"
+            );
+            draining.cancel();
+        } else {
+            tracing::warn!(actor = NAME, "second signal: stopping at once");
+            crate::exec::kill_all_groups();
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Runs `warden serve` until the MCP session ends or a stop is requested.
 pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
     // A panic is a crash the supervisors handle; it belongs in the log, not as
@@ -235,22 +273,19 @@ pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
         tracing::error!(actor = "warden", panic = %info, "an actor panicked");
     }));
     let (_root, handle) = Actor::spawn(Some(NAME.into()), Root, runtime.clone()).await?;
+    let signals = tokio::spawn(on_signals(runtime.draining.clone()));
+    // Every wait has a deadline, shutdown too: a client that stops reading its
+    // stdout must not keep warden alive. Past grace + this, warden just exits.
+    let deadline = runtime.config.server.shutdown_grace + SHUTDOWN_DEADLINE_EXTRA;
     let draining = runtime.draining.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!(actor = "warden", "SIGTERM: draining"),
-            _ = int.recv() => tracing::info!(actor = "warden", "SIGINT: draining"),
+    tokio::select! {
+        _ = handle => {}
+        _ = async { draining.cancelled().await; tokio::time::sleep(deadline).await } => {
+            tracing::error!(actor = NAME, deadline = %humantime::format_duration(deadline), "shutdown did not finish in time; exiting anyway");
+            runtime.kill_all.cancel();
         }
-        draining.cancel();
-    });
-    let _ = handle.await;
+    }
+    signals.abort();
     crate::exec::kill_all_groups();
     Ok(())
 }
