@@ -57,31 +57,35 @@ pub fn socket_path(dir: &Path, pid: u32) -> PathBuf {
     dir.join(format!("{pid}.sock"))
 }
 
-/// Creates the directory 0700, or checks that an existing one is ours and private.
+/// Creates the directory 0700 (not its parents), or takes an existing one;
+/// either way it must then be a real directory, ours, and private.
 pub fn prepare_dir(dir: &Path) -> Result<(), String> {
-    match std::fs::symlink_metadata(dir) {
-        Err(_) => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display())),
-        Ok(meta) => {
-            if !meta.is_dir() {
-                return Err(format!("{} is not a directory", dir.display()));
-            }
-            if meta.uid() != nix::unistd::getuid().as_raw() {
-                return Err(format!("{} belongs to another user", dir.display()));
-            }
-            if meta.mode() & 0o077 != 0 {
-                return Err(format!(
-                    "{} is open to other users (mode {:o}); it must be 0700",
-                    dir.display(),
-                    meta.mode() & 0o777
-                ));
-            }
-            Ok(())
-        }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
     }
+    check_dir(dir)
+}
+
+/// The socket directory is trusted only if it is a directory (not a link),
+/// owned by this user, and closed to everyone else.
+pub fn check_dir(dir: &Path) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if meta.uid() != nix::unistd::getuid().as_raw() {
+        return Err(format!("{} belongs to another user", dir.display()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is open to other users (mode {:o}); it must be 0700",
+            dir.display(),
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
 }
 
 /// Only the user warden runs as may use its control socket.
@@ -211,8 +215,10 @@ async fn serve_connection(mut stream: UnixStream, runtime: Arc<Runtime>, own_uid
         };
         let mut out = response.to_string();
         out.push('\n');
-        if write.write_all(out.as_bytes()).await.is_err() {
-            return;
+        // A client that stops reading must not hold a connection slot forever.
+        match tokio::time::timeout(IDLE_DEADLINE, write.write_all(out.as_bytes())).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
         if line.len() > MAX_REQUEST {
             return;
@@ -397,11 +403,16 @@ pub struct Instance {
     pub socket: PathBuf,
 }
 
-/// The instances with a live socket in `dir`; sockets of dead processes are removed.
-pub async fn discover(dir: &Path) -> Vec<Instance> {
+/// The instances with a live socket in `dir`; sockets of dead processes are
+/// removed. A directory that is not private to this user is refused.
+pub async fn discover(dir: &Path) -> Result<Vec<Instance>, String> {
     let mut found = Vec::new();
+    if !dir.exists() {
+        return Ok(found);
+    }
+    check_dir(dir)?;
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
+        return Ok(found);
     };
     for e in entries.flatten() {
         let path = e.path();
@@ -423,7 +434,7 @@ pub async fn discover(dir: &Path) -> Vec<Instance> {
         }
     }
     found.sort_by_key(|i| i.pid);
-    found
+    Ok(found)
 }
 
 #[cfg(test)]

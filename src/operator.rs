@@ -28,7 +28,9 @@ pub struct Failure(pub i32, pub String);
 
 impl Target {
     async fn instance(&self) -> Result<Instance, Failure> {
-        let found = control::discover(&self.dir).await;
+        let found = control::discover(&self.dir)
+            .await
+            .map_err(|e| Failure(1, format!("refusing the control directory: {e}")))?;
         match (self.pid, found.as_slice()) {
             (_, []) => Err(Failure(
                 EXIT_NOT_RUNNING,
