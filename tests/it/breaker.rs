@@ -36,7 +36,10 @@ fn a_failing_tool_trips_its_breaker_and_a_trial_closes_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("runs");
     let f = file.to_str().unwrap();
-    let mut s = flaky_setup("window = 4\nmin_calls = 4\nfailure_rate = 0.5\nopen_for = \"700ms\"\nhalf_open_calls = 1\n").start();
+    let mut s = flaky_setup(
+        "window = 4\nmin_calls = 4\nfailure_rate = 0.5\nopen_for = \"2s\"\nhalf_open_calls = 1\n",
+    )
+    .start();
     s.initialize();
 
     for _ in 0..4 {
@@ -53,7 +56,7 @@ fn a_failing_tool_trips_its_breaker_and_a_trial_closes_it() {
         let r = s.call_result("flaky", json!({"file": f, "code": 0}));
         assert_eq!(kind(&r), "circuit_open", "{r}");
         let wait = r["structuredContent"]["retry_after_ms"].as_u64().unwrap();
-        assert!(wait <= 700, "{r}");
+        assert!(wait <= 2000, "{r}");
         assert_eq!(
             r["structuredContent"]["details"]["breaker"]["state"],
             "open"
@@ -106,14 +109,14 @@ fn a_failed_trial_reopens_for_longer() {
     let f = dir.path().join("runs");
     let f = f.to_str().unwrap();
     let mut s = flaky_setup(
-        "window = 2\nmin_calls = 2\nopen_for = \"300ms\"\nbackoff_factor = 3.0\nhalf_open_calls = 1\n",
+        "window = 2\nmin_calls = 2\nopen_for = \"1s\"\nbackoff_factor = 3.0\nhalf_open_calls = 1\n",
     )
     .start();
     s.initialize();
     for _ in 0..2 {
         s.call_result("flaky", json!({"file": f, "code": 1}));
     }
-    assert_eq!(tool_status(&mut s, "flaky")["breaker"]["open_for_ms"], 300);
+    assert_eq!(tool_status(&mut s, "flaky")["breaker"]["open_for_ms"], 1000);
     assert!(eventually(Duration::from_secs(3), || {
         tool_status(&mut s, "flaky")["breaker"]["state"] == "half_open"
     }));
@@ -123,7 +126,7 @@ fn a_failed_trial_reopens_for_longer() {
     );
     let b = tool_status(&mut s, "flaky")["breaker"].clone();
     assert_eq!(b["state"], "open");
-    assert_eq!(b["open_for_ms"], 900, "{b}");
+    assert_eq!(b["open_for_ms"], 3000, "{b}");
 }
 
 #[test]
@@ -151,7 +154,7 @@ fn a_burst_past_the_rate_limit_is_refused_until_the_bucket_refills() {
     let mut s = Setup::new(QUIET_CONFIG)
         .actor(
             "echo",
-            "name = \"echo\"\nkind = \"builtin\"\nrate = \"4/s\"\nburst = 2\n",
+            "name = \"echo\"\nkind = \"builtin\"\nrate = \"1/s\"\nburst = 2\n",
         )
         .start();
     s.initialize();
@@ -160,7 +163,7 @@ fn a_burst_past_the_rate_limit_is_refused_until_the_bucket_refills() {
     let r = s.call_result("echo", json!({"message": "3"}));
     assert_eq!(kind(&r), "rate_limited", "{r}");
     let wait = r["structuredContent"]["retry_after_ms"].as_u64().unwrap();
-    assert!(wait > 0 && wait <= 250, "{r}");
+    assert!(wait > 0 && wait <= 1000, "{r}");
     assert_eq!(r["structuredContent"]["details"]["burst"], 2);
     std::thread::sleep(Duration::from_millis(wait + 20));
     assert_eq!(text(&s.call_result("echo", json!({"message": "4"}))), "4");

@@ -44,9 +44,9 @@ fn setup() -> Setup {
     let sleeper = |name: &str, extra: &str| {
         fixture_tool(
             name,
-            &["sleep", "{ms}"],
+            &["sleep", "{ms}", "{pidfile}"],
             extra,
-            "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }",
+            "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }\nproperties.pidfile = { type = \"string\" }",
         )
     };
     Setup::new("[server]\nshutdown_grace = \"200ms\"\n[log]\nstderr = \"off\"\n")
@@ -80,8 +80,13 @@ fn every_error_kind_has_its_documented_shape() {
     let r = s.call_result("ghost", json!({}));
     assert_shape(&r, "unavailable", false, &[]);
 
-    let first = s.start_call("one", json!({"ms": 1000}));
-    std::thread::sleep(Duration::from_millis(200));
+    let pids = tempfile::tempdir().unwrap();
+    let first_pid = pids.path().join("first");
+    let first = s.start_call(
+        "one",
+        json!({"ms": 1000, "pidfile": first_pid.to_str().unwrap()}),
+    );
+    read_pids(&first_pid);
     let r = s.call_result("one", json!({"ms": 1}));
     assert_shape(&r, "busy", true, &[]);
     assert_eq!(text(&s.response(first)["result"]), "slept\n");
@@ -109,8 +114,12 @@ fn every_error_kind_has_its_documented_shape() {
     assert_shape(&r, "internal", true, &[]);
 
     // `cancelled` reaches a client when the shutdown grace ends under a running call.
-    let id = s.start_call("long", json!({"ms": 60000}));
-    std::thread::sleep(Duration::from_millis(100));
+    let long_pid = pids.path().join("long");
+    let id = s.start_call(
+        "long",
+        json!({"ms": 60000, "pidfile": long_pid.to_str().unwrap()}),
+    );
+    read_pids(&long_pid);
     s.close_stdin();
     let r = s.response(id);
     assert_shape(&r["result"], "cancelled", false, &[]);

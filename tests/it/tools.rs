@@ -161,6 +161,7 @@ fn a_full_queue_answers_busy_at_once_and_cancel_kills_the_program() {
     let pid_a = dir.path().join("a");
     let mut s = Setup::new(QUIET_CONFIG)
         .actor("sleeper", &sleeper("concurrency = 1\nqueue = 1"))
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
         .start();
     s.initialize();
     let a = s.start_call(
@@ -169,12 +170,17 @@ fn a_full_queue_answers_busy_at_once_and_cancel_kills_the_program() {
     );
     let pid = read_pids(&pid_a)[0];
     let b = s.start_call("sleeper", json!({"ms": 200}));
-    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        eventually(Duration::from_secs(5), || tool_status(&mut s, "sleeper")
+            ["queue_depth"]
+            == 1),
+        "the second call never queued"
+    );
     let started = Instant::now();
     let c = s.call_result("sleeper", json!({"ms": 1}));
     assert_eq!(kind(&c), "busy", "{c}");
     assert!(
-        started.elapsed() < Duration::from_millis(500),
+        started.elapsed() < Duration::from_secs(1),
         "busy took {:?}",
         started.elapsed()
     );
