@@ -359,7 +359,6 @@ fn finish(
         return Ok(ToolOutput {
             text: stdout,
             notes,
-            truncated: out.truncated(),
         });
     }
     let tail_start = err.bytes.len().saturating_sub(STDERR_TAIL);

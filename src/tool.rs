@@ -44,7 +44,6 @@ pub struct ToolOutput {
     pub text: String,
     /// Extra lines for the reader, such as a truncation notice.
     pub notes: Vec<String>,
-    pub truncated: bool,
 }
 
 impl ToolOutput {
@@ -52,7 +51,6 @@ impl ToolOutput {
         ToolOutput {
             text: text.into(),
             notes: Vec::new(),
-            truncated: false,
         }
     }
 }
