@@ -60,7 +60,12 @@ fn setup(ctl_dir: &Path) -> Setup {
         "[control]\nsocket = {:?}\n[supervisor]\nbackoff = {{ min = \"20ms\", max = \"50ms\" }}\n[log]\nstderr = \"off\"\n",
         ctl_dir
     ))
-    .actor("echo", "name = \"echo\"\nkind = \"builtin\"\nconcurrency = 2\nqueue = 64\n")
+    // Killed workers answer `internal`, which a breaker counts; these tests are
+    // about supervision, so echo's breaker stays out of the way.
+    .actor(
+        "echo",
+        "name = \"echo\"\nkind = \"builtin\"\nconcurrency = 2\nqueue = 64\n[breaker]\nenabled = false\n",
+    )
     .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
     .actor(
         "sleeper",
