@@ -278,42 +278,43 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
-/// Direct children of `pid`, from /proc.
-pub fn children_of(pid: i32) -> Vec<i32> {
+/// Every process as (pid, the fields of /proc/PID/stat after the command
+/// name: state, ppid, pgrp, ...).
+fn processes() -> Vec<(i32, Vec<String>)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
         let after = stat.rsplit(')').next().unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        if fields.get(1).and_then(|f| f.parse::<i32>().ok()) == Some(pid) {
-            out.push(p);
-        }
+        out.push((pid, after.split_whitespace().map(str::to_string).collect()));
     }
     out
 }
 
-/// Processes whose process group is `pgid`.
+/// The pids whose stat field `index` (after the name) is `value`.
+fn processes_where(index: usize, value: i32) -> Vec<i32> {
+    processes()
+        .into_iter()
+        .filter(|(_, f)| f.get(index).and_then(|v| v.parse::<i32>().ok()) == Some(value))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Direct children of `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    processes_where(1, pid)
+}
+
+/// Live processes whose process group is `pgid`.
 pub fn group_members(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        if fields.get(2).and_then(|f| f.parse::<i32>().ok()) == Some(pgid) && alive(p) {
-            out.push(p);
-        }
-    }
-    out
+    processes_where(2, pgid)
+        .into_iter()
+        .filter(|&p| alive(p))
+        .collect()
 }
 
 /// Polls `cond` until it holds or `deadline` passes.

@@ -87,12 +87,18 @@ fn setup(ctl_dir: &Path) -> Setup {
     )
 }
 
-#[test]
-fn status_tells_the_truth_about_a_live_instance() {
+/// A started, initialized instance with its control directory under `base`.
+fn live() -> (tempfile::TempDir, std::path::PathBuf, Server) {
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join("ctl");
     let mut s = setup(&dir).start();
     s.initialize();
+    (base, dir, s)
+}
+
+#[test]
+fn status_tells_the_truth_about_a_live_instance() {
+    let (_base, dir, mut s) = live();
 
     // The socket: 0600 in a 0700 directory, named after the pid.
     let sock = dir.join(format!("{}.sock", s.pid()));
@@ -220,10 +226,7 @@ fn status_tells_the_truth_about_a_live_instance() {
 
 #[test]
 fn kill_every_actor_kind_while_calls_are_in_flight() {
-    let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("ctl");
-    let mut s = setup(&dir).start();
-    s.initialize();
+    let (_base, dir, mut s) = live();
     assert!(eventually(Duration::from_secs(5), || ctl(
         &dir,
         &["status"]
@@ -302,10 +305,7 @@ fn kill_every_actor_kind_while_calls_are_in_flight() {
 
 #[test]
 fn kill_with_a_signal_reaches_the_running_program() {
-    let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("ctl");
-    let mut s = setup(&dir).start();
-    s.initialize();
+    let (_base, dir, mut s) = live();
     let id = s.start_call("sleeper", json!({"ms": 30000}));
     assert!(eventually(Duration::from_secs(5), || {
         ctl(&dir, &["status"]).status.success()
@@ -422,10 +422,7 @@ fn another_user_is_refused_by_the_peer_uid_check() {
         eprintln!("skipped: switching uid needs root");
         return;
     }
-    let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("ctl");
-    let mut s = setup(&dir).start();
-    s.initialize();
+    let (base, dir, s) = live();
     let sock = dir.join(format!("{}.sock", s.pid()));
     assert!(eventually(Duration::from_secs(5), || sock.exists()));
     // Open the file modes so that only the SO_PEERCRED check stands in the way.

@@ -47,8 +47,8 @@ fn a_failing_program_is_an_error_answer_with_exit_code_and_stderr() {
     assert_eq!(kind(&status), "execution_failed");
 }
 
-#[test]
-fn output_is_capped_while_it_streams() {
+/// A tool that writes as many bytes as asked, keeping 64 KiB of them.
+fn flood_server() -> Server {
     let mut s = Setup::new(QUIET_CONFIG)
         .actor(
             "flood",
@@ -61,6 +61,12 @@ fn output_is_capped_while_it_streams() {
         )
         .start();
     s.initialize();
+    s
+}
+
+#[test]
+fn output_is_capped_while_it_streams() {
+    let mut s = flood_server();
     let r = s.call_result("flood", json!({"bytes": 8 << 20}));
     assert_ne!(r["isError"], json!(true), "{r}");
     assert_eq!(text(&r).len(), 64 << 10);
@@ -201,18 +207,7 @@ fn a_full_queue_answers_busy_at_once_and_cancel_kills_the_program() {
 
 #[test]
 fn progress_is_reported_on_the_clients_token() {
-    let mut s = Setup::new(QUIET_CONFIG)
-        .actor(
-            "flood",
-            &fixture_tool(
-                "flood",
-                &["flood", "{bytes}"],
-                "max_output = \"64KiB\"",
-                "properties.bytes = { type = \"integer\" }",
-            ),
-        )
-        .start();
-    s.initialize();
+    let mut s = flood_server();
     let id = s.request(
         "tools/call",
         json!({"name": "flood", "arguments": {"bytes": 4 << 20}, "_meta": {"progressToken": "tok-1"}}),
