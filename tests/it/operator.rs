@@ -87,6 +87,16 @@ fn setup(ctl_dir: &Path) -> Setup {
     )
 }
 
+/// Waits until the instance's control socket answers `status`.
+fn wait_for_control(dir: &Path) {
+    assert!(
+        eventually(Duration::from_secs(5), || ctl(dir, &["status"])
+            .status
+            .success()),
+        "the control socket never answered"
+    );
+}
+
 /// A started, initialized instance with its control directory under `base`.
 fn live() -> (tempfile::TempDir, std::path::PathBuf, Server) {
     let base = tempfile::tempdir().unwrap();
@@ -227,12 +237,7 @@ fn status_tells_the_truth_about_a_live_instance() {
 #[test]
 fn kill_every_actor_kind_while_calls_are_in_flight() {
     let (_base, dir, mut s) = live();
-    assert!(eventually(Duration::from_secs(5), || ctl(
-        &dir,
-        &["status"]
-    )
-    .status
-    .success()));
+    wait_for_control(&dir);
 
     let out = ctl(&dir, &["kill", "transport"]);
     assert_ne!(out.status.code(), Some(0));
@@ -347,12 +352,7 @@ fn killing_a_tool_actor_mid_call_kills_its_programs_whole_group() {
     let id = s.start_call("grouper", json!({"pidfile": pidfile.to_str().unwrap()}));
     let pids = read_pids(&pidfile);
     assert_eq!(pids.len(), 2);
-    assert!(eventually(Duration::from_secs(5), || ctl(
-        &dir,
-        &["status"]
-    )
-    .status
-    .success()));
+    wait_for_control(&dir);
     let out = ctl(&dir, &["kill", "tool:grouper"]);
     assert_eq!(
         out.status.code(),

@@ -22,16 +22,22 @@ fn setup(grace: &str) -> (Setup, tempfile::TempDir) {
     (s, pids)
 }
 
+/// Starts a sleeper call and waits until its program runs; returns the
+/// request id and the program's pid.
+fn start_sleeper(s: &mut Server, dir: &std::path::Path, ms: u64) -> (i64, i32) {
+    let pidfile = dir.join("p");
+    let id = s.start_call(
+        "sleeper",
+        json!({"ms": ms, "pidfile": pidfile.to_str().unwrap()}),
+    );
+    (id, read_pids(&pidfile)[0])
+}
+
 fn drains_in_flight_calls(stop: impl FnOnce(&mut Server)) {
     let (setup, dir) = setup("10s");
     let mut s = setup.start();
     s.initialize();
-    let pidfile = dir.path().join("p");
-    let id = s.start_call(
-        "sleeper",
-        json!({"ms": 600, "pidfile": pidfile.to_str().unwrap()}),
-    );
-    let child = read_pids(&pidfile)[0];
+    let (id, child) = start_sleeper(&mut s, dir.path(), 600);
     assert_eq!(
         children_of(s.pid()),
         [child],
@@ -62,12 +68,7 @@ fn past_the_grace_running_calls_are_cancelled_and_killed() {
     let (setup, dir) = setup("300ms");
     let mut s = setup.start();
     s.initialize();
-    let pidfile = dir.path().join("p");
-    let id = s.start_call(
-        "sleeper",
-        json!({"ms": 60000, "pidfile": pidfile.to_str().unwrap()}),
-    );
-    let child = read_pids(&pidfile)[0];
+    let (id, child) = start_sleeper(&mut s, dir.path(), 60000);
     let started = Instant::now();
     s.close_stdin();
     let r = s.response(id);
@@ -97,12 +98,7 @@ fn new_calls_during_the_drain_answer_unavailable() {
     let (setup, dir) = setup("10s");
     let mut s = setup.start();
     s.initialize();
-    let pidfile = dir.path().join("p");
-    let first = s.start_call(
-        "sleeper",
-        json!({"ms": 800, "pidfile": pidfile.to_str().unwrap()}),
-    );
-    read_pids(&pidfile);
+    let (first, _) = start_sleeper(&mut s, dir.path(), 800);
     kill(Pid::from_raw(s.pid()), Signal::SIGTERM).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     // stdin is still open: a late call is refused, not lost.
