@@ -17,10 +17,13 @@ pub enum Builtin {
     Metrics,
     /// Chaos: panics the worker that runs it, to exercise supervision.
     Panic,
+    /// Chaos: blocks the runtime thread running it for `ms` milliseconds and
+    /// ignores cancellation, to exercise the lag probe and the watchdog.
+    Block,
 }
 
 impl Builtin {
-    pub const NAMES: &'static [&'static str] = &["echo", "status", "metrics", "panic"];
+    pub const NAMES: &'static [&'static str] = &["echo", "status", "metrics", "panic", "block"];
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
@@ -28,6 +31,7 @@ impl Builtin {
             "status" => Some(Builtin::Status),
             "metrics" => Some(Builtin::Metrics),
             "panic" => Some(Builtin::Panic),
+            "block" => Some(Builtin::Block),
             _ => None,
         }
     }
@@ -40,6 +44,15 @@ impl Builtin {
                 "additionalProperties": false,
                 "properties": {
                     "message": {"type": "string", "description": "The text to send back."}
+                }
+            }),
+            Builtin::Block => json!({
+                "type": "object",
+                "required": ["ms"],
+                "additionalProperties": false,
+                "properties": {
+                    "ms": {"type": "integer", "minimum": 0, "maximum": 600000,
+                           "description": "How long to block the thread, in milliseconds."}
                 }
             }),
             Builtin::Status | Builtin::Metrics | Builtin::Panic => json!({
@@ -78,5 +91,11 @@ pub async fn run(
         }
         Builtin::Metrics => Ok(ToolOutput::text(runtime.metrics_text())),
         Builtin::Panic => panic!("the panic builtin was called (chaos test)"),
+        Builtin::Block => {
+            let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0);
+            // Deliberately the wrong thing in async code: it is what this tool tests.
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(ToolOutput::text(format!("blocked the thread for {ms} ms")))
+        }
     }
 }

@@ -22,8 +22,9 @@ pub const DEFAULT_MAX_LINE: u64 = 16 << 20;
 /// request; entering it on each poll is measurable per call, and it says nothing
 /// warden's own call line does not.
 pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
-/// Default for `server.worker_threads`: one thread runs every actor.
-pub const DEFAULT_WORKER_THREADS: usize = 1;
+/// Default for `server.worker_threads`: two, so that one thread stuck in a
+/// task cannot stop the transport or the watchdog from answering.
+pub const DEFAULT_WORKER_THREADS: usize = 2;
 /// Default for `defaults.concurrency`: workers per tool.
 pub const DEFAULT_CONCURRENCY: usize = 2;
 /// Default for `defaults.queue`: jobs waiting per tool beyond the busy workers.
@@ -141,7 +142,100 @@ pub struct Config {
     pub log: LogConfig,
     pub control: ControlConfig,
     pub http: HttpConfig,
+    pub memory: MemoryConfig,
+    pub lag: LagConfig,
 }
+
+/// The memory budget of the whole process tree and the recovery levels, as
+/// fractions of it. Each level is entered at its threshold and left 5 points
+/// below it, so a tree hovering at a threshold does not flap.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// The budget: "auto" (the cgroup v2 `memory.max` of warden's cgroup when
+    /// set, else total RAM) or a size such as "512MiB".
+    pub limit: MemoryLimit,
+    /// Every actor sheds what it holds; the allocator returns free memory.
+    pub trim_at: f64,
+    /// `low` tools answer `degraded`; `normal` ones run at half concurrency.
+    pub degrade_at: f64,
+    /// The heaviest child is restarted, one at a time, until below `degrade_at`.
+    pub restart_at: f64,
+    /// How often the health actor measures memory.
+    #[serde(with = "humantime_serde")]
+    pub sample_every: Duration,
+    /// The least time between two restarts by the memory policy.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            limit: MemoryLimit::Auto,
+            trim_at: 0.70,
+            degrade_at: 0.90,
+            restart_at: 0.95,
+            sample_every: Duration::from_secs(1),
+            cooldown: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `memory.limit`: "auto" or a size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    Auto,
+    Fixed(ByteSize),
+}
+
+impl<'de> Deserialize<'de> for MemoryLimit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match ByteSizeOrAuto::deserialize(d)? {
+            ByteSizeOrAuto::Str(s) if s == "auto" => Ok(MemoryLimit::Auto),
+            ByteSizeOrAuto::Str(s) => ByteSize::parse(&s)
+                .map(MemoryLimit::Fixed)
+                .map_err(|e| serde::de::Error::custom(format!("{e}, or \"auto\""))),
+            ByteSizeOrAuto::Int(n) => Ok(MemoryLimit::Fixed(ByteSize(n))),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteSizeOrAuto {
+    Int(u64),
+    Str(String),
+}
+
+/// Event-loop lag (how late a periodic tick fires, or how long a runtime
+/// thread has been stuck in one task) and what each threshold does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LagConfig {
+    /// Above it, lag is logged.
+    #[serde(with = "humantime_serde")]
+    pub warn: Duration,
+    /// Above it, health is unhealthy.
+    #[serde(with = "humantime_serde")]
+    pub alert: Duration,
+    /// Above it, recovery replaces the actors whose calls are past their deadline.
+    #[serde(with = "humantime_serde")]
+    pub recover: Duration,
+}
+
+impl Default for LagConfig {
+    fn default() -> Self {
+        LagConfig {
+            warn: Duration::from_millis(100),
+            alert: Duration::from_secs(5),
+            recover: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Below this, `memory.limit` could not even hold warden at rest.
+pub const IDLE_FOOTPRINT: u64 = 16 << 20;
 
 /// The control socket `warden status`, `kill` and `metrics` talk to.
 #[derive(Debug, Clone, Deserialize)]
@@ -517,6 +611,9 @@ pub struct ActorFile {
     pub max_output: Option<ByteSize>,
     #[serde(default)]
     pub priority: Priority,
+    /// The resident-memory budget of each of this tool's child processes: at
+    /// the `[memory]` thresholds of it the child is trimmed, degraded, restarted.
+    pub memory: Option<ByteSize>,
     /// JSON Schema of the arguments (command tools).
     pub input: Option<toml::Table>,
     #[serde(default)]
@@ -543,6 +640,8 @@ pub struct ToolSpec {
     pub grace: Duration,
     pub max_output: u64,
     pub priority: Priority,
+    /// Resident-memory budget of each child process of this tool.
+    pub memory: Option<u64>,
     /// JSON Schema of the arguments, as JSON.
     pub input_schema: serde_json::Map<String, serde_json::Value>,
     pub breaker: BreakerConfig,
@@ -740,6 +839,43 @@ fn check_config(config: &Config, path: &Path, problems: &mut Vec<Problem>) {
     }
     for (field, reason) in config.breaker.problems() {
         bad(&format!("breaker.{field}"), &reason);
+    }
+    let m = &config.memory;
+    for (field, v) in [
+        ("trim_at", m.trim_at),
+        ("degrade_at", m.degrade_at),
+        ("restart_at", m.restart_at),
+    ] {
+        if !(v > 0.05 && v <= 1.0) {
+            bad(
+                &format!("memory.{field}"),
+                "must be a fraction above 0.05 and at most 1.0 (0.9 is 90 %)",
+            );
+        }
+    }
+    if !(m.trim_at < m.degrade_at && m.degrade_at < m.restart_at) {
+        bad(
+            "memory",
+            "needs trim_at < degrade_at < restart_at (each level is entered above the one before)",
+        );
+    }
+    if let MemoryLimit::Fixed(limit) = m.limit {
+        if (limit.0 as f64 * m.trim_at) < IDLE_FOOTPRINT as f64 {
+            bad(
+                "memory.limit",
+                &format!(
+                    "{limit} is below warden's idle footprint: trim_at of it is under {}",
+                    ByteSize(IDLE_FOOTPRINT)
+                ),
+            );
+        }
+    }
+    if m.sample_every < Duration::from_millis(50) {
+        bad("memory.sample_every", "must be at least 50ms");
+    }
+    let l = &config.lag;
+    if l.warn.is_zero() || !(l.warn < l.alert && l.alert < l.recover) {
+        bad("lag", "needs 0 < warn < alert < recover");
     }
     if !config.http.listen.is_empty() && config.http.listen.parse::<std::net::SocketAddr>().is_err()
     {
@@ -992,6 +1128,9 @@ fn check_actor(
     if a.burst == Some(0) {
         bad("burst", "must be at least 1".into());
     }
+    if a.memory.is_some_and(|m| m.0 < 1 << 20) {
+        bad("memory", "must be at least 1MiB".into());
+    }
     if a.burst.is_some() && a.rate.is_none() {
         bad("burst", "needs `rate`".into());
     }
@@ -1009,6 +1148,7 @@ fn check_actor(
         grace: defaults.grace,
         max_output: a.max_output.unwrap_or(defaults.max_output).0,
         priority: a.priority,
+        memory: a.memory.map(|m| m.0),
         input_schema,
         breaker,
         rate_limit,
@@ -1053,6 +1193,53 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    /// The fields named by the problems of a config.toml (no actor files).
+    fn problem_fields(config: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("actors")).unwrap();
+        write(dir.path(), "config.toml", config);
+        match load(&dir.path().join("config.toml"), &no_env) {
+            Ok(_) => vec![],
+            Err(problems) => problems.into_iter().map(|p| p.field).collect(),
+        }
+    }
+
+    #[test]
+    fn memory_and_lag_thresholds_must_be_consistent() {
+        assert_eq!(
+            problem_fields("[memory]\nlimit = \"256MiB\"\n"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problem_fields("[memory]\nlimit = \"auto\"\n"),
+            Vec::<String>::new()
+        );
+        // Degrade below trim, restart above 100 %.
+        assert_eq!(
+            problem_fields("[memory]\ntrim_at = 0.9\ndegrade_at = 0.8\n"),
+            ["memory"]
+        );
+        assert_eq!(
+            problem_fields("[memory]\nrestart_at = 1.5\n"),
+            ["memory.restart_at"]
+        );
+        // A budget warden could not even idle in.
+        assert_eq!(
+            problem_fields("[memory]\nlimit = \"8MiB\"\n"),
+            ["memory.limit"]
+        );
+        let fields = problem_fields("[memory]\nlimit = \"lots\"\n");
+        assert_eq!(fields, ["memory.limit"]);
+        assert_eq!(
+            problem_fields("[lag]\nwarn = \"10s\"\nalert = \"5s\"\n"),
+            ["lag"]
+        );
+        assert_eq!(
+            problem_fields("[memory]\nsample_every = \"1ms\"\n"),
+            ["memory.sample_every"]
+        );
     }
 
     #[test]

@@ -100,6 +100,19 @@ impl ToolError {
         self
     }
 
+    /// Shed under memory pressure: a `low` priority tool at the degrade level.
+    pub fn degraded(tool: &str, level: &str, used_pct: f64, retry: Duration) -> Self {
+        ToolError::new(
+            ErrorKind::Degraded,
+            format!(
+                "Tool `{tool}` is shed while warden is short of memory (level {level}, {used_pct:.0} % of its budget in use)."
+            ),
+            "Retry later, or use a tool that does not depend on this one; critical tools still answer.",
+        )
+        .retry_after(retry)
+        .detail("memory_level", level)
+    }
+
     pub fn busy(what: &str) -> Self {
         ToolError::new(
             ErrorKind::Busy,

@@ -60,6 +60,29 @@ pub fn tool_groups(tool: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Every live process group with its tool.
+pub fn live_groups() -> std::collections::HashMap<i32, String> {
+    LIVE_GROUPS
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(&g, t)| (g, t.clone()))
+        .collect()
+}
+
+/// Why warden itself killed a group (the memory policy): its call's answer says so.
+static KILL_REASONS: Mutex<BTreeMap<i32, String>> = Mutex::new(BTreeMap::new());
+
+/// Kills a live process group with SIGKILL and records why, for the answer
+/// of the call it was running. False when the group is not (or no longer) live.
+pub fn kill_group_because(pgid: i32, reason: String) -> bool {
+    if !LIVE_GROUPS.lock().unwrap().contains_key(&pgid) {
+        return false;
+    }
+    KILL_REASONS.lock().unwrap().insert(pgid, reason);
+    killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
+}
+
 /// Sends `signal` to every process group of a tool's running calls.
 pub fn signal_tool(tool: &str, signal: Signal) -> usize {
     let groups = tool_groups(tool);
@@ -313,7 +336,20 @@ pub async fn run(spec: &CommandSpec, run: Run<'_>) -> Result<ToolOutput, ToolErr
         kill_group();
         let _ = tokio::time::timeout(REAP_DEADLINE, child.wait()).await;
     }
+    let killed_because = KILL_REASONS.lock().unwrap().remove(&pgid);
     drop(group);
+    if let (Some(reason), Ending::Exited(..)) = (killed_because, &ending) {
+        return Err(ToolError::new(
+            ErrorKind::ExecutionFailed,
+            format!(
+                "`{}` was restarted by warden: {reason}.",
+                program_name(&spec.program)
+            ),
+            "Retry; if it keeps happening, ask for less at once or ask the operator to raise the tool's memory budget.",
+        )
+        .detail("restarted_by", "recovery")
+        .detail("duration_ms", started.elapsed().as_millis() as u64));
+    }
 
     match ending {
         Ending::TimedOut => Err(ToolError::new(

@@ -462,6 +462,8 @@ pub fn health(status: &Value) -> (u16, Value) {
         (crate::transport::NAME, Health::Unhealthy),
         (crate::supervisor::NAME, Health::Unhealthy),
         (crate::breaker::NAME, Health::Degraded),
+        (crate::health::NAME, Health::Degraded),
+        (crate::recovery::NAME, Health::Degraded),
     ] {
         let state = actor(status, name)
             .and_then(|a| a["state"].as_str())
@@ -473,6 +475,30 @@ pub fn health(status: &Value) -> (u16, Value) {
         };
         add(name.into(), health, json!({ "state": state }));
     }
+
+    // Memory: shedding load is degraded; event-loop lag past `lag.alert` is unhealthy.
+    let level = status["health"]["recovery"]["level"]
+        .as_str()
+        .unwrap_or("normal");
+    let memory = match level {
+        "degrade" | "restart" => Health::Degraded,
+        _ => Health::Healthy,
+    };
+    add(
+        "memory".into(),
+        memory,
+        json!({ "level": level, "fraction": status["health"]["memory"]["fraction"] }),
+    );
+    let lag = if status["health"]["lag_alert"] == json!(true) {
+        Health::Unhealthy
+    } else {
+        Health::Healthy
+    };
+    add(
+        "lag".into(),
+        lag,
+        json!({ "recent_max_ms": status["health"]["lag"]["recent_max_ms"], "p99_ms": status["health"]["lag"]["p99_ms"] }),
+    );
 
     for tool in tools(status) {
         let name = tool["tool"].as_str().unwrap_or("?");
@@ -629,9 +655,32 @@ mod tests {
                 {"name": "warden", "state": "running"},
                 {"name": "transport", "state": actor_states[0]},
                 {"name": "breaker", "state": actor_states[1]},
+                {"name": "health", "state": "running"},
+                {"name": "recovery", "state": "running"},
                 {"name": "tools", "state": actor_states[2], "children": children},
-            ]
+            ],
+            "health": {
+                "memory": {"fraction": 0.2},
+                "lag": {"recent_max_ms": 1.0, "p99_ms": 1.0},
+                "lag_alert": false,
+                "recovery": {"level": "normal"},
+            }
         })
+    }
+
+    #[test]
+    fn lag_past_alert_is_unhealthy_and_shedding_memory_is_degraded() {
+        let mut s = status("running", UP, &[("echo", "running", "closed")]);
+        s["health"]["recovery"]["level"] = json!("trim");
+        assert_eq!(health(&s).0, 200, "trimming is business as usual");
+        s["health"]["recovery"]["level"] = json!("degrade");
+        let (code, body) = health(&s);
+        assert_eq!(code, 207, "{body}");
+        assert_eq!(body["components"]["memory"]["status"], "degraded");
+        s["health"]["lag_alert"] = json!(true);
+        let (code, body) = health(&s);
+        assert_eq!(code, 503, "{body}");
+        assert_eq!(body["components"]["lag"]["status"], "unhealthy");
     }
 
     const UP: [&str; 3] = ["running", "running", "running"];
@@ -653,7 +702,17 @@ mod tests {
             body["components"]["tool:echo"],
             json!({"status": "healthy", "state": "running", "breaker": "closed", "restarts": 0})
         );
-        for c in ["warden", "transport", "tools", "breaker", "tool:x"] {
+        for c in [
+            "warden",
+            "transport",
+            "tools",
+            "breaker",
+            "health",
+            "recovery",
+            "memory",
+            "lag",
+            "tool:x",
+        ] {
             assert_eq!(body["components"][c]["status"], "healthy", "{c}: {body}");
         }
         assert_eq!(readiness(&s), (200, json!({"ready": true})));

@@ -20,6 +20,9 @@ pub struct Metrics {
     restarts: IntCounterVec,
     queue_depth: IntGaugeVec,
     memory: IntGaugeVec,
+    memory_level: IntGauge,
+    recovery_actions: IntCounterVec,
+    lag: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -76,9 +79,30 @@ impl Metrics {
         let memory = IntGaugeVec::new(
             Opts::new(
                 "warden_memory_bytes",
-                "Resident memory: of warden itself (process) and of the programs running for calls (children)",
+                "Resident memory: warden itself (process), its descendants (children), both (total), and the budget",
             ),
             &["what"],
+        )
+        .expect("valid metric");
+        let memory_level = IntGauge::new(
+            "warden_memory_level",
+            "Recovery level of the whole tree: 0 normal, 1 trim, 2 degrade, 3 restart",
+        )
+        .expect("valid metric");
+        let recovery_actions = IntCounterVec::new(
+            Opts::new(
+                "warden_recovery_actions_total",
+                "Actions of the recovery policy (trim, degrade, restart, lag_restart), by target",
+            ),
+            &["action", "target"],
+        )
+        .expect("valid metric");
+        let lag = prometheus::GaugeVec::new(
+            Opts::new(
+                "warden_event_loop_lag_seconds",
+                "How late the runtime's periodic tick fired over the last minute (p50, p99, max)",
+            ),
+            &["stat"],
         )
         .expect("valid metric");
         for c in [
@@ -90,6 +114,9 @@ impl Metrics {
             Box::new(restarts.clone()),
             Box::new(queue_depth.clone()),
             Box::new(memory.clone()),
+            Box::new(memory_level.clone()),
+            Box::new(recovery_actions.clone()),
+            Box::new(lag.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -103,7 +130,24 @@ impl Metrics {
             restarts,
             queue_depth,
             memory,
+            memory_level,
+            recovery_actions,
+            lag,
         }
+    }
+
+    pub fn set_memory_level(&self, level: i64) {
+        self.memory_level.set(level);
+    }
+
+    pub fn recovery_action(&self, action: &str, target: &str) {
+        self.recovery_actions
+            .with_label_values(&[action, target])
+            .inc();
+    }
+
+    pub fn set_lag(&self, stat: &str, seconds: f64) {
+        self.lag.with_label_values(&[stat]).set(seconds);
     }
 
     pub fn set_queue_depth(&self, tool: &str, depth: usize) {

@@ -173,6 +173,40 @@ pub fn render(status: &Value, color: bool) -> String {
         w["in_flight"],
         w["max_in_flight"],
     );
+    let h = &status["health"];
+    if let Some(total) = h["memory"]["total_bytes"].as_u64() {
+        let level = h["recovery"]["level"].as_str().unwrap_or("?");
+        let level_color = match level {
+            "normal" => "32",
+            "trim" => "33",
+            _ => "31",
+        };
+        out.insert_str(
+            out.len() - 1,
+            &format!(
+                "tree {} of {} ({:.0} %, {})  level {}  lag p50 {:.0}ms p99 {:.0}ms max {:.0}ms\n",
+                mib(total),
+                h["memory"]["limit_bytes"].as_u64().map_or("?".into(), mib),
+                h["memory"]["fraction"].as_f64().unwrap_or(0.0) * 100.0,
+                h["memory"]["limit_source"].as_str().unwrap_or("?"),
+                paint(level, level_color),
+                h["lag"]["p50_ms"].as_f64().unwrap_or(0.0),
+                h["lag"]["p99_ms"].as_f64().unwrap_or(0.0),
+                h["lag"]["max_ms"].as_f64().unwrap_or(0.0),
+            ),
+        );
+        if let Some(a) = h["recovery"]["actions"].as_array().and_then(|a| a.last()) {
+            out.insert_str(
+                out.len() - 1,
+                &format!(
+                    "last recovery action: {} {}: {}\n",
+                    a["action"].as_str().unwrap_or("?"),
+                    a["target"].as_str().unwrap_or("?"),
+                    a["reason"].as_str().unwrap_or("?"),
+                ),
+            );
+        }
+    }
     let header = [
         "ACTOR",
         "STATE",
@@ -313,6 +347,13 @@ mod tests {
         let status = json!({
             "warden": {"version": "0.1.0", "pid": 42, "uptime_s": 61, "config": "/etc/warden/config.toml",
                        "state": "running", "rss_bytes": 11534336, "in_flight": 1, "max_in_flight": 256},
+            "health": {
+                "memory": {"total_bytes": 20971520, "limit_bytes": 209715200, "fraction": 0.1, "limit_source": "config"},
+                "lag": {"p50_ms": 0.4, "p99_ms": 2.2, "max_ms": 310.0},
+                "recovery": {"level": "trim", "actions": [
+                    {"action": "trim", "target": "warden", "reason": "memory level normal -> trim"}
+                ]}
+            },
             "actors": [
                 {"name": "warden", "state": "running", "restarts": 0},
                 {"name": "tools", "state": "running", "restarts": 1, "children": [
@@ -328,7 +369,18 @@ mod tests {
             text.starts_with("warden 0.1.0  pid 42  up 1m01s  config /etc/warden/config.toml"),
             "{text}"
         );
-        assert!(text.contains("memory 11.0 MiB  in flight 1/256"), "{text}");
+        assert!(
+            text.contains("memory 11.0 MiB  in flight 1/256\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tree 20.0 MiB of 200.0 MiB (10 %, config)  level trim  lag p50 0ms p99 2ms max 310ms\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("last recovery action: trim warden: memory level normal -> trim\n\n"),
+            "{text}"
+        );
         let df = text.lines().find(|l| l.contains("tool:df")).unwrap();
         for want in [
             "running",

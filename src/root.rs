@@ -1,5 +1,6 @@
 //! The root supervisor, `warden`: starts the breaker actor, the tools
-//! supervisor, the control socket and the transport, and owns shutdown.
+//! supervisor, the recovery and health actors, the control socket and the
+//! transport, and owns shutdown.
 //!
 //! Children start in order (tools before transport, so no call can arrive
 //! before its tool exists) and stop in reverse. A child that dies is started
@@ -14,6 +15,8 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::breaker::BreakerActor;
 use crate::control::ControlActor;
+use crate::health::HealthActor;
+use crate::recovery::RecoveryActor;
 use crate::runtime::Runtime;
 use crate::supervisor::ToolsSupervisor;
 use crate::transport::{TransportActor, TransportArgs};
@@ -35,14 +38,19 @@ pub enum RootMsg {
 enum Child {
     Breaker,
     Tools,
+    Recovery,
+    Health,
     Control,
     Transport,
 }
 
 impl Child {
-    const START_ORDER: [Child; 4] = [
+    const START_ORDER: [Child; 6] = [
         Child::Breaker,
         Child::Tools,
+        // Recovery before health, so the first sample has somewhere to go.
+        Child::Recovery,
+        Child::Health,
         Child::Control,
         Child::Transport,
     ];
@@ -51,6 +59,8 @@ impl Child {
         match self {
             Child::Breaker => crate::breaker::NAME,
             Child::Tools => crate::supervisor::NAME,
+            Child::Recovery => crate::recovery::NAME,
+            Child::Health => crate::health::NAME,
             Child::Control => crate::control::NAME,
             Child::Transport => crate::transport::NAME,
         }
@@ -186,6 +196,14 @@ impl RootState {
                 .0
                 .get_cell(),
             Child::Tools => Actor::spawn_linked(name, ToolsSupervisor, rt, sup)
+                .await?
+                .0
+                .get_cell(),
+            Child::Recovery => Actor::spawn_linked(name, RecoveryActor, rt, sup)
+                .await?
+                .0
+                .get_cell(),
+            Child::Health => Actor::spawn_linked(name, HealthActor, rt, sup)
                 .await?
                 .0
                 .get_cell(),

@@ -5,7 +5,7 @@
 //! tool's bounded queue (full: `busy`) → a worker runs it under its deadline →
 //! exactly one answer comes back, whatever dies in between.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{self, Outcome};
-use crate::config::{Config, Loaded};
+use crate::config::{Config, Loaded, Priority};
 use crate::error::{ErrorKind, ToolError};
+use crate::health::{LagRecorder, Snapshot};
 use crate::metrics::Metrics;
+use crate::recovery::{Level, RecoveryView};
 use crate::supervisor::{self, ToolEntry, ToolState, Tools};
 use crate::tool::{Call, ProgressFn, ToolResult};
 
@@ -37,6 +39,14 @@ pub struct Runtime {
     /// Restarts of the root's children (breaker, tools, control), by name.
     root_restarts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u32>>,
     started: Instant,
+    /// Lag samples of the last minute, written by the health actor's probe.
+    pub lag: Arc<LagRecorder>,
+    /// The health actor's latest measurement.
+    health: std::sync::Mutex<Option<Arc<Snapshot>>>,
+    /// The memory level of the whole tree, as a `Level` number.
+    level: AtomicU8,
+    /// What the recovery policy has done, for `status`.
+    pub recovery: std::sync::Mutex<RecoveryView>,
 }
 
 /// Why a call got no tool answer at all (a protocol-level error).
@@ -63,28 +73,61 @@ impl Runtime {
             kill_all: CancellationToken::new(),
             root_restarts: Default::default(),
             started: Instant::now(),
+            lag: Default::default(),
+            health: Default::default(),
+            level: AtomicU8::new(Level::Normal as u8),
+            recovery: Default::default(),
         }))
     }
 
-    /// The Prometheus text, with the gauges that are sampled rather than
-    /// counted (queue depths, memory) brought up to date first.
+    /// The Prometheus text, with the queue depths brought up to date first.
+    /// Memory and lag are as of the health actor's latest sample.
     pub fn metrics_text(&self) -> String {
-        let mut children = 0;
         for t in self.tools.iter() {
             let running = t.running.load(Ordering::Relaxed);
             let depth = t.in_flight.load(Ordering::Relaxed).saturating_sub(running);
             self.metrics.set_queue_depth(&t.spec.name, depth);
-            children += crate::exec::tool_groups(&t.spec.name)
-                .into_iter()
-                .filter_map(rss_bytes)
-                .sum::<u64>();
-        }
-        self.metrics.set_memory("children", children);
-        if let Some(own) = rss_bytes(std::process::id() as i32) {
-            self.metrics.set_memory("process", own);
         }
         self.metrics.set_in_flight(self.in_flight());
         self.metrics.render()
+    }
+
+    /// Stores the health actor's measurement and brings the gauges up to date.
+    pub fn publish_health(&self, s: Arc<Snapshot>) {
+        self.metrics.set_memory("process", s.warden_rss);
+        self.metrics
+            .set_memory("children", s.total.saturating_sub(s.warden_rss));
+        self.metrics.set_memory("total", s.total);
+        self.metrics.set_memory("budget", s.limit);
+        self.metrics.set_lag("p50", s.lag.p50_ms / 1e3);
+        self.metrics.set_lag("p99", s.lag.p99_ms / 1e3);
+        self.metrics.set_lag("max", s.lag.max_ms / 1e3);
+        *self.health.lock().unwrap() = Some(s);
+    }
+
+    pub fn health(&self) -> Option<Arc<Snapshot>> {
+        self.health.lock().unwrap().clone()
+    }
+
+    /// The memory level of the whole tree.
+    pub fn level(&self) -> Level {
+        Level::from_u8(self.level.load(Ordering::Relaxed))
+    }
+
+    pub fn set_level(&self, level: Level) {
+        self.level.store(level as u8, Ordering::Relaxed);
+        self.metrics.set_memory_level(level as i64);
+        let mut view = self.recovery.lock().unwrap();
+        if view.level.map(|(l, _)| l) != Some(level) {
+            view.level = Some((level, Instant::now()));
+        }
+    }
+
+    /// Whether health is failing on lag: a tick later than `lag.alert` in the
+    /// last two samples.
+    pub fn lag_alert(&self) -> bool {
+        self.health()
+            .is_some_and(|s| s.lag.recent_max_ms >= self.config.lag.alert.as_secs_f64() * 1e3)
     }
 
     /// Counts a restart of one of the root's children.
@@ -148,6 +191,16 @@ impl Runtime {
             if let Err(wait) = taken {
                 return Err(ToolError::rate_limited(tool, entry.spec.rate_limit, wait));
             }
+        }
+        let level = self.level().max(entry.own_level());
+        if level >= Level::Degrade && entry.spec.priority == Priority::Low {
+            let used = self.health().map_or(0.0, |s| s.fraction * 100.0);
+            return Err(ToolError::degraded(
+                tool,
+                level.name(),
+                used,
+                crate::recovery::degraded_retry(self.config.memory.sample_every),
+            ));
         }
         let Ok(_permit) = self.in_flight.try_acquire() else {
             return Err(ToolError::busy("warden (max_in_flight)"));
@@ -301,6 +354,25 @@ impl Runtime {
             json!({"name": name, "state": state, "restarts": restarts.get(name).copied().unwrap_or(0)})
         };
         let tools: Vec<Value> = self.tools.iter().map(|t| t.status()).collect();
+        let health = match self.health() {
+            Some(s) => json!({
+                "memory": {
+                    "warden_rss_bytes": s.warden_rss,
+                    "total_bytes": s.total,
+                    "limit_bytes": s.limit,
+                    "limit_source": s.limit_source,
+                    "fraction": s.fraction,
+                    "children": s.children,
+                },
+                "lag": s.lag,
+                "lag_alert": self.lag_alert(),
+            }),
+            None => {
+                json!({"memory": null, "lag": self.lag.stats(Duration::from_secs(2)), "lag_alert": false})
+            }
+        };
+        let mut health = health;
+        health["recovery"] = self.recovery.lock().unwrap().to_json();
         let mut tools_node = actor(supervisor::NAME);
         tools_node["children"] = json!(tools);
         json!({
@@ -314,10 +386,13 @@ impl Runtime {
                 "in_flight": self.in_flight(),
                 "max_in_flight": self.config.server.max_in_flight,
             },
+            "health": health,
             "actors": [
                 actor(crate::root::NAME),
                 actor(crate::transport::NAME),
                 actor(crate::control::NAME),
+                actor(crate::health::NAME),
+                actor(crate::recovery::NAME),
                 actor(breaker::NAME),
                 tools_node,
             ]

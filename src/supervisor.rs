@@ -7,9 +7,9 @@
 //! inside a tool actor is replaced by the factory at once, and counts against
 //! the same budget, so a tool whose calls keep crashing ends up `failed` too.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use crate::breaker::CircuitBreaker;
 use crate::config::{Backoff, SupervisorConfig, ToolKindSpec, ToolSpec, DEFAULT_PATH};
 use crate::ratelimit::TokenBucket;
+use crate::recovery::Level;
 use crate::runtime::Runtime;
 use crate::tool::{self, ToolRef};
 
@@ -74,6 +75,16 @@ pub struct ToolEntry {
     breaker: Mutex<CircuitBreaker>,
     /// The tool's rate limit, if it has one.
     pub bucket: Option<Mutex<TokenBucket>>,
+    /// One permit per worker; a worker holds one while it runs a call. The
+    /// memory policy holds half of them to run the tool at half concurrency.
+    pub gate: Arc<tokio::sync::Semaphore>,
+    /// The task holding the permits taken by the memory policy.
+    reserved: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// This tool's own memory level (from its `memory` budget), as a `Level` number.
+    own_level: AtomicU8,
+    /// Start times of the calls workers are running, by a call number.
+    calls: Mutex<BTreeMap<u64, Instant>>,
+    next_call: AtomicU64,
 }
 
 impl ToolEntry {
@@ -93,6 +104,11 @@ impl ToolEntry {
             bucket: spec
                 .rate_limit
                 .map(|limit| Mutex::new(TokenBucket::new(limit, Instant::now()))),
+            gate: Arc::new(tokio::sync::Semaphore::new(spec.concurrency)),
+            reserved: Mutex::new(None),
+            own_level: AtomicU8::new(0),
+            calls: Mutex::new(BTreeMap::new()),
+            next_call: AtomicU64::new(0),
             spec: Arc::new(spec),
         })
     }
@@ -117,6 +133,55 @@ impl ToolEntry {
         *self.since.lock().unwrap() = Instant::now();
     }
 
+    pub fn own_level(&self) -> Level {
+        Level::from_u8(self.own_level.load(Ordering::Relaxed))
+    }
+
+    pub fn set_own_level(&self, level: Level) {
+        self.own_level.store(level as u8, Ordering::Relaxed);
+    }
+
+    /// Runs the tool at half its concurrency (rounded up) or at all of it;
+    /// true when that changed. Calls already running are not interrupted:
+    /// the held permits are taken as they finish.
+    pub fn set_reduced(&self, reduce: bool) -> bool {
+        let mut reserved = self.reserved.lock().unwrap();
+        match (reduce, reserved.is_some()) {
+            (true, false) => {
+                let hold = (self.spec.concurrency / 2) as u32;
+                let gate = self.gate.clone();
+                *reserved = Some(tokio::spawn(async move {
+                    let _held = gate.acquire_many_owned(hold).await;
+                    std::future::pending::<()>().await
+                }));
+                true
+            }
+            (false, true) => {
+                if let Some(task) = reserved.take() {
+                    task.abort();
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_reduced(&self) -> bool {
+        self.reserved.lock().unwrap().is_some()
+    }
+
+    /// Marks a call as running until the returned guard is dropped.
+    pub fn call_started(self: &Arc<Self>) -> RunningCall {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        self.calls.lock().unwrap().insert(id, Instant::now());
+        RunningCall(self.clone(), id)
+    }
+
+    /// When the longest-running call started.
+    pub fn oldest_call(&self) -> Option<Instant> {
+        self.calls.lock().unwrap().values().min().copied()
+    }
+
     pub fn set_last_error(&self, e: impl Into<String>) {
         *self.last_error.lock().unwrap() = Some(e.into());
     }
@@ -131,6 +196,10 @@ impl ToolEntry {
             "uptime_s": self.since.lock().unwrap().elapsed().as_secs(),
             "restarts": self.restarts.load(Ordering::Relaxed),
             "workers": self.spec.concurrency,
+            "priority": format!("{:?}", self.spec.priority).to_lowercase(),
+            "memory_budget_bytes": self.spec.memory,
+            "memory_level": self.own_level().name(),
+            "half_concurrency": self.is_reduced(),
             "running": self.running.load(Ordering::Relaxed),
             "in_flight": self.in_flight.load(Ordering::Relaxed),
             "queue_depth": self.in_flight.load(Ordering::Relaxed).saturating_sub(self.running.load(Ordering::Relaxed)),
@@ -153,6 +222,15 @@ impl ToolEntry {
             _ => {}
         }
         v
+    }
+}
+
+/// A call a worker is running; dropped when it ends, however it ends.
+pub struct RunningCall(Arc<ToolEntry>, u64);
+
+impl Drop for RunningCall {
+    fn drop(&mut self) {
+        self.0.calls.lock().unwrap().remove(&self.1);
     }
 }
 
@@ -306,7 +384,7 @@ impl Actor for ToolsSupervisor {
             ToolsSupervisorMsg::WorkerCrashed(name) => {
                 if let Some(entry) = state.runtime.tools.get(&name).cloned() {
                     let alive = entry.actor().is_some();
-                    state.on_failure(&myself, &entry, "a worker crashed during a call", alive);
+                    state.on_failure(&myself, &entry, "a worker died in a call (a panic, a kill, or a call that held it past its deadline) and was replaced", alive);
                 }
             }
         }

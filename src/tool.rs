@@ -199,43 +199,89 @@ impl Worker for ToolWorker {
             reply,
         } = msg;
         let Some(reply) = reply else { return Ok(key) };
-        if cancel.is_cancelled() {
+        let cancelled = || {
             // Cancelled (by the client, the watchdog or shutdown) while it waited.
-            let _ = reply.send(Err(ToolError::new(
+            Err(ToolError::new(
                 crate::error::ErrorKind::Cancelled,
                 "The call was cancelled before it started.",
                 "Nothing to do; send the call again if you still need it.",
-            )));
+            ))
+        };
+        if cancel.is_cancelled() {
+            let _ = reply.send(cancelled());
             return Ok(key);
         }
+        // A permit of the tool's gate: all are free unless the memory policy
+        // runs the tool at half concurrency.
+        let _permit = tokio::select! {
+            permit = self.entry.gate.acquire() => permit,
+            _ = cancel.cancelled() => {
+                let _ = reply.send(cancelled());
+                return Ok(key);
+            }
+        };
+        let _call = self.entry.call_started();
         self.entry.running.fetch_add(1, Ordering::Relaxed);
         let _running = DecrementOnDrop(&self.entry.running);
-        let result = match &self.spec.kind {
-            ToolKindSpec::Command(cmd) => {
-                let argv = exec::render_argv(&cmd.args, &args);
-                match (argv, &self.program) {
-                    (Err(e), _) => Err(e),
-                    (Ok(_), None) => Err(ToolError::internal("command tool without a program")),
-                    (Ok(argv), Some(program)) => {
-                        exec::run(
-                            cmd,
-                            exec::Run {
-                                tool: &self.spec.name,
-                                program,
-                                argv,
-                                timeout: self.spec.timeout,
-                                max_output: self.spec.max_output,
-                                cancel: &cancel,
-                                progress: progress.as_ref(),
-                            },
-                        )
-                        .await
+        let started = std::time::Instant::now();
+        let work = async {
+            match &self.spec.kind {
+                ToolKindSpec::Command(cmd) => {
+                    let argv = exec::render_argv(&cmd.args, &args);
+                    match (argv, &self.program) {
+                        (Err(e), _) => Err(e),
+                        (Ok(_), None) => Err(ToolError::internal("command tool without a program")),
+                        (Ok(argv), Some(program)) => {
+                            exec::run(
+                                cmd,
+                                exec::Run {
+                                    tool: &self.spec.name,
+                                    program,
+                                    argv,
+                                    timeout: self.spec.timeout,
+                                    max_output: self.spec.max_output,
+                                    cancel: &cancel,
+                                    progress: progress.as_ref(),
+                                },
+                            )
+                            .await
+                        }
                     }
                 }
+                ToolKindSpec::Builtin(b) => builtin::run(*b, &args, &self.runtime, &cancel).await,
             }
-            ToolKindSpec::Builtin(b) => builtin::run(*b, &args, &self.runtime, &cancel).await,
+        };
+        // A call honours its cancellation within the grace (exec kills and
+        // reaps the group); one that does not is dropped here, so a future
+        // that ignores cancellation cannot hold the worker.
+        let result = tokio::select! {
+            result = work => result,
+            _ = async { cancel.cancelled().await; tokio::time::sleep(self.spec.grace).await } => {
+                Err(ToolError::new(
+                    crate::error::ErrorKind::Cancelled,
+                    "The call was cancelled and did not stop within the grace; it was dropped.",
+                    "Nothing to do; send the call again if you still need it.",
+                ))
+            }
         };
         let _ = reply.send(result);
+        let deadline = self.spec.timeout + self.spec.grace;
+        if started.elapsed() > deadline {
+            // Only a call that held the thread gets here: the watchdog in
+            // `Runtime::dispatch` answered its caller `timeout` long ago. A
+            // worker that blocked once is not trusted again: failing makes the
+            // factory replace it, and the supervisor counts the restart.
+            let why = format!(
+                "a call held its worker for {} (deadline and grace {}); the worker was replaced",
+                humantime::format_duration(std::time::Duration::from_millis(
+                    started.elapsed().as_millis() as u64
+                )),
+                humantime::format_duration(deadline)
+            );
+            self.entry.set_last_error(why.clone());
+            tracing::warn!(actor = %actor_name(&self.spec.name), "{why}");
+            return Err(why.into());
+        }
         Ok(key)
     }
 }

@@ -10,6 +10,9 @@
 //!                                       control socket, print the answer line
 //! warden-fixture env                    print its environment, one VAR=value a line
 //! warden-fixture cwd                    print its working directory
+//! warden-fixture leak MIB STEP_MS HOLD_MS
+//!                                       allocate and touch MIB MiB, one MiB
+//!                                       every STEP_MS, then hold it HOLD_MS
 
 use std::io::Write;
 use std::time::Duration;
@@ -23,6 +26,16 @@ fn main() {
         "fail" => {
             eprintln!("{}", arg(2));
             std::process::exit(num(1) as i32);
+        }
+        "leak" => {
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..num(1) {
+                // Non-zero bytes: every page is touched, so it is resident.
+                held.push(vec![0x5a; 1 << 20]);
+                std::thread::sleep(Duration::from_millis(num(2)));
+            }
+            std::thread::sleep(Duration::from_millis(num(3)));
+            println!("held {} MiB", held.len());
         }
         "sleep" => {
             if let Some(file) = args.get(2) {

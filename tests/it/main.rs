@@ -9,5 +9,6 @@ mod http;
 mod logs;
 mod operator;
 mod protocol;
+mod recovery;
 mod shutdown;
 mod tools;

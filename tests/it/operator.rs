@@ -249,6 +249,8 @@ fn kill_every_actor_kind_while_calls_are_in_flight() {
         ("tool:echo", "echo"),
         ("tool:echo/worker:0", "echo"),
         ("breaker", "breaker"),
+        ("health", "health"),
+        ("recovery", "recovery"),
         ("control", "control"),
         ("tools", "tools"),
     ] {

@@ -1,0 +1,380 @@
+//! The health actor: measures the resident memory of the whole process tree
+//! (warden and every descendant, each child on its own too), the memory
+//! budget, and event-loop lag; publishes a [`Snapshot`] to `status`, the
+//! metrics and the recovery actor.
+//!
+//! Lag is how late a periodic tick on the tokio runtime fires: a task that
+//! sleeps [`TICK`] and records by how much it overslept. A task that blocks
+//! the thread it runs on makes every tick behind it late by as much.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Serialize;
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+use crate::config::MemoryLimit;
+use crate::runtime::Runtime;
+
+/// The registered name of the health actor.
+pub const NAME: &str = "health";
+/// The period of the lag probe.
+pub const TICK: Duration = Duration::from_millis(50);
+/// How far back the lag percentiles look.
+const LAG_WINDOW: Duration = Duration::from_secs(60);
+
+/// One measurement of the tree, as `status` shows it under `health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Resident memory of warden itself.
+    pub warden_rss: u64,
+    /// Each direct child of warden with its descendants, heaviest first.
+    pub children: Vec<Child>,
+    /// warden plus every descendant.
+    pub total: u64,
+    /// The budget and where it came from ("config", "cgroup" or "ram").
+    pub limit: u64,
+    pub limit_source: &'static str,
+    /// `total / limit`.
+    pub fraction: f64,
+    pub lag: LagStats,
+}
+
+/// A direct child of warden (a process-group leader) and what hangs below it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Child {
+    pub pid: i32,
+    /// The tool it runs for, when warden knows.
+    pub tool: Option<String>,
+    /// Resident memory of the child and all its descendants.
+    pub rss: u64,
+    pub processes: usize,
+}
+
+/// Lag over the last minute, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LagStats {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// The latest tick's lag.
+    pub last_ms: f64,
+    /// The largest lag of the last few seconds (since about the previous sample).
+    pub recent_max_ms: f64,
+    pub samples: usize,
+}
+
+/// The lag samples of the last minute, written by the probe task.
+#[derive(Default)]
+pub struct LagRecorder {
+    samples: Mutex<VecDeque<(Instant, Duration)>>,
+    /// The running probe task; there is one at a time.
+    probe: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl LagRecorder {
+    /// Registers the running probe; returns the one it replaces.
+    fn set_probe(&self, probe: tokio::task::AbortHandle) -> Option<tokio::task::AbortHandle> {
+        self.probe.lock().unwrap().replace(probe)
+    }
+
+    pub fn record(&self, at: Instant, lag: Duration) {
+        let mut s = self.samples.lock().unwrap();
+        while s
+            .front()
+            .is_some_and(|(t, _)| at.duration_since(*t) > LAG_WINDOW)
+        {
+            s.pop_front();
+        }
+        s.push_back((at, lag));
+    }
+
+    /// The percentiles of the last minute; `recent_max_ms` over the last `recent`.
+    pub fn stats(&self, recent: Duration) -> LagStats {
+        let s = self.samples.lock().unwrap();
+        let last = s.back().map_or(Duration::ZERO, |(_, l)| *l);
+        let recent_max = s
+            .back()
+            .map(|(newest, _)| {
+                s.iter()
+                    .rev()
+                    .take_while(|(t, _)| newest.duration_since(*t) <= recent)
+                    .map(|(_, l)| *l)
+                    .max()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let mut v: Vec<Duration> = s.iter().map(|(_, l)| *l).collect();
+        drop(s);
+        v.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let pct = |p: f64| {
+            if v.is_empty() {
+                0.0
+            } else {
+                ms(v[((v.len() - 1) as f64 * p).round() as usize])
+            }
+        };
+        LagStats {
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: v.last().copied().map_or(0.0, ms),
+            last_ms: ms(last),
+            recent_max_ms: ms(recent_max),
+            samples: v.len(),
+        }
+    }
+}
+
+/// Runs the lag probe until the task is aborted: sleep one tick, record how
+/// late the wake-up came. After a late tick the next one is scheduled from
+/// now, so one stall is counted once, not as a burst of late ticks.
+pub async fn probe_lag(recorder: Arc<LagRecorder>, warn: Duration) {
+    let mut next = tokio::time::Instant::now() + TICK;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let now = tokio::time::Instant::now();
+        let lag = now.saturating_duration_since(next);
+        recorder.record(now.into_std(), lag);
+        if lag > warn {
+            tracing::warn!(
+                actor = NAME,
+                lag_ms = lag.as_millis() as u64,
+                warn_ms = warn.as_millis() as u64,
+                "event loop lag: a task held a runtime thread"
+            );
+        }
+        next = now + TICK;
+    }
+}
+
+/// The memory budget: a configured size, else the cgroup v2 `memory.max` of
+/// warden's cgroup (the smallest along its path), else total RAM.
+pub fn budget(limit: MemoryLimit, system: &mut System) -> (u64, &'static str) {
+    if let MemoryLimit::Fixed(size) = limit {
+        return (size.0, "config");
+    }
+    if let Some(max) = cgroup_memory_max() {
+        return (max, "cgroup");
+    }
+    system.refresh_memory();
+    (system.total_memory(), "ram")
+}
+
+fn cgroup_memory_max() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    let mut dir = std::path::PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let mut smallest: Option<u64> = None;
+    loop {
+        if let Ok(v) = std::fs::read_to_string(dir.join("memory.max")) {
+            if let Ok(n) = v.trim().parse::<u64>() {
+                smallest = Some(smallest.map_or(n, |s| s.min(n)));
+            }
+        }
+        if dir == std::path::Path::new("/sys/fs/cgroup") || !dir.pop() {
+            break;
+        }
+    }
+    smallest
+}
+
+/// Measures warden and its descendants. Blocking (reads /proc): run it off the runtime.
+pub fn measure(system: &mut System, groups: &HashMap<i32, String>) -> (u64, Vec<Child>) {
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::All,
+        true,
+        // Threads are listed as processes unless told otherwise, each with
+        // its process's memory: they would be counted many times over.
+        ProcessRefreshKind::nothing().with_memory().without_tasks(),
+    );
+    let me = Pid::from_u32(std::process::id());
+    let processes = system.processes();
+    let mut kids: HashMap<Pid, Vec<Pid>> = HashMap::new();
+    for (pid, p) in processes {
+        if p.thread_kind().is_some() {
+            continue;
+        }
+        if let Some(parent) = p.parent() {
+            kids.entry(parent).or_default().push(*pid);
+        }
+    }
+    let warden_rss = processes.get(&me).map_or(0, |p| p.memory());
+    let mut children: Vec<Child> = kids
+        .get(&me)
+        .into_iter()
+        .flatten()
+        .map(|&child| {
+            let (mut rss, mut n, mut stack) = (0, 0, vec![child]);
+            while let Some(pid) = stack.pop() {
+                if let Some(p) = processes.get(&pid) {
+                    rss += p.memory();
+                    n += 1;
+                }
+                if let Some(k) = kids.get(&pid) {
+                    stack.extend(k);
+                }
+            }
+            let pid = child.as_u32() as i32;
+            Child {
+                pid,
+                tool: groups.get(&pid).cloned(),
+                rss,
+                processes: n,
+            }
+        })
+        .collect();
+    children.sort_by_key(|c| std::cmp::Reverse(c.rss));
+    (warden_rss, children)
+}
+
+pub struct HealthActor;
+
+pub enum HealthMsg {
+    Sample,
+}
+
+pub struct HealthState {
+    runtime: Arc<Runtime>,
+    system: Option<System>,
+    limit: (u64, &'static str),
+    probe: tokio::task::JoinHandle<()>,
+}
+
+impl Actor for HealthActor {
+    type Msg = HealthMsg;
+    type State = HealthState;
+    type Arguments = Arc<Runtime>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<HealthMsg>,
+        runtime: Arc<Runtime>,
+    ) -> Result<HealthState, ActorProcessingErr> {
+        let mut system = System::new()?;
+        let limit = budget(runtime.config.memory.limit, &mut system);
+        tracing::info!(
+            actor = NAME,
+            limit_bytes = limit.0,
+            source = limit.1,
+            "memory budget"
+        );
+        let probe = tokio::spawn(probe_lag(runtime.lag.clone(), runtime.config.lag.warn));
+        // A killed health actor never ran `post_stop`: end its probe here.
+        if let Some(old) = runtime.lag.set_probe(probe.abort_handle()) {
+            old.abort();
+        }
+        let _ = myself.cast(HealthMsg::Sample);
+        Ok(HealthState {
+            runtime,
+            system: Some(system),
+            limit,
+            probe,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<HealthMsg>,
+        state: &mut HealthState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.probe.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<HealthMsg>,
+        HealthMsg::Sample: HealthMsg,
+        state: &mut HealthState,
+    ) -> Result<(), ActorProcessingErr> {
+        let every = state.runtime.config.memory.sample_every;
+        let mut system = state.system.take().ok_or("health: no sysinfo handle")?;
+        let groups = crate::exec::live_groups();
+        let (system, (warden_rss, children)) = tokio::task::spawn_blocking(move || {
+            let m = measure(&mut system, &groups);
+            (system, m)
+        })
+        .await?;
+        state.system = Some(system);
+        let total = warden_rss + children.iter().map(|c| c.rss).sum::<u64>();
+        let (limit, limit_source) = state.limit;
+        let snapshot = Arc::new(Snapshot {
+            warden_rss,
+            total,
+            limit,
+            limit_source,
+            fraction: total as f64 / limit.max(1) as f64,
+            lag: state.runtime.lag.stats(every * 2),
+            children,
+        });
+        state.runtime.publish_health(snapshot.clone());
+        if let Some(recovery) = ractor::registry::where_is(crate::recovery::NAME) {
+            let _ = recovery.send_message(crate::recovery::RecoveryMsg::Snapshot(snapshot));
+        }
+        myself.send_after(every, || HealthMsg::Sample);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_percentiles_over_the_window() {
+        let r = LagRecorder::default();
+        let t0 = Instant::now();
+        for i in 0..100u64 {
+            r.record(t0 + Duration::from_millis(i), Duration::from_millis(i));
+        }
+        let s = r.stats(Duration::from_millis(10));
+        assert_eq!(s.samples, 100);
+        assert_eq!(s.recent_max_ms, 99.0);
+        assert_eq!(s.max_ms, 99.0);
+        assert_eq!(s.last_ms, 99.0);
+        assert!((49.0..=50.0).contains(&s.p50_ms), "{s:?}");
+        assert_eq!(s.p99_ms, 98.0);
+        // A minute later the old samples are gone.
+        r.record(t0 + Duration::from_secs(61), Duration::from_millis(1));
+        let s = r.stats(Duration::from_millis(10));
+        assert_eq!((s.samples, s.max_ms, s.recent_max_ms), (1, 1.0, 1.0));
+    }
+
+    #[test]
+    fn measures_a_child_and_its_descendants() {
+        // `sleep` run by `sh`, both below this test process.
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 5 & wait"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut system = System::new().unwrap();
+        let groups = HashMap::from([(child.id() as i32, "t".to_string())]);
+        let (own, children) = measure(&mut system, &groups);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(own > 1 << 20, "own rss {own}");
+        let c = children
+            .iter()
+            .find(|c| c.pid == child.id() as i32)
+            .expect("the child is measured");
+        assert_eq!(c.tool.as_deref(), Some("t"));
+        assert_eq!(c.processes, 2, "sh and its sleep");
+        assert!(c.rss > 0);
+    }
+
+    #[test]
+    fn a_fixed_limit_wins_over_the_cgroup() {
+        let mut system = System::new().unwrap();
+        let (n, source) = budget(
+            MemoryLimit::Fixed(crate::config::ByteSize(64 << 20)),
+            &mut system,
+        );
+        assert_eq!((n, source), (64 << 20, "config"));
+        let (n, source) = budget(MemoryLimit::Auto, &mut system);
+        assert!(n > 0 && (source == "cgroup" || source == "ram"));
+    }
+}

@@ -1,0 +1,571 @@
+//! The recovery actor: the memory and lag policy.
+//!
+//! Memory, as a fraction of the budget, puts the tree at a [`Level`]; each
+//! level is entered at its threshold and left 5 points below it, so a tree
+//! hovering at a threshold does not flap:
+//!
+//! - **trim** (70 %): the allocator is asked to return free memory;
+//! - **degrade** (90 %): `low` tools answer `degraded`, `normal` ones run at
+//!   half concurrency, `critical` ones are untouched;
+//! - **restart** (95 %): the heaviest child process is restarted, one at a
+//!   time with a cooldown, until the tree is below 90 %.
+//!
+//! A tool with its own `memory` budget gets the same levels against it, for
+//! each of its children: at 95 % of its budget a child is restarted even when
+//! the whole tree is fine. Lag above `lag.recover` replaces the tool actors
+//! whose calls have run past their deadline. Every action is logged with its
+//! before and after figures, counted, and kept for `status`. The transport is
+//! never touched.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::{MemoryConfig, Priority};
+use crate::health::Snapshot;
+use crate::runtime::Runtime;
+
+/// The registered name of the recovery actor.
+pub const NAME: &str = "recovery";
+/// How far below a level's threshold the tree must fall to leave it.
+pub const HYSTERESIS: f64 = 0.05;
+/// Actions kept for `status`.
+const KEPT_ACTIONS: usize = 20;
+
+/// How hard the memory policy is acting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Normal = 0,
+    Trim = 1,
+    Degrade = 2,
+    Restart = 3,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Normal => "normal",
+            Level::Trim => "trim",
+            Level::Degrade => "degrade",
+            Level::Restart => "restart",
+        }
+    }
+
+    pub fn from_u8(n: u8) -> Level {
+        match n {
+            0 => Level::Normal,
+            1 => Level::Trim,
+            2 => Level::Degrade,
+            _ => Level::Restart,
+        }
+    }
+
+    fn below(self) -> Level {
+        Level::from_u8((self as u8).saturating_sub(1))
+    }
+}
+
+/// The thresholds of the levels, as fractions of a budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    pub trim: f64,
+    pub degrade: f64,
+    pub restart: f64,
+}
+
+impl Thresholds {
+    pub fn of(m: &MemoryConfig) -> Self {
+        Thresholds {
+            trim: m.trim_at,
+            degrade: m.degrade_at,
+            restart: m.restart_at,
+        }
+    }
+
+    fn enter_at(&self, level: Level) -> f64 {
+        match level {
+            Level::Normal => 0.0,
+            Level::Trim => self.trim,
+            Level::Degrade => self.degrade,
+            Level::Restart => self.restart,
+        }
+    }
+
+    /// The level after measuring `fraction` at level `current`: up at once to
+    /// the highest threshold reached; down one level at a time, each only
+    /// once the fraction is [`HYSTERESIS`] below the threshold of the level left.
+    pub fn next(&self, current: Level, fraction: f64) -> Level {
+        let reached = [Level::Restart, Level::Degrade, Level::Trim]
+            .into_iter()
+            .find(|&l| fraction >= self.enter_at(l))
+            .unwrap_or(Level::Normal);
+        if reached >= current {
+            return reached;
+        }
+        let mut level = current;
+        while level > reached && fraction < self.enter_at(level) - HYSTERESIS {
+            level = level.below();
+        }
+        level
+    }
+}
+
+/// One thing the policy did, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    pub at_unix_ms: u64,
+    /// trim, degrade, restore, restart or lag_restart.
+    pub action: &'static str,
+    /// What it acted on: "warden", a tool, or a child ("tool:<name> pid <n>").
+    pub target: String,
+    pub reason: String,
+    pub before_bytes: u64,
+    pub before_fraction: f64,
+    /// The tree at the next sample after the action.
+    pub after_bytes: Option<u64>,
+    pub after_fraction: Option<f64>,
+}
+
+/// What the policy has done, shared with `status`.
+#[derive(Default)]
+pub struct RecoveryView {
+    pub level: Option<(Level, Instant)>,
+    pub actions: VecDeque<Action>,
+    pub counts: HashMap<&'static str, u64>,
+}
+
+impl RecoveryView {
+    pub fn to_json(&self) -> Value {
+        let (level, since) = self.level.unwrap_or((Level::Normal, Instant::now()));
+        json!({
+            "level": level.name(),
+            "level_for_s": since.elapsed().as_secs(),
+            "actions": self.actions,
+            "counts": self.counts,
+        })
+    }
+}
+
+pub struct RecoveryActor;
+
+pub enum RecoveryMsg {
+    Snapshot(Arc<Snapshot>),
+}
+
+pub struct RecoveryState {
+    runtime: Arc<Runtime>,
+    thresholds: Thresholds,
+    level: Level,
+    /// Each tool's own level, from its heaviest child against its `memory` budget.
+    tool_levels: HashMap<String, Level>,
+    last_restart: Option<Instant>,
+    /// Actions waiting for the next sample to fill in their after figures.
+    awaiting_after: usize,
+    /// Said once per stay at `restart` when there is no child to restart.
+    said_nothing_to_restart: bool,
+}
+
+impl Actor for RecoveryActor {
+    type Msg = RecoveryMsg;
+    type State = RecoveryState;
+    type Arguments = Arc<Runtime>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<RecoveryMsg>,
+        runtime: Arc<Runtime>,
+    ) -> Result<RecoveryState, ActorProcessingErr> {
+        // A restarted recovery actor starts from what the runtime says, so a
+        // crash does not forget that tools were degraded.
+        let level = runtime.level();
+        Ok(RecoveryState {
+            thresholds: Thresholds::of(&runtime.config.memory),
+            level,
+            tool_levels: runtime
+                .tools
+                .iter()
+                .map(|t| (t.spec.name.clone(), t.own_level()))
+                .collect(),
+            runtime,
+            last_restart: None,
+            awaiting_after: 0,
+            said_nothing_to_restart: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RecoveryMsg>,
+        RecoveryMsg::Snapshot(s): RecoveryMsg,
+        state: &mut RecoveryState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.fill_after(&s);
+        state.memory_policy(&s);
+        state.child_budgets(&s);
+        state.apply_degrade();
+        state.lag_policy(&s);
+        Ok(())
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// Asks the allocator to give free memory back to the system.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+impl RecoveryState {
+    fn record(&mut self, s: &Snapshot, action: &'static str, target: String, reason: String) {
+        tracing::warn!(
+            actor = NAME,
+            action,
+            %target,
+            %reason,
+            before_bytes = s.total,
+            before_pct = format!("{:.1}", s.fraction * 100.0),
+            "recovery action"
+        );
+        self.runtime.metrics.recovery_action(action, &target);
+        let mut view = self.runtime.recovery.lock().unwrap();
+        *view.counts.entry(action).or_default() += 1;
+        view.actions.push_back(Action {
+            at_unix_ms: unix_ms(),
+            action,
+            target,
+            reason,
+            before_bytes: s.total,
+            before_fraction: s.fraction,
+            after_bytes: None,
+            after_fraction: None,
+        });
+        while view.actions.len() > KEPT_ACTIONS {
+            view.actions.pop_front();
+        }
+        self.awaiting_after = (self.awaiting_after + 1).min(view.actions.len());
+    }
+
+    /// The after figures of the actions taken at the previous sample.
+    fn fill_after(&mut self, s: &Snapshot) {
+        if self.awaiting_after == 0 {
+            return;
+        }
+        let mut view = self.runtime.recovery.lock().unwrap();
+        for a in view.actions.iter_mut().rev().take(self.awaiting_after) {
+            a.after_bytes = Some(s.total);
+            a.after_fraction = Some(s.fraction);
+            tracing::info!(
+                actor = NAME,
+                action = a.action,
+                target = %a.target,
+                before_bytes = a.before_bytes,
+                after_bytes = s.total,
+                after_pct = format!("{:.1}", s.fraction * 100.0),
+                "recovery action result"
+            );
+        }
+        self.awaiting_after = 0;
+    }
+
+    /// The whole tree against the budget.
+    fn memory_policy(&mut self, s: &Snapshot) {
+        let before = self.level;
+        let level = self.thresholds.next(before, s.fraction);
+        if level != before {
+            let line = format!(
+                "memory level {} -> {}: {} of {} ({:.1} %)",
+                before.name(),
+                level.name(),
+                mib(s.total),
+                mib(s.limit),
+                s.fraction * 100.0
+            );
+            if level > before {
+                tracing::warn!(
+                    actor = NAME,
+                    from = before.name(),
+                    to = level.name(),
+                    total_bytes = s.total,
+                    limit_bytes = s.limit,
+                    "{line}"
+                );
+            } else {
+                tracing::info!(
+                    actor = NAME,
+                    from = before.name(),
+                    to = level.name(),
+                    total_bytes = s.total,
+                    limit_bytes = s.limit,
+                    "{line}"
+                );
+            }
+            self.level = level;
+            self.runtime.set_level(level);
+            self.said_nothing_to_restart = false;
+            if level >= Level::Trim && before < level {
+                release_free_memory();
+                self.record(s, "trim", "warden".into(), line);
+            }
+        }
+        if level == Level::Restart {
+            self.restart_heaviest(s);
+        }
+    }
+
+    /// At `restart`: the heaviest child, if the cooldown since the last one is over.
+    fn restart_heaviest(&mut self, s: &Snapshot) {
+        let cooldown = self.runtime.config.memory.cooldown;
+        if self.last_restart.is_some_and(|t| t.elapsed() < cooldown) {
+            return;
+        }
+        let Some(child) = s.children.first() else {
+            if !self.said_nothing_to_restart {
+                self.said_nothing_to_restart = true;
+                tracing::error!(
+                    actor = NAME,
+                    warden_bytes = s.warden_rss,
+                    "memory at the restart level and no child process to restart: warden itself holds {}",
+                    mib(s.warden_rss)
+                );
+            }
+            return;
+        };
+        let reason = format!(
+            "the whole tree used {} of its {} budget ({:.0} %), and this child was the heaviest at {}",
+            mib(s.total),
+            mib(s.limit),
+            s.fraction * 100.0,
+            mib(child.rss)
+        );
+        if crate::exec::kill_group_because(child.pid, reason.clone()) {
+            self.last_restart = Some(Instant::now());
+            self.record(s, "restart", child_name(child), reason);
+        }
+    }
+
+    /// Each child of a tool with its own `memory` budget, against that budget.
+    fn child_budgets(&mut self, s: &Snapshot) {
+        let runtime = self.runtime.clone();
+        let mut heaviest: HashMap<&str, f64> = HashMap::new();
+        for child in &s.children {
+            let Some(tool) = child.tool.as_deref() else {
+                continue;
+            };
+            let Some(entry) = runtime.tools.get(tool) else {
+                continue;
+            };
+            let Some(budget) = entry.spec.memory else {
+                continue;
+            };
+            let fraction = child.rss as f64 / budget as f64;
+            if fraction >= self.thresholds.restart {
+                let reason = format!(
+                    "it used {} of its own {} budget ({:.0} %)",
+                    mib(child.rss),
+                    mib(budget),
+                    fraction * 100.0
+                );
+                if crate::exec::kill_group_because(child.pid, reason.clone()) {
+                    self.record(s, "restart", child_name(child), reason);
+                    continue;
+                }
+            }
+            let f = heaviest.entry(entry.spec.name.as_str()).or_default();
+            *f = f.max(fraction);
+        }
+        for entry in runtime.tools.iter() {
+            if entry.spec.memory.is_none() {
+                continue;
+            }
+            let name = entry.spec.name.as_str();
+            let before = self.tool_levels.get(name).copied().unwrap_or(Level::Normal);
+            let fraction = heaviest.get(name).copied().unwrap_or(0.0);
+            // A child restarted for its own budget does not keep its tool degraded.
+            let level = self.thresholds.next(before, fraction).min(Level::Degrade);
+            if level != before {
+                tracing::info!(
+                    actor = NAME,
+                    tool = name,
+                    from = before.name(),
+                    to = level.name(),
+                    "tool memory level changed"
+                );
+                self.tool_levels.insert(name.to_string(), level);
+                entry.set_own_level(level);
+            }
+        }
+    }
+
+    /// `normal` tools at or above `degrade` run at half concurrency; the
+    /// others get their full concurrency back.
+    fn apply_degrade(&mut self) {
+        let global = self.level;
+        let runtime = self.runtime.clone();
+        for entry in runtime.tools.iter() {
+            let level = global.max(entry.own_level());
+            let reduce = level >= Level::Degrade && entry.spec.priority == Priority::Normal;
+            if entry.set_reduced(reduce) {
+                let s = runtime.health().expect("a snapshot was published first");
+                let (action, reason) = if reduce {
+                    (
+                        "degrade",
+                        format!("memory level {}: half concurrency", level.name()),
+                    )
+                } else {
+                    (
+                        "restore",
+                        "memory back below the degrade level: full concurrency".to_string(),
+                    )
+                };
+                self.record(
+                    &s,
+                    action,
+                    crate::tool::actor_name(&entry.spec.name),
+                    reason,
+                );
+            }
+        }
+    }
+
+    /// Lag past `lag.recover`: the tool actors with calls past their deadline
+    /// are replaced (the tools supervisor restarts them).
+    fn lag_policy(&mut self, s: &Snapshot) {
+        let recover = self.runtime.config.lag.recover;
+        if s.lag.recent_max_ms < recover.as_secs_f64() * 1e3 {
+            return;
+        }
+        let runtime = self.runtime.clone();
+        for entry in runtime.tools.iter().filter(|e| overdue(e, Instant::now())) {
+            let deadline = entry.spec.timeout + entry.spec.grace;
+            if let Some(actor) = entry.actor() {
+                actor.kill();
+                self.record(
+                    s,
+                    "lag_restart",
+                    crate::tool::actor_name(&entry.spec.name),
+                    format!(
+                        "event loop lag of {:.0} ms (recover at {}) with a call past its {} deadline",
+                        s.lag.recent_max_ms,
+                        humantime::format_duration(recover),
+                        humantime::format_duration(deadline)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Whether a tool has a call running past its deadline and grace at `now`.
+fn overdue(entry: &crate::supervisor::ToolEntry, now: Instant) -> bool {
+    let deadline = entry.spec.timeout + entry.spec.grace;
+    entry
+        .oldest_call()
+        .is_some_and(|started| now.saturating_duration_since(started) > deadline)
+}
+
+fn child_name(c: &crate::health::Child) -> String {
+    match &c.tool {
+        Some(tool) => format!("{} pid {}", crate::tool::actor_name(tool), c.pid),
+        None => format!("pid {}", c.pid),
+    }
+}
+
+/// How long a `degraded` answer suggests waiting: about two samples.
+pub fn degraded_retry(sample_every: Duration) -> Duration {
+    (sample_every * 2).max(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Thresholds = Thresholds {
+        trim: 0.70,
+        degrade: 0.90,
+        restart: 0.95,
+    };
+
+    #[test]
+    fn levels_rise_at_once_to_the_highest_threshold_reached() {
+        assert_eq!(T.next(Level::Normal, 0.69), Level::Normal);
+        assert_eq!(T.next(Level::Normal, 0.70), Level::Trim);
+        assert_eq!(T.next(Level::Normal, 0.91), Level::Degrade);
+        assert_eq!(T.next(Level::Normal, 0.99), Level::Restart);
+        assert_eq!(T.next(Level::Trim, 0.95), Level::Restart);
+    }
+
+    #[test]
+    fn levels_fall_only_five_points_below_their_threshold() {
+        // Restart is held until below 90 %.
+        assert_eq!(T.next(Level::Restart, 0.94), Level::Restart);
+        assert_eq!(T.next(Level::Restart, 0.9001), Level::Restart);
+        assert_eq!(T.next(Level::Restart, 0.899), Level::Degrade);
+        // Degrade is held until below 85 %, trim until below 65 %.
+        assert_eq!(T.next(Level::Degrade, 0.86), Level::Degrade);
+        assert_eq!(T.next(Level::Degrade, 0.84), Level::Trim);
+        assert_eq!(T.next(Level::Trim, 0.66), Level::Trim);
+        assert_eq!(T.next(Level::Trim, 0.64), Level::Normal);
+        // A big drop passes every level it is far enough below.
+        assert_eq!(T.next(Level::Restart, 0.30), Level::Normal);
+        assert_eq!(T.next(Level::Restart, 0.80), Level::Trim);
+    }
+
+    #[test]
+    fn a_fraction_hovering_at_a_threshold_does_not_flap() {
+        let mut level = Level::Normal;
+        let mut changes = 0;
+        for i in 0..100 {
+            let f = if i % 2 == 0 { 0.91 } else { 0.88 };
+            let next = T.next(level, f);
+            changes += usize::from(next != level);
+            level = next;
+        }
+        assert_eq!((level, changes), (Level::Degrade, 1));
+    }
+
+    #[test]
+    fn a_tool_is_overdue_only_while_a_call_runs_past_deadline_and_grace() {
+        let (_dir, runtime) = crate::runtime::test_runtime(
+            "[defaults]\ntimeout = \"100ms\"\ngrace = \"50ms\"\n",
+            &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")],
+        );
+        let entry = runtime.tools.get("echo").unwrap();
+        let now = Instant::now();
+        assert!(
+            !overdue(entry, now + Duration::from_secs(60)),
+            "no call running"
+        );
+        let call = entry.call_started();
+        assert!(!overdue(entry, now + Duration::from_millis(140)));
+        assert!(overdue(entry, now + Duration::from_millis(200)));
+        drop(call);
+        assert!(
+            !overdue(entry, now + Duration::from_millis(200)),
+            "the call ended"
+        );
+    }
+
+    #[test]
+    fn level_round_trips_through_its_number() {
+        for l in [Level::Normal, Level::Trim, Level::Degrade, Level::Restart] {
+            assert_eq!(Level::from_u8(l as u8), l);
+        }
+    }
+}
