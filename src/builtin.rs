@@ -20,10 +20,13 @@ pub enum Builtin {
     /// Chaos: blocks the runtime thread running it for `ms` milliseconds and
     /// ignores cancellation, to exercise the lag probe and the watchdog.
     Block,
+    /// Chaos: waits `ms` milliseconds without blocking, ignoring cancellation.
+    Hang,
 }
 
 impl Builtin {
-    pub const NAMES: &'static [&'static str] = &["echo", "status", "metrics", "panic", "block"];
+    pub const NAMES: &'static [&'static str] =
+        &["echo", "status", "metrics", "panic", "block", "hang"];
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
@@ -32,6 +35,7 @@ impl Builtin {
             "metrics" => Some(Builtin::Metrics),
             "panic" => Some(Builtin::Panic),
             "block" => Some(Builtin::Block),
+            "hang" => Some(Builtin::Hang),
             _ => None,
         }
     }
@@ -46,13 +50,13 @@ impl Builtin {
                     "message": {"type": "string", "description": "The text to send back."}
                 }
             }),
-            Builtin::Block => json!({
+            Builtin::Block | Builtin::Hang => json!({
                 "type": "object",
                 "required": ["ms"],
                 "additionalProperties": false,
                 "properties": {
                     "ms": {"type": "integer", "minimum": 0, "maximum": 600000,
-                           "description": "How long to block the thread, in milliseconds."}
+                           "description": "How long to block or hang, in milliseconds."}
                 }
             }),
             Builtin::Status | Builtin::Metrics | Builtin::Panic => json!({
@@ -96,6 +100,11 @@ pub async fn run(
             // Deliberately the wrong thing in async code: it is what this tool tests.
             std::thread::sleep(std::time::Duration::from_millis(ms));
             Ok(ToolOutput::text(format!("blocked the thread for {ms} ms")))
+        }
+        Builtin::Hang => {
+            let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            Ok(ToolOutput::text(format!("hung for {ms} ms")))
         }
     }
 }

@@ -22,9 +22,10 @@ pub const DEFAULT_MAX_LINE: u64 = 16 << 20;
 /// request; entering it on each poll is measurable per call, and it says nothing
 /// warden's own call line does not.
 pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
-/// Default for `server.worker_threads`: two, so that one thread stuck in a
-/// task cannot stop the transport or the watchdog from answering.
-pub const DEFAULT_WORKER_THREADS: usize = 2;
+/// Default for `server.worker_threads`: one thread runs every actor (about 5×
+/// faster per call than two; see BENCHMARKS.md). Two or more let the watchdog
+/// answer even while a task holds a thread.
+pub const DEFAULT_WORKER_THREADS: usize = 1;
 /// Default for `defaults.concurrency`: workers per tool.
 pub const DEFAULT_CONCURRENCY: usize = 2;
 /// Default for `defaults.queue`: jobs waiting per tool beyond the busy workers.

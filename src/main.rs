@@ -244,10 +244,11 @@ fn tokio_runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
-/// `server.worker_threads` (default 2) threads of tokio's multi-thread
-/// runtime, so one thread held by a task cannot stop answers; 1 runs every
-/// actor on one thread, where a call's hops between actors are task switches,
-/// not cross-thread wake-ups (faster per call, see BENCHMARKS.md).
+/// `server.worker_threads = 1` (the default) runs every actor on one thread,
+/// where a call's hops between actors are task switches, not cross-thread
+/// wake-ups (about 5× faster per call, see BENCHMARKS.md); more selects
+/// tokio's multi-thread runtime, where a task holding one thread cannot stop
+/// the transport and the watchdog on another.
 fn serve_runtime(worker_threads: usize) -> tokio::runtime::Runtime {
     let mut builder = if worker_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()

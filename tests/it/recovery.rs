@@ -214,14 +214,17 @@ fn a_blocked_runtime_thread_shows_up_as_lag() {
 
 #[test]
 fn a_stuck_call_is_answered_timeout_at_its_deadline_and_its_worker_replaced() {
-    let mut s = Setup::new("[defaults]\ngrace = \"200ms\"\n[log]\nstderr = \"off\"\n")
-        .actor(
-            "block",
-            "name = \"block\"\nkind = \"builtin\"\ntimeout = \"300ms\"\nconcurrency = 1\n",
-        )
-        .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
-        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
-        .start();
+    // Two runtime threads: the block holds one, the watchdog answers on the other.
+    let mut s = Setup::new(
+        "[server]\nworker_threads = 2\n[defaults]\ngrace = \"200ms\"\n[log]\nstderr = \"off\"\n",
+    )
+    .actor(
+        "block",
+        "name = \"block\"\nkind = \"builtin\"\ntimeout = \"300ms\"\nconcurrency = 1\n",
+    )
+    .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+    .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+    .start();
     s.initialize();
     let started = Instant::now();
     let id = s.start_call("block", json!({"ms": 2000}));
@@ -250,5 +253,36 @@ fn a_stuck_call_is_answered_timeout_at_its_deadline_and_its_worker_replaced() {
     assert_eq!(
         text(&s.call_result("block", json!({"ms": 1}))),
         "blocked the thread for 1 ms"
+    );
+}
+
+#[test]
+fn a_call_that_ignores_its_cancellation_is_answered_timeout_and_dropped() {
+    // The default single runtime thread: the hang yields, so the watchdog runs.
+    let mut s = Setup::new("[defaults]\ngrace = \"200ms\"\n[log]\nstderr = \"off\"\n")
+        .actor(
+            "hang",
+            "name = \"hang\"\nkind = \"builtin\"\ntimeout = \"300ms\"\nconcurrency = 1\n",
+        )
+        .start();
+    s.initialize();
+    let started = Instant::now();
+    let r = s.call_result("hang", json!({"ms": 60000}));
+    let waited = started.elapsed();
+    assert_eq!(kind(&r), "timeout", "{r}");
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_millis(1500),
+        "answered after {waited:?}, deadline 300ms + grace 200ms"
+    );
+    // Its only worker let go of the hung call: the next one runs at once.
+    let started = Instant::now();
+    assert_eq!(
+        text(&s.call_result("hang", json!({"ms": 1}))),
+        "hung for 1 ms"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
     );
 }
