@@ -76,7 +76,9 @@ static KILL_REASONS: Mutex<BTreeMap<i32, String>> = Mutex::new(BTreeMap::new());
 /// Kills a live process group with SIGKILL and records why, for the answer
 /// of the call it was running. False when the group is not (or no longer) live.
 pub fn kill_group_because(pgid: i32, reason: String) -> bool {
-    if !LIVE_GROUPS.lock().unwrap().contains_key(&pgid) {
+    // Under the live-groups lock, so the reason cannot outlive its group.
+    let live = LIVE_GROUPS.lock().unwrap();
+    if !live.contains_key(&pgid) {
         return false;
     }
     KILL_REASONS.lock().unwrap().insert(pgid, reason);
@@ -110,7 +112,9 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.kill();
-        LIVE_GROUPS.lock().unwrap().remove(&self.0);
+        let mut live = LIVE_GROUPS.lock().unwrap();
+        live.remove(&self.0);
+        KILL_REASONS.lock().unwrap().remove(&self.0);
     }
 }
 

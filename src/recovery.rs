@@ -157,12 +157,12 @@ pub enum RecoveryMsg {
     Snapshot(Arc<Snapshot>),
 }
 
+/// The levels themselves live in the runtime (`Runtime::level`,
+/// `ToolEntry::own_level`), where calls read them; a restarted recovery actor
+/// goes on from there, so a crash does not forget that tools were degraded.
 pub struct RecoveryState {
     runtime: Arc<Runtime>,
     thresholds: Thresholds,
-    level: Level,
-    /// Each tool's own level, from its heaviest child against its `memory` budget.
-    tool_levels: HashMap<String, Level>,
     last_restart: Option<Instant>,
     /// Actions waiting for the next sample to fill in their after figures.
     awaiting_after: usize,
@@ -180,17 +180,8 @@ impl Actor for RecoveryActor {
         _myself: ActorRef<RecoveryMsg>,
         runtime: Arc<Runtime>,
     ) -> Result<RecoveryState, ActorProcessingErr> {
-        // A restarted recovery actor starts from what the runtime says, so a
-        // crash does not forget that tools were degraded.
-        let level = runtime.level();
         Ok(RecoveryState {
             thresholds: Thresholds::of(&runtime.config.memory),
-            level,
-            tool_levels: runtime
-                .tools
-                .iter()
-                .map(|t| (t.spec.name.clone(), t.own_level()))
-                .collect(),
             runtime,
             last_restart: None,
             awaiting_after: 0,
@@ -207,7 +198,7 @@ impl Actor for RecoveryActor {
         state.fill_after(&s);
         state.memory_policy(&s);
         state.child_budgets(&s);
-        state.apply_degrade();
+        state.apply_degrade(&s);
         state.lag_policy(&s);
         Ok(())
     }
@@ -286,7 +277,7 @@ impl RecoveryState {
 
     /// The whole tree against the budget.
     fn memory_policy(&mut self, s: &Snapshot) {
-        let before = self.level;
+        let before = self.runtime.level();
         let level = self.thresholds.next(before, s.fraction);
         if level != before {
             let line = format!(
@@ -316,7 +307,6 @@ impl RecoveryState {
                     "{line}"
                 );
             }
-            self.level = level;
             self.runtime.set_level(level);
             self.said_nothing_to_restart = false;
             if level >= Level::Trim && before < level {
@@ -395,7 +385,7 @@ impl RecoveryState {
                 continue;
             }
             let name = entry.spec.name.as_str();
-            let before = self.tool_levels.get(name).copied().unwrap_or(Level::Normal);
+            let before = entry.own_level();
             let fraction = heaviest.get(name).copied().unwrap_or(0.0);
             // A child restarted for its own budget does not keep its tool degraded.
             let level = self.thresholds.next(before, fraction).min(Level::Degrade);
@@ -407,7 +397,6 @@ impl RecoveryState {
                     to = level.name(),
                     "tool memory level changed"
                 );
-                self.tool_levels.insert(name.to_string(), level);
                 entry.set_own_level(level);
             }
         }
@@ -415,14 +404,13 @@ impl RecoveryState {
 
     /// `normal` tools at or above `degrade` run at half concurrency; the
     /// others get their full concurrency back.
-    fn apply_degrade(&mut self) {
-        let global = self.level;
+    fn apply_degrade(&mut self, s: &Snapshot) {
+        let global = self.runtime.level();
         let runtime = self.runtime.clone();
         for entry in runtime.tools.iter() {
             let level = global.max(entry.own_level());
             let reduce = level >= Level::Degrade && entry.spec.priority == Priority::Normal;
             if entry.set_reduced(reduce) {
-                let s = runtime.health().expect("a snapshot was published first");
                 let (action, reason) = if reduce {
                     (
                         "degrade",
@@ -434,12 +422,7 @@ impl RecoveryState {
                         "memory back below the degrade level: full concurrency".to_string(),
                     )
                 };
-                self.record(
-                    &s,
-                    action,
-                    crate::tool::actor_name(&entry.spec.name),
-                    reason,
-                );
+                self.record(s, action, crate::tool::actor_name(&entry.spec.name), reason);
             }
         }
     }

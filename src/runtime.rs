@@ -84,7 +84,7 @@ impl Runtime {
     /// Memory and lag are as of the health actor's latest sample.
     pub fn metrics_text(&self) -> String {
         for t in self.tools.iter() {
-            let running = t.running.load(Ordering::Relaxed);
+            let running = t.running();
             let depth = t.in_flight.load(Ordering::Relaxed).saturating_sub(running);
             self.metrics.set_queue_depth(&t.spec.name, depth);
         }
@@ -354,7 +354,7 @@ impl Runtime {
             json!({"name": name, "state": state, "restarts": restarts.get(name).copied().unwrap_or(0)})
         };
         let tools: Vec<Value> = self.tools.iter().map(|t| t.status()).collect();
-        let health = match self.health() {
+        let mut health = match self.health() {
             Some(s) => json!({
                 "memory": {
                     "warden_rss_bytes": s.warden_rss,
@@ -371,7 +371,6 @@ impl Runtime {
                 json!({"memory": null, "lag": self.lag.stats(Duration::from_secs(2)), "lag_alert": false})
             }
         };
-        let mut health = health;
         health["recovery"] = self.recovery.lock().unwrap().to_json();
         let mut tools_node = actor(supervisor::NAME);
         tools_node["children"] = json!(tools);

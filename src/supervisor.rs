@@ -68,8 +68,6 @@ pub struct ToolEntry {
     pub restarts: AtomicU32,
     /// Calls accepted and not yet answered (running or queued).
     pub in_flight: AtomicUsize,
-    /// Calls a worker is running now.
-    pub running: AtomicUsize,
     last_error: Mutex<Option<String>>,
     /// The tool's circuit breaker; its clock is driven by the breaker actor.
     breaker: Mutex<CircuitBreaker>,
@@ -98,7 +96,6 @@ impl ToolEntry {
             since: Mutex::new(Instant::now()),
             restarts: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
             last_error: Mutex::new(None),
             breaker: Mutex::new(CircuitBreaker::new(spec.breaker.clone())),
             bucket: spec
@@ -177,6 +174,11 @@ impl ToolEntry {
         RunningCall(self.clone(), id)
     }
 
+    /// Calls a worker is running now.
+    pub fn running(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
     /// When the longest-running call started.
     pub fn oldest_call(&self) -> Option<Instant> {
         self.calls.lock().unwrap().values().min().copied()
@@ -200,9 +202,9 @@ impl ToolEntry {
             "memory_budget_bytes": self.spec.memory,
             "memory_level": self.own_level().name(),
             "half_concurrency": self.is_reduced(),
-            "running": self.running.load(Ordering::Relaxed),
+            "running": self.running(),
             "in_flight": self.in_flight.load(Ordering::Relaxed),
-            "queue_depth": self.in_flight.load(Ordering::Relaxed).saturating_sub(self.running.load(Ordering::Relaxed)),
+            "queue_depth": self.in_flight.load(Ordering::Relaxed).saturating_sub(self.running()),
             "queue_capacity": self.spec.queue,
             "last_error": *self.last_error.lock().unwrap(),
             "breaker": self.breaker().snapshot(Instant::now()),

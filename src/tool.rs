@@ -8,7 +8,6 @@
 //! caller of its call sees its reply port dropped.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ractor::factory::{
@@ -221,8 +220,6 @@ impl Worker for ToolWorker {
             }
         };
         let _call = self.entry.call_started();
-        self.entry.running.fetch_add(1, Ordering::Relaxed);
-        let _running = DecrementOnDrop(&self.entry.running);
         let started = std::time::Instant::now();
         let work = async {
             match &self.spec.kind {
@@ -283,13 +280,5 @@ impl Worker for ToolWorker {
             return Err(why.into());
         }
         Ok(key)
-    }
-}
-
-struct DecrementOnDrop<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for DecrementOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
