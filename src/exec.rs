@@ -85,6 +85,11 @@ pub fn kill_group_because(pgid: i32, reason: String) -> bool {
     killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
 }
 
+/// Why warden killed a live group, if it did.
+pub fn kill_reason(pgid: i32) -> Option<String> {
+    KILL_REASONS.lock().unwrap().get(&pgid).cloned()
+}
+
 /// Sends `signal` to every process group of a tool's running calls.
 pub fn signal_tool(tool: &str, signal: Signal) -> usize {
     let groups = tool_groups(tool);
@@ -96,15 +101,16 @@ pub fn signal_tool(tool: &str, signal: Signal) -> usize {
 
 /// A running program's process group: registered while it lives, killed and
 /// unregistered when dropped.
-struct GroupGuard(i32);
+pub struct GroupGuard(i32);
 
 impl GroupGuard {
-    fn register(pgid: i32, tool: &str) -> Self {
+    pub fn register(pgid: i32, tool: &str) -> Self {
         LIVE_GROUPS.lock().unwrap().insert(pgid, tool.to_string());
+        crate::guard::watch(pgid);
         GroupGuard(pgid)
     }
 
-    fn kill(&self) {
+    pub fn kill(&self) {
         let _ = killpg(Pid::from_raw(self.0), Signal::SIGKILL);
     }
 }
@@ -115,6 +121,8 @@ impl Drop for GroupGuard {
         let mut live = LIVE_GROUPS.lock().unwrap();
         live.remove(&self.0);
         KILL_REASONS.lock().unwrap().remove(&self.0);
+        drop(live);
+        crate::guard::forget(self.0);
     }
 }
 
@@ -244,6 +252,37 @@ pub fn resolve_program(program: &str, path: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("`{program}` was not found in PATH ({path})"))
 }
 
+/// Makes a program warden launches its own session and process group (so the
+/// whole group can be killed), dying with warden (PR_SET_PDEATHSIG), with no
+/// core dumps and the rlimits of `limits`.
+pub fn isolate(cmd: &mut tokio::process::Command, limits: crate::config::Limits) {
+    let parent = std::process::id() as i32;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (setsid, prctl, getppid, setrlimit).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid()?;
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid().as_raw() != parent {
+                // warden died between fork and prctl: nobody will read our output.
+                return Err(std::io::Error::other("parent exited"));
+            }
+            setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+            if let Some(cpu) = limits.cpu {
+                let secs = cpu.as_secs() + u64::from(cpu.subsec_nanos() > 0);
+                setrlimit(Resource::RLIMIT_CPU, secs, secs.saturating_add(1))?;
+            }
+            if let Some(mem) = limits.memory {
+                setrlimit(Resource::RLIMIT_AS, mem.0, mem.0)?;
+            }
+            if let Some(n) = limits.open_files {
+                setrlimit(Resource::RLIMIT_NOFILE, n, n)?;
+            }
+            Ok(())
+        });
+    }
+}
+
 /// What `run` needs besides the spec.
 pub struct Run<'a> {
     /// The tool this program runs for (for status and `warden kill --signal`).
@@ -278,32 +317,7 @@ pub async fn run(spec: &CommandSpec, run: Run<'_>) -> Result<ToolOutput, ToolErr
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let limits = spec.limits.clone();
-    let parent = std::process::id() as i32;
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, prctl, getppid, setrlimit).
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setsid()?;
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if nix::unistd::getppid().as_raw() != parent {
-                // warden died between fork and prctl: nobody will read our output.
-                return Err(std::io::Error::other("parent exited"));
-            }
-            setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
-            if let Some(cpu) = limits.cpu {
-                let secs = cpu.as_secs() + u64::from(cpu.subsec_nanos() > 0);
-                setrlimit(Resource::RLIMIT_CPU, secs, secs.saturating_add(1))?;
-            }
-            if let Some(mem) = limits.memory {
-                setrlimit(Resource::RLIMIT_AS, mem.0, mem.0)?;
-            }
-            if let Some(n) = limits.open_files {
-                setrlimit(Resource::RLIMIT_NOFILE, n, n)?;
-            }
-            Ok(())
-        });
-    }
+    isolate(&mut cmd, spec.limits.clone());
     let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.program, e))?;
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     // Kills the group however this function ends, also when its future is
@@ -399,6 +413,7 @@ fn finish(
         return Ok(ToolOutput {
             text: stdout,
             notes,
+            downstream: None,
         });
     }
     let tail_start = err.bytes.len().saturating_sub(STDERR_TAIL);
@@ -431,9 +446,8 @@ fn finish(
         .detail("duration_ms", elapsed.as_millis() as u64))
 }
 
-/// The program as messages name it: its file name, not the path from the
-/// actor file (which the operator has, and which would crowd out the reason).
-fn program_name(program: &str) -> &str {
+/// A program as messages name it: its file name.
+pub fn program_name(program: &str) -> &str {
     program.rsplit('/').next().unwrap_or(program)
 }
 

@@ -89,6 +89,9 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Internal: the guardian that kills warden's process groups when warden dies.
+    #[command(name = "__guard", hide = true)]
+    Guard,
     /// Force a tool's circuit breaker open or closed, or reset it.
     ///
     /// Example: warden breaker disk_usage reset
@@ -158,6 +161,9 @@ fn main() -> ExitCode {
                 }
             };
             let _guard = warden::logging::init(&loaded.config.log);
+            if let Err(e) = warden::guard::start() {
+                tracing::warn!(error = %e, "no guardian: if warden is SIGKILLed, what its children started may outlive it");
+            }
             let loaded_threads = loaded.config.server.worker_threads;
             let runtime = match warden::runtime::Runtime::new(loaded) {
                 Ok(r) => r,
@@ -179,6 +185,7 @@ fn main() -> ExitCode {
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
             code
         }
+        Command::Guard => warden::guard::run(),
         Command::Call { config, tool, args } => {
             let code = tokio_runtime().block_on(warden::call::run(&config, &tool, &args));
             ExitCode::from(code as u8)

@@ -1,0 +1,111 @@
+//! The guardian: a tiny process that outlives warden by a moment, to kill the
+//! process groups warden leaves behind when it is SIGKILLed.
+//!
+//! PR_SET_PDEATHSIG kills warden's direct children when warden dies, but not
+//! what they started themselves (`npx` → `sh` → `node`). The guardian is
+//! warden's own binary run as `warden __guard`, detached (its own session,
+//! not warden's child); warden tells it every process group it starts and
+//! ends over a pipe. When the pipe reaches end of file, warden is gone, by
+//! whatever means: the guardian SIGKILLs every group still listed and exits.
+//!
+//! Only `warden serve` starts one ([`start`]); without it (the library in
+//! tests) `watch` and `forget` do nothing.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, Write};
+use std::os::fd::AsFd;
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::Mutex;
+
+use nix::sys::signal::{killpg, signal, SigHandler, Signal};
+use nix::unistd::Pid;
+
+/// The subcommand that runs the guardian.
+pub const SUBCOMMAND: &str = "__guard";
+
+/// warden's end of the pipe; `None` until [`start`].
+static PIPE: Mutex<Option<ChildStdin>> = Mutex::new(None);
+
+/// Starts the guardian. Its pipe is non-blocking: a guardian that stopped
+/// reading costs a lost message (logged), never a stalled warden.
+pub fn start() -> std::io::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .arg(SUBCOMMAND)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdin = child.stdin.take().expect("stdin is piped");
+    // The first process forks the guardian and exits at once: reap it.
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "the guardian did not start ({status})"
+        )));
+    }
+    let flags = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    *PIPE.lock().unwrap() = Some(stdin);
+    Ok(())
+}
+
+/// The guardian should kill this group if warden dies.
+pub fn watch(pgid: i32) {
+    send(&format!("+{pgid}\n"));
+}
+
+/// This group is gone (warden killed and reaped it).
+pub fn forget(pgid: i32) {
+    send(&format!("-{pgid}\n"));
+}
+
+fn send(line: &str) {
+    let mut pipe = PIPE.lock().unwrap();
+    if let Some(p) = pipe.as_mut() {
+        if let Err(e) = p.write_all(line.as_bytes()) {
+            tracing::warn!(actor = "warden", error = %e, "the guardian missed a process group update");
+        }
+    }
+}
+
+/// The guardian's main: detach, then keep the list until end of file.
+pub fn run() -> ! {
+    // SAFETY: nothing else runs in this process yet (no threads started).
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => std::process::exit(0),
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(_) => std::process::exit(1),
+    }
+    let _ = nix::unistd::setsid();
+    // A terminal's Ctrl-C or an operator's SIGTERM is for warden; the
+    // guardian ends when warden does.
+    // SAFETY: setting signal dispositions to ignore installs no handler code.
+    unsafe {
+        let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
+        let _ = signal(Signal::SIGTERM, SigHandler::SigIgn);
+        let _ = signal(Signal::SIGHUP, SigHandler::SigIgn);
+    }
+    let mut groups = BTreeSet::new();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let (op, pgid) = line.split_at(line.len().min(1));
+        let Ok(pgid) = pgid.parse::<i32>() else {
+            continue;
+        };
+        match op {
+            "+" if pgid > 1 => {
+                groups.insert(pgid);
+            }
+            "-" => {
+                groups.remove(&pgid);
+            }
+            _ => {}
+        }
+    }
+    for g in groups {
+        let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+    }
+    std::process::exit(0)
+}
