@@ -49,6 +49,20 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const DEFAULT_ENV_PASS: &[&str] = &["LANG", "LC_ALL", "TZ"];
 /// `PATH` given to command tools (the parent's `PATH` is not inherited).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Environment variables an MCP server gets unless its file says otherwise:
+/// servers are often launched through `npx` or `uvx`, which need `PATH` and `HOME`.
+pub const DEFAULT_MCP_ENV_PASS: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
+/// Default for `supervisor.cooloff`: how long a tool failed past its restart
+/// budget waits before it is tried again (with a fresh budget).
+pub const DEFAULT_COOLOFF: Duration = Duration::from_secs(300);
+/// Default for an MCP server's `ping_every`.
+pub const DEFAULT_PING_EVERY: Duration = Duration::from_secs(10);
+/// Default for an MCP server's `ping_timeout`; two missed pings in a row and
+/// the server is wedged.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for an MCP server's `start_timeout`: launch, `initialize` and the
+/// first listing of its tools, prompts and resources.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One problem found in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,9 +312,14 @@ impl Default for ServerConfig {
 pub struct SupervisorConfig {
     /// Restarts allowed per tool within `window`; one more and the tool is `failed`.
     pub max_restarts: u32,
+    /// Also how long a restarted tool must stay up before its backoff starts
+    /// again from `backoff.min`.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     pub backoff: Backoff,
+    /// A tool failed past its budget is tried again after this, with a fresh budget.
+    #[serde(with = "humantime_serde")]
+    pub cooloff: Duration,
 }
 
 impl Default for SupervisorConfig {
@@ -309,6 +328,7 @@ impl Default for SupervisorConfig {
             max_restarts: DEFAULT_MAX_RESTARTS,
             window: DEFAULT_RESTART_WINDOW,
             backoff: Backoff::default(),
+            cooloff: DEFAULT_COOLOFF,
         }
     }
 }
@@ -558,6 +578,20 @@ impl Default for LogConfig {
 pub enum ToolKind {
     Command,
     Builtin,
+    Mcp,
+}
+
+/// When an MCP server that ended is started again, in OTP's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartType {
+    /// Always.
+    #[default]
+    Permanent,
+    /// Only after an abnormal end (a crash, a signal, a non-zero exit, a wedge).
+    Transient,
+    /// Never.
+    Temporary,
 }
 
 /// Who is shed first under memory pressure (used by the recovery policy).
@@ -593,18 +627,33 @@ pub struct ActorFile {
     pub description: String,
     /// For `builtin`: which builtin (defaults to `name`).
     pub builtin: Option<String>,
-    /// For `command`: the program, a path or a name looked up in `PATH`.
+    /// For `command` and `mcp`: the program, a path or a name looked up in `PATH`.
     pub command: Option<String>,
     /// For `command`: the argv template; `{field}` is replaced by one argument.
+    /// For `mcp`: the arguments, taken literally.
     #[serde(default)]
     pub args: Vec<String>,
-    /// For `command`: the working directory (default `/`).
+    /// For `command` and `mcp`: the working directory (default `/`).
     pub cwd: Option<PathBuf>,
-    /// For `command`: environment variables set for the program.
+    /// For `command` and `mcp`: environment variables set for the program.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// For `command`: variables passed through from warden's environment.
+    /// For `command` and `mcp`: variables passed through from warden's environment.
     pub env_pass: Option<Vec<String>>,
+    /// For `mcp`: the server's tools and prompts are exported as `<prefix>_<name>`
+    /// (default: the actor's name).
+    pub prefix: Option<String>,
+    /// For `mcp`: how often the server is pinged.
+    #[serde(default, with = "humantime_serde")]
+    pub ping_every: Option<Duration>,
+    /// For `mcp`: a ping unanswered this long is missed; two in a row and the server is restarted.
+    #[serde(default, with = "humantime_serde")]
+    pub ping_timeout: Option<Duration>,
+    /// For `mcp`: launch, handshake and first listing must finish within this.
+    #[serde(default, with = "humantime_serde")]
+    pub start_timeout: Option<Duration>,
+    /// For `mcp`: permanent (default), transient or temporary.
+    pub restart: Option<RestartType>,
     pub concurrency: Option<usize>,
     pub queue: Option<usize>,
     #[serde(default, with = "humantime_serde")]
@@ -653,6 +702,83 @@ pub struct ToolSpec {
 pub enum ToolKindSpec {
     Command(CommandSpec),
     Builtin(crate::builtin::Builtin),
+    Mcp(McpSpec),
+}
+
+impl ToolSpec {
+    /// The registered name of the tool's actor: `tool:<name>`, or
+    /// `server:<name>` for an MCP server.
+    pub fn actor_name(&self) -> String {
+        match self.kind {
+            ToolKindSpec::Mcp(_) => format!("server:{}", self.name),
+            _ => crate::tool::actor_name(&self.name),
+        }
+    }
+
+    pub fn mcp(&self) -> Option<&McpSpec> {
+        match &self.kind {
+            ToolKindSpec::Mcp(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// A downstream MCP server, launched over stdio and supervised.
+#[derive(Clone)]
+pub struct McpSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// The complete environment of the server (nothing else is inherited).
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    pub prefix: String,
+    pub ping_every: Duration,
+    pub ping_timeout: Duration,
+    pub start_timeout: Duration,
+    pub restart: RestartType,
+}
+
+impl McpSpec {
+    /// The values of environment variables whose names look secret: they are
+    /// blanked out of anything warden writes (the server's stderr in the log).
+    pub fn secrets(&self) -> Vec<&str> {
+        self.env
+            .iter()
+            .filter(|(k, v)| looks_secret(k) && v.len() >= 4)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Environment values are never printed; the names are.
+impl fmt::Debug for McpSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("cwd", &self.cwd)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("prefix", &self.prefix)
+            .field("restart", &self.restart)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a variable or field name looks like it holds a secret.
+pub fn looks_secret(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "token",
+        "key",
+        "secret",
+        "password",
+        "passwd",
+        "credential",
+        "auth",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
 }
 
 #[derive(Debug, Clone)]
@@ -838,6 +964,9 @@ fn check_config(config: &Config, path: &Path, problems: &mut Vec<Problem>) {
     if config.supervisor.window.is_zero() {
         bad("supervisor.window", "must be longer than 0s");
     }
+    if config.supervisor.cooloff.is_zero() {
+        bad("supervisor.cooloff", "must be longer than 0s");
+    }
     for (field, reason) in config.breaker.problems() {
         bad(&format!("breaker.{field}"), &reason);
     }
@@ -954,7 +1083,46 @@ fn load_actors(config: &Config, problems: &mut Vec<Problem>) -> Vec<ToolSpec> {
             tools.push(spec);
         }
     }
+    check_exported_names(&tools, problems);
     tools
+}
+
+/// An MCP server's tools are exported as `<prefix>_<tool>`, and its prompts
+/// likewise: no other tool or server may be able to produce the same name.
+fn check_exported_names(tools: &[ToolSpec], problems: &mut Vec<Problem>) {
+    for server in tools {
+        let Some(m) = server.mcp() else { continue };
+        let mine = format!("{}_", m.prefix);
+        for other in tools {
+            if std::ptr::eq(other, server) {
+                continue;
+            }
+            let clash = match other.mcp() {
+                // Either prefix could produce names of the other (`a_` and `a_b_`).
+                Some(o) => {
+                    let theirs = format!("{}_", o.prefix);
+                    (theirs.starts_with(&mine) || mine.starts_with(&theirs))
+                        .then(|| format!("mcp server `{}` (prefix `{}`)", other.name, o.prefix))
+                }
+                None => other
+                    .name
+                    .starts_with(&mine)
+                    .then(|| format!("tool `{}`", other.name)),
+            };
+            // Reported once, on the file that sorts later.
+            if let Some(what) = clash.filter(|_| other.file < server.file || other.mcp().is_none())
+            {
+                problems.push(Problem {
+                    file: server.file.clone(),
+                    field: "prefix".into(),
+                    reason: format!(
+                        "tools exported as `{mine}*` could collide with {what} in {}",
+                        other.file.display()
+                    ),
+                });
+            }
+        }
+    }
 }
 
 /// Checks one actor file and applies the defaults; `None` if it has problems.
@@ -987,7 +1155,8 @@ fn check_actor(
     if timeout.is_zero() {
         bad("timeout", "must be longer than 0s".into());
     }
-    let only_for_command = |a: &ActorFile| -> Vec<&'static str> {
+    // Fields each kind takes, beyond the common ones.
+    let process_fields = |a: &ActorFile| -> Vec<&'static str> {
         let mut set = Vec::new();
         if a.command.is_some() {
             set.push("command");
@@ -1004,16 +1173,39 @@ fn check_actor(
         if a.env_pass.is_some() {
             set.push("env_pass");
         }
-        if a.input.is_some() {
-            set.push("input");
+        set
+    };
+    let mcp_fields = |a: &ActorFile| -> Vec<&'static str> {
+        let mut set = Vec::new();
+        if a.prefix.is_some() {
+            set.push("prefix");
+        }
+        if a.ping_every.is_some() {
+            set.push("ping_every");
+        }
+        if a.ping_timeout.is_some() {
+            set.push("ping_timeout");
+        }
+        if a.start_timeout.is_some() {
+            set.push("start_timeout");
+        }
+        if a.restart.is_some() {
+            set.push("restart");
         }
         set
+    };
+    let only_for = |fields: Vec<&'static str>, kinds: &str, bad: &mut dyn FnMut(&str, String)| {
+        for field in fields {
+            bad(field, format!("is only for kind = {kinds}"));
+        }
     };
 
     let (kind, input_schema) = match a.kind {
         ToolKind::Builtin => {
-            for field in only_for_command(&a) {
-                bad(field, "is only for kind = \"command\"".into());
+            only_for(process_fields(&a), "\"command\" or \"mcp\"", &mut bad);
+            only_for(mcp_fields(&a), "\"mcp\"", &mut bad);
+            if a.input.is_some() {
+                bad("input", "is only for kind = \"command\"".into());
             }
             let which = a.builtin.clone().unwrap_or_else(|| a.name.clone());
             match crate::builtin::Builtin::from_name(&which) {
@@ -1030,10 +1222,68 @@ fn check_actor(
                 }
             }
         }
+        ToolKind::Mcp => {
+            if a.builtin.is_some() {
+                bad("builtin", "is only for kind = \"builtin\"".into());
+            }
+            if a.input.is_some() {
+                bad(
+                    "input",
+                    "is only for kind = \"command\" (an MCP server's tools bring their own schemas)"
+                        .into(),
+                );
+            }
+            let program = a.command.clone().unwrap_or_default();
+            if program.is_empty() {
+                bad(
+                    "command",
+                    "an mcp server needs `command`, the program to launch".into(),
+                );
+            }
+            let prefix = a.prefix.clone().unwrap_or_else(|| a.name.clone());
+            // The shortest exported name, `<prefix>_x`, must itself be a valid tool name.
+            if !valid_tool_name(&format!("{prefix}_x")) {
+                bad(
+                    "prefix",
+                    format!("`{prefix}` must match ^[a-zA-Z0-9_-]{{1,62}}$ (tools are exported as <prefix>_<tool>)"),
+                );
+            }
+            let ping_every = a.ping_every.unwrap_or(DEFAULT_PING_EVERY);
+            let ping_timeout = a.ping_timeout.unwrap_or(DEFAULT_PING_TIMEOUT);
+            if ping_every < Duration::from_millis(50) {
+                bad("ping_every", "must be at least 50ms".into());
+            }
+            if ping_timeout.is_zero() {
+                bad("ping_timeout", "must be longer than 0s".into());
+            }
+            let start_timeout = a.start_timeout.unwrap_or(DEFAULT_START_TIMEOUT);
+            if start_timeout.is_zero() {
+                bad("start_timeout", "must be longer than 0s".into());
+            }
+            let (cwd, env) = process_setup(&a, DEFAULT_MCP_ENV_PASS, &mut bad);
+            let mcp = McpSpec {
+                program,
+                args: a.args.clone(),
+                cwd,
+                env,
+                limits: a.limits.clone(),
+                prefix,
+                ping_every,
+                ping_timeout,
+                start_timeout,
+                restart: a.restart.unwrap_or_default(),
+            };
+            let schema = serde_json::json!({"type": "object"});
+            let serde_json::Value::Object(schema) = schema else {
+                unreachable!("an object")
+            };
+            (Some(ToolKindSpec::Mcp(mcp)), schema)
+        }
         ToolKind::Command => {
             if a.builtin.is_some() {
                 bad("builtin", "is only for kind = \"builtin\"".into());
             }
+            only_for(mcp_fields(&a), "\"mcp\"", &mut bad);
             let schema = match &a.input {
                 Some(t) => match serde_json::to_value(t) {
                     Ok(serde_json::Value::Object(m)) => m,
@@ -1077,31 +1327,7 @@ fn check_actor(
                     Err(e) => bad(&format!("args[{i}]"), e),
                 }
             }
-            let cwd = a.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
-            if !cwd.is_absolute() {
-                bad("cwd", "must be an absolute path".into());
-            }
-            let mut env: Vec<(String, String)> = vec![("PATH".into(), DEFAULT_PATH.into())];
-            let pass = a
-                .env_pass
-                .clone()
-                .unwrap_or_else(|| DEFAULT_ENV_PASS.iter().map(|s| s.to_string()).collect());
-            for name in pass {
-                if let Ok(v) = std::env::var(&name) {
-                    env.retain(|(k, _)| *k != name);
-                    env.push((name, v));
-                }
-            }
-            for (k, v) in &a.env {
-                if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                    bad(
-                        &format!("env.{k}"),
-                        "is not a valid environment variable".into(),
-                    );
-                }
-                env.retain(|(name, _)| name != k);
-                env.push((k.clone(), v.clone()));
-            }
+            let (cwd, env) = process_setup(&a, DEFAULT_ENV_PASS, &mut bad);
             (
                 Some(ToolKindSpec::Command(CommandSpec {
                     program,
@@ -1154,6 +1380,41 @@ fn check_actor(
         breaker,
         rate_limit,
     })
+}
+
+/// The working directory and the complete environment of a program warden
+/// launches: `PATH`, then the variables passed through, then the file's own.
+fn process_setup(
+    a: &ActorFile,
+    default_pass: &[&str],
+    bad: &mut dyn FnMut(&str, String),
+) -> (PathBuf, Vec<(String, String)>) {
+    let cwd = a.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
+    if !cwd.is_absolute() {
+        bad("cwd", "must be an absolute path".into());
+    }
+    let mut env: Vec<(String, String)> = vec![("PATH".into(), DEFAULT_PATH.into())];
+    let pass = a
+        .env_pass
+        .clone()
+        .unwrap_or_else(|| default_pass.iter().map(|s| s.to_string()).collect());
+    for name in pass {
+        if let Ok(v) = std::env::var(&name) {
+            env.retain(|(k, _)| *k != name);
+            env.push((name, v));
+        }
+    }
+    for (k, v) in &a.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            bad(
+                &format!("env.{k}"),
+                "is not a valid environment variable".into(),
+            );
+        }
+        env.retain(|(name, _)| name != k);
+        env.push((k.clone(), v.clone()));
+    }
+    (cwd, env)
 }
 
 fn check_schema(

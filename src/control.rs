@@ -293,7 +293,10 @@ async fn force_breaker(tool: &str, action: &str) -> Result<Value, String> {
 /// processes of a tool's running calls.
 fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, String> {
     if let Some(sig) = signal {
-        let tool = actor.strip_prefix("tool:").unwrap_or(actor);
+        let tool = actor
+            .strip_prefix("tool:")
+            .or_else(|| actor.strip_prefix("server:"))
+            .unwrap_or(actor);
         runtime
             .tools
             .get(tool)

@@ -8,6 +8,8 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod exec;
+pub mod gateway;
+pub mod guard;
 pub mod health;
 pub mod http;
 pub mod logging;

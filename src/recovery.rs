@@ -346,7 +346,7 @@ impl RecoveryState {
         );
         if crate::exec::kill_group_because(child.pid, reason.clone()) {
             self.last_restart = Some(Instant::now());
-            self.record(s, "restart", child_name(child), reason);
+            self.record(s, "restart", child_name(&self.runtime, child), reason);
         }
     }
 
@@ -373,7 +373,7 @@ impl RecoveryState {
                     fraction * 100.0
                 );
                 if crate::exec::kill_group_because(child.pid, reason.clone()) {
-                    self.record(s, "restart", child_name(child), reason);
+                    self.record(s, "restart", child_name(&self.runtime, child), reason);
                     continue;
                 }
             }
@@ -422,7 +422,7 @@ impl RecoveryState {
                         "memory back below the degrade level: full concurrency".to_string(),
                     )
                 };
-                self.record(s, action, crate::tool::actor_name(&entry.spec.name), reason);
+                self.record(s, action, entry.spec.actor_name(), reason);
             }
         }
     }
@@ -438,11 +438,11 @@ impl RecoveryState {
         for entry in runtime.tools.iter().filter(|e| overdue(e, Instant::now())) {
             let deadline = entry.spec.timeout + entry.spec.grace;
             if let Some(actor) = entry.actor() {
-                actor.kill();
+                actor.cell().kill();
                 self.record(
                     s,
                     "lag_restart",
-                    crate::tool::actor_name(&entry.spec.name),
+                    entry.spec.actor_name(),
                     format!(
                         "event loop lag of {:.0} ms (recover at {}) with a call past its {} deadline",
                         s.lag.recent_max_ms,
@@ -463,9 +463,9 @@ fn overdue(entry: &crate::supervisor::ToolEntry, now: Instant) -> bool {
         .is_some_and(|started| now.saturating_duration_since(started) > deadline)
 }
 
-fn child_name(c: &crate::health::Child) -> String {
-    match &c.tool {
-        Some(tool) => format!("{} pid {}", crate::tool::actor_name(tool), c.pid),
+fn child_name(runtime: &Runtime, c: &crate::health::Child) -> String {
+    match c.tool.as_deref().and_then(|t| runtime.tools.get(t)) {
+        Some(entry) => format!("{} pid {}", entry.spec.actor_name(), c.pid),
         None => format!("pid {}", c.pid),
     }
 }

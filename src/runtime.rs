@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{self, Outcome};
 use crate::config::{Config, Loaded, Priority};
 use crate::error::{ErrorKind, ToolError};
+use crate::gateway::Link;
 use crate::health::{LagRecorder, Snapshot};
 use crate::metrics::Metrics;
 use crate::recovery::{Level, RecoveryView};
-use crate::supervisor::{self, ToolEntry, ToolState, Tools};
+use crate::supervisor::{self, Handle, Target, ToolEntry, ToolState, Tools};
 use crate::tool::{Call, ProgressFn, ToolResult};
 
 /// Everything the actors share. Read-mostly; live counters are atomics.
@@ -47,7 +48,32 @@ pub struct Runtime {
     level: AtomicU8,
     /// What the recovery policy has done, for `status`.
     pub recovery: std::sync::Mutex<RecoveryView>,
+    /// What the transport should tell the client unasked (lists changed, log
+    /// messages of MCP servers); dropped rather than waited for when full.
+    notices: tokio::sync::mpsc::Sender<Notice>,
+    notices_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Notice>>>,
 }
+
+/// Notices queued for the client before they are dropped.
+const NOTICE_BUFFER: usize = 256;
+
+/// Something the client should hear about without asking.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    ToolsChanged,
+    PromptsChanged,
+    ResourcesChanged,
+    /// A log message of an MCP server, with its level ("info", "error", ...).
+    Log {
+        level: String,
+        logger: String,
+        data: Value,
+    },
+}
+
+/// How long a forwarded call that was cancelled may take to pass the
+/// cancellation on to its MCP server.
+const FORWARD_CANCEL_GRACE: Duration = Duration::from_millis(250);
 
 /// Why a call got no tool answer at all (a protocol-level error).
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +89,7 @@ impl Runtime {
         for t in tools.iter() {
             metrics.register_tool(&t.spec.name);
         }
+        let (notices, notices_rx) = tokio::sync::mpsc::channel(NOTICE_BUFFER);
         Ok(Arc::new(Runtime {
             metrics,
             in_flight: Semaphore::new(loaded.config.server.max_in_flight),
@@ -77,7 +104,21 @@ impl Runtime {
             health: Default::default(),
             level: AtomicU8::new(Level::Normal as u8),
             recovery: Default::default(),
+            notices,
+            notices_rx: std::sync::Mutex::new(Some(notices_rx)),
         }))
+    }
+
+    /// Queues a notice for the client; one that does not fit is dropped.
+    pub fn notify(&self, notice: Notice) {
+        if self.notices.try_send(notice).is_err() {
+            tracing::debug!(actor = "transport", "a notice for the client was dropped");
+        }
+    }
+
+    /// The notices, for the one transport that forwards them.
+    pub fn take_notices(&self) -> Option<tokio::sync::mpsc::Receiver<Notice>> {
+        self.notices_rx.lock().unwrap().take()
     }
 
     /// The Prometheus text, with the queue depths brought up to date first.
@@ -148,13 +189,13 @@ impl Runtime {
         cancel: CancellationToken,
         progress: Option<ProgressFn>,
     ) -> Result<ToolResult, CallError> {
-        let entry = self
+        let target = self
             .tools
-            .get(tool)
+            .route(tool)
             .ok_or_else(|| CallError::UnknownTool(tool.to_string()))?;
         let started = Instant::now();
         let result = self
-            .admit_and_run(entry, args, cancel, progress, started)
+            .admit_and_run(target, args, cancel, progress, started)
             .await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -169,7 +210,7 @@ impl Runtime {
     /// then the tool actor; the breaker hears how it ended.
     async fn admit_and_run(
         &self,
-        entry: &Arc<ToolEntry>,
+        Target { entry, downstream }: Target<'_>,
         args: Option<Map<String, Value>>,
         cancel: CancellationToken,
         progress: Option<ProgressFn>,
@@ -223,7 +264,11 @@ impl Runtime {
                 ));
             }
             ToolState::Starting => None,
-            ToolState::Failed { reason } | ToolState::Unavailable { reason } => {
+            ToolState::Failed { reason, retry_at } => {
+                let wait = retry_at.saturating_duration_since(Instant::now());
+                return Err(ToolError::unavailable(tool, &reason, Some(wait)));
+            }
+            ToolState::Unavailable { reason } | ToolState::Stopped { reason } => {
                 return Err(ToolError::unavailable(tool, &reason, None));
             }
         };
@@ -250,7 +295,18 @@ impl Runtime {
         };
 
         self.metrics.set_in_flight(self.in_flight());
-        let result = self.dispatch(entry, actor, args, cancel, progress).await;
+        let result = match (actor, downstream) {
+            (Handle::Factory(actor), _) => {
+                self.dispatch(entry, actor, args, cancel, progress).await
+            }
+            (Handle::Server(link), Some(downstream)) => {
+                self.forward(entry, &link, &downstream, args, cancel, progress)
+                    .await
+            }
+            (Handle::Server(_), None) => Err(ToolError::internal(format!(
+                "`{tool}` is an MCP server, not a tool"
+            ))),
+        };
         let outcome = match &result {
             Ok(_) => Outcome::Success,
             Err(e) if e.kind.is_tool_failure() => Outcome::Failure,
@@ -340,6 +396,66 @@ impl Runtime {
                 .retry_after(Duration::from_millis(100)))
             }
         }
+    }
+
+    /// Sends a call to an MCP server and waits for its one answer. The bound
+    /// is the same as a tool actor's: `concurrency` calls on the server at
+    /// once, `queue` more waiting for a turn, the rest `busy`.
+    async fn forward(
+        &self,
+        entry: &Arc<ToolEntry>,
+        link: &Link,
+        downstream: &str,
+        args: Map<String, Value>,
+        cancel: CancellationToken,
+        progress: Option<ProgressFn>,
+    ) -> ToolResult {
+        let spec = &entry.spec;
+        let waiting = entry.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _accounted = InFlight(&entry.in_flight);
+        if waiting >= spec.concurrency + spec.queue {
+            return Err(ToolError::busy(&format!("MCP server `{}`", spec.name)));
+        }
+        let job_cancel = self.kill_all.child_token();
+        let _cancel_on_return = job_cancel.clone().drop_guard();
+        let deadline = spec.timeout + spec.grace;
+        let run = async {
+            let _permit = tokio::select! {
+                permit = entry.gate.acquire() => permit,
+                _ = job_cancel.cancelled() => return Err(cancelled("The call was cancelled before it started.")),
+            };
+            let _call = entry.call_started();
+            link.call_tool(downstream, args, &job_cancel, progress, spec.timeout)
+                .await
+        };
+        // The watchdog, as for a tool actor: the link enforces `timeout`
+        // itself; past timeout + grace the caller answers on its own.
+        let mut run = std::pin::pin!(run);
+        let late = tokio::select! {
+            result = &mut run => return result,
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(deadline) => true,
+        };
+        // The link tells the server to stop the call (with the request id it
+        // used downstream) when its token is cancelled: give it a moment.
+        job_cancel.cancel();
+        let _ = tokio::time::timeout(FORWARD_CANCEL_GRACE, &mut run).await;
+        if !late {
+            return Err(cancelled(
+                "The call was cancelled; the server was told to stop it.",
+            ));
+        }
+        entry.set_last_error("a call ran past its deadline and grace");
+        Err(ToolError::new(
+            ErrorKind::Timeout,
+            format!(
+                "MCP server `{}` did not answer within {}.",
+                spec.name,
+                humantime::format_duration(deadline)
+            ),
+            "Retry later; if it keeps happening, ask the operator to check the server.",
+        )
+        .detail("timeout_ms", spec.timeout.as_millis() as u64))
     }
 
     /// The supervision tree and live counters: what `status` shows. The
@@ -433,6 +549,14 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+fn cancelled(message: &str) -> ToolError {
+    ToolError::new(
+        ErrorKind::Cancelled,
+        message,
+        "Nothing to do; send the call again if you still need it.",
+    )
 }
 
 /// A schema violation as a `validation` error naming the field and the rule.

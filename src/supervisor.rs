@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,8 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use serde_json::{json, Value};
 
 use crate::breaker::CircuitBreaker;
-use crate::config::{Backoff, SupervisorConfig, ToolKindSpec, ToolSpec, DEFAULT_PATH};
+use crate::config::{Backoff, RestartType, SupervisorConfig, ToolKindSpec, ToolSpec, DEFAULT_PATH};
+use crate::gateway::{Catalog, Link, ServerActor, ServerArgs};
 use crate::ratelimit::TokenBucket;
 use crate::recovery::Level;
 use crate::runtime::Runtime;
@@ -35,12 +36,18 @@ pub enum ToolState {
     Restarting {
         until: Instant,
     },
-    /// Past its restart budget.
+    /// Past its restart budget; tried again with a fresh budget at `retry_at`.
     Failed {
         reason: String,
+        retry_at: Instant,
     },
     /// Cannot run at all (its program is missing).
     Unavailable {
+        reason: String,
+    },
+    /// Ended, and its restart type says it stays down (an MCP server that is
+    /// `temporary`, or `transient` and exited cleanly).
+    Stopped {
         reason: String,
     },
 }
@@ -53,6 +60,26 @@ impl ToolState {
             ToolState::Restarting { .. } => "restarting",
             ToolState::Failed { .. } => "failed",
             ToolState::Unavailable { .. } => "unavailable",
+            ToolState::Stopped { .. } => "stopped",
+        }
+    }
+}
+
+/// What a running tool's calls are sent to.
+#[derive(Clone)]
+pub enum Handle {
+    /// A command or builtin tool: its factory.
+    Factory(ToolRef),
+    /// An MCP server: the live connection to its child.
+    Server(Arc<Link>),
+}
+
+impl Handle {
+    /// The actor behind it (to kill it).
+    pub fn cell(&self) -> ActorCell {
+        match self {
+            Handle::Factory(f) => f.get_cell(),
+            Handle::Server(link) => link.cell().clone(),
         }
     }
 }
@@ -63,7 +90,7 @@ pub struct ToolEntry {
     pub spec: Arc<ToolSpec>,
     pub validator: jsonschema::Validator,
     state: Mutex<ToolState>,
-    actor: Mutex<Option<ToolRef>>,
+    actor: Mutex<Option<Handle>>,
     since: Mutex<Instant>,
     pub restarts: AtomicU32,
     /// Calls accepted and not yet answered (running or queued).
@@ -83,6 +110,11 @@ pub struct ToolEntry {
     /// Start times of the calls workers are running, by a call number.
     calls: Mutex<BTreeMap<u64, Instant>>,
     next_call: AtomicU64,
+    /// An MCP server's tools, prompts and resources, as last listed; kept
+    /// while it restarts so the client's list stays put.
+    catalog: std::sync::RwLock<Arc<Catalog>>,
+    /// Set by an MCP server's actor when its child exited with status 0.
+    clean_exit: AtomicBool,
 }
 
 impl ToolEntry {
@@ -106,6 +138,8 @@ impl ToolEntry {
             own_level: AtomicU8::new(0),
             calls: Mutex::new(BTreeMap::new()),
             next_call: AtomicU64::new(0),
+            catalog: Default::default(),
+            clean_exit: AtomicBool::new(false),
             spec: Arc::new(spec),
         })
     }
@@ -119,12 +153,28 @@ impl ToolEntry {
         self.state.lock().unwrap().clone()
     }
 
-    /// The tool actor, when the tool is running.
-    pub fn actor(&self) -> Option<ToolRef> {
+    /// Where the tool's calls go, when the tool is running.
+    pub fn actor(&self) -> Option<Handle> {
         self.actor.lock().unwrap().clone()
     }
 
-    fn set(&self, state: ToolState, actor: Option<ToolRef>) {
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().unwrap().clone()
+    }
+
+    pub fn set_catalog(&self, catalog: Catalog) {
+        *self.catalog.write().unwrap() = Arc::new(catalog);
+    }
+
+    pub fn set_clean_exit(&self, clean: bool) {
+        self.clean_exit.store(clean, Ordering::Relaxed);
+    }
+
+    fn take_clean_exit(&self) -> bool {
+        self.clean_exit.swap(false, Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, state: ToolState, actor: Option<Handle>) {
         *self.state.lock().unwrap() = state;
         *self.actor.lock().unwrap() = actor;
         *self.since.lock().unwrap() = Instant::now();
@@ -184,6 +234,10 @@ impl ToolEntry {
         self.calls.lock().unwrap().values().min().copied()
     }
 
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap().clone()
+    }
+
     pub fn set_last_error(&self, e: impl Into<String>) {
         *self.last_error.lock().unwrap() = Some(e.into());
     }
@@ -192,7 +246,7 @@ impl ToolEntry {
     pub fn status(&self) -> Value {
         let state = self.state();
         let mut v = json!({
-            "name": tool::actor_name(&self.spec.name),
+            "name": self.spec.actor_name(),
             "tool": self.spec.name,
             "state": state.name(),
             "uptime_s": self.since.lock().unwrap().elapsed().as_secs(),
@@ -218,10 +272,26 @@ impl ToolEntry {
                 v["restart_in_ms"] =
                     json!(until.saturating_duration_since(Instant::now()).as_millis() as u64)
             }
-            ToolState::Failed { reason } | ToolState::Unavailable { reason } => {
+            ToolState::Failed { reason, retry_at } => {
+                v["reason"] = json!(reason);
+                v["retry_in_ms"] = json!(retry_at
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as u64);
+            }
+            ToolState::Unavailable { reason } | ToolState::Stopped { reason } => {
                 v["reason"] = json!(reason)
             }
             _ => {}
+        }
+        if let Some(m) = self.spec.mcp() {
+            let mut server = match self.actor() {
+                Some(Handle::Server(link)) => link.status(),
+                _ => json!({}),
+            };
+            server["prefix"] = json!(m.prefix);
+            server["restart"] = json!(format!("{:?}", m.restart).to_lowercase());
+            server["exports"] = self.catalog().summary();
+            v["server"] = server;
         }
         v
     }
@@ -236,10 +306,18 @@ impl Drop for RunningCall {
     }
 }
 
-/// Every tool, by name. The set of tools is fixed at start-up.
+/// Every tool, by name. The set of tools and MCP servers is fixed at
+/// start-up; the tools a server exports change with it.
 pub struct Tools {
     entries: Vec<Arc<ToolEntry>>,
     by_name: HashMap<String, usize>,
+}
+
+/// Where a call to a tool name goes.
+pub struct Target<'a> {
+    pub entry: &'a Arc<ToolEntry>,
+    /// For a tool an MCP server exports: its name on that server.
+    pub downstream: Option<Arc<str>>,
 }
 
 impl Tools {
@@ -256,8 +334,35 @@ impl Tools {
         Ok(Tools { entries, by_name })
     }
 
+    /// A tool, or an MCP server, by its own name.
     pub fn get(&self, name: &str) -> Option<&Arc<ToolEntry>> {
         self.by_name.get(name).map(|&i| &self.entries[i])
+    }
+
+    /// What a client's tool name calls: a command or builtin tool, or a tool
+    /// an MCP server exports (its prefix is unique: `warden check` sees to it).
+    pub fn route(&self, name: &str) -> Option<Target<'_>> {
+        if let Some(entry) = self.get(name).filter(|e| e.spec.mcp().is_none()) {
+            return Some(Target {
+                entry,
+                downstream: None,
+            });
+        }
+        self.servers().find_map(|entry| {
+            let m = entry.spec.mcp()?;
+            name.strip_prefix(m.prefix.as_str())?.strip_prefix('_')?;
+            // A tool the server no longer lists is unknown, not forwarded.
+            let downstream = entry.catalog().tool(name).cloned()?;
+            Some(Target {
+                entry,
+                downstream: Some(downstream),
+            })
+        })
+    }
+
+    /// The MCP servers.
+    pub fn servers(&self) -> impl Iterator<Item = &Arc<ToolEntry>> {
+        self.entries.iter().filter(|e| e.spec.mcp().is_some())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<ToolEntry>> {
@@ -319,7 +424,7 @@ fn jitter_unit(seed: &mut u64) -> f64 {
 pub struct ToolsSupervisor;
 
 pub enum ToolsSupervisorMsg {
-    /// A tool's backoff is over: start it again.
+    /// A tool's backoff (or a failed tool's cool-off) is over: start it again.
     Restart(String),
     /// A worker of this tool died and the tool actor replaced it.
     WorkerCrashed(String),
@@ -329,6 +434,9 @@ pub struct ToolsSupervisorState {
     runtime: Arc<Runtime>,
     policy: SupervisorConfig,
     budgets: HashMap<String, RestartBudget>,
+    /// Failures in a row per tool without `window` of running in between:
+    /// the backoff's exponent, so it resets only after sustained health.
+    streaks: HashMap<String, u32>,
     /// Which tool a child actor is.
     children: HashMap<ActorId, String>,
     seed: u64,
@@ -347,6 +455,7 @@ impl Actor for ToolsSupervisor {
         let policy = runtime.config.supervisor.clone();
         let mut state = ToolsSupervisorState {
             budgets: HashMap::new(),
+            streaks: HashMap::new(),
             children: HashMap::new(),
             seed: u64::from(std::process::id()) << 32 | 0x9E37_79B9,
             runtime: runtime.clone(),
@@ -378,8 +487,14 @@ impl Actor for ToolsSupervisor {
         match msg {
             ToolsSupervisorMsg::Restart(name) => {
                 if let Some(entry) = state.runtime.tools.get(&name).cloned() {
-                    if matches!(entry.state(), ToolState::Restarting { .. }) {
-                        state.start(&myself, entry).await;
+                    match entry.state() {
+                        ToolState::Restarting { .. } => state.start(&myself, entry).await,
+                        ToolState::Failed { retry_at, .. } if Instant::now() >= retry_at => {
+                            tracing::info!(actor = "tools", tool = %name, "cool-off over: trying the failed tool again with a fresh budget");
+                            state.budgets.remove(&name);
+                            state.start(&myself, entry).await;
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -408,8 +523,32 @@ impl Actor for ToolsSupervisor {
         if state.runtime.draining.is_cancelled() {
             return Ok(());
         }
-        if let Some(entry) = state.runtime.tools.get(&name).cloned() {
+        let Some(entry) = state.runtime.tools.get(&name).cloned() else {
+            return Ok(());
+        };
+        let Some(m) = entry.spec.mcp() else {
             state.on_failure(&myself, &entry, &format!("tool actor {reason}"), false);
+            return Ok(());
+        };
+        // The server's own account of its end is the better reason.
+        let why = entry.last_error().unwrap_or(reason);
+        let clean = entry.take_clean_exit();
+        let stays_down = match m.restart {
+            RestartType::Permanent => false,
+            RestartType::Transient => clean,
+            RestartType::Temporary => true,
+        };
+        if stays_down {
+            tracing::warn!(actor = "tools", server = %name, reason = %why, restart = ?m.restart, "MCP server ended and is not restarted");
+            entry.set(
+                ToolState::Stopped {
+                    reason: format!("{why}; restart = {:?} keeps it down", m.restart)
+                        .to_lowercase(),
+                },
+                None,
+            );
+        } else {
+            state.on_failure(&myself, &entry, &why, false);
         }
         Ok(())
     }
@@ -435,13 +574,17 @@ impl ToolsSupervisorState {
     async fn start(&mut self, myself: &ActorRef<ToolsSupervisorMsg>, entry: Arc<ToolEntry>) {
         let name = entry.spec.name.clone();
         let program = match &entry.spec.kind {
-            ToolKindSpec::Command(cmd) => {
-                let path = cmd
-                    .env
+            ToolKindSpec::Command(cmd) => Some((&cmd.program, &cmd.env)),
+            ToolKindSpec::Mcp(m) => Some((&m.program, &m.env)),
+            ToolKindSpec::Builtin(_) => None,
+        };
+        let program = match program {
+            Some((program, env)) => {
+                let path = env
                     .iter()
                     .find(|(k, _)| k == "PATH")
                     .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-                match crate::exec::resolve_program(&cmd.program, path) {
+                match crate::exec::resolve_program(program, path) {
                     Ok(p) => Some(p),
                     Err(reason) => {
                         tracing::error!(actor = "tools", tool = %name, %reason, "tool is unavailable: its program is missing");
@@ -451,20 +594,44 @@ impl ToolsSupervisorState {
                     }
                 }
             }
-            ToolKindSpec::Builtin(_) => None::<PathBuf>,
+            None => None::<PathBuf>,
         };
         entry.set(ToolState::Starting, None);
-        match tool::spawn(
-            entry.clone(),
-            self.runtime.clone(),
-            program,
-            myself.get_cell(),
-        )
-        .await
-        {
-            Ok((actor, _handle)) => {
-                self.children.insert(actor.get_id(), name.clone());
-                entry.set(ToolState::Running, Some(actor));
+        let spawned = match (&entry.spec.kind, program) {
+            (ToolKindSpec::Mcp(_), Some(program)) => {
+                let args = ServerArgs {
+                    entry: entry.clone(),
+                    runtime: self.runtime.clone(),
+                    program,
+                };
+                // The server's actor marks it running once its handshake is
+                // done; until then its calls answer `unavailable` (starting).
+                Actor::spawn_linked(
+                    Some(entry.spec.actor_name()),
+                    ServerActor,
+                    args,
+                    myself.get_cell(),
+                )
+                .await
+                .map(|(actor, _)| (actor.get_id(), None))
+                .map_err(|e| e.to_string())
+            }
+            (_, program) => tool::spawn(
+                entry.clone(),
+                self.runtime.clone(),
+                program,
+                myself.get_cell(),
+            )
+            .await
+            .map(|(actor, _)| (actor.get_id(), Some(Handle::Factory(actor))))
+            .map_err(|e| e.to_string()),
+        };
+        match spawned {
+            Ok((id, handle)) => {
+                self.children.insert(id, name.clone());
+                if let Some(handle) = handle {
+                    entry.set(ToolState::Running, Some(handle));
+                }
                 tracing::debug!(actor = "tools", tool = %name, "tool actor started");
             }
             Err(e) => {
@@ -492,16 +659,19 @@ impl ToolsSupervisorState {
             .entry(name.clone())
             .or_insert_with(|| RestartBudget::new(self.policy.max_restarts, self.policy.window));
         let Some(attempt) = budget.record(Instant::now()) else {
+            let cooloff = self.policy.cooloff;
             tracing::error!(
                 actor = "tools",
                 tool = %name, %reason,
                 max_restarts = self.policy.max_restarts,
                 window = %humantime::format_duration(self.policy.window),
-                "tool failed past its restart budget; its calls now answer unavailable"
+                cooloff = %humantime::format_duration(cooloff),
+                "tool failed past its restart budget; its calls now answer unavailable until the cool-off ends"
             );
             if let Some(actor) = entry.actor() {
-                self.children.remove(&actor.get_id());
-                actor.stop(Some("restart budget spent".into()));
+                let cell = actor.cell();
+                self.children.remove(&cell.get_id());
+                cell.stop(Some("restart budget spent".into()));
             }
             entry.set(
                 ToolState::Failed {
@@ -510,9 +680,11 @@ impl ToolsSupervisorState {
                         self.policy.max_restarts,
                         humantime::format_duration(self.policy.window)
                     ),
+                    retry_at: Instant::now() + cooloff,
                 },
                 None,
             );
+            myself.send_after(cooloff, move || ToolsSupervisorMsg::Restart(name));
             return;
         };
         entry.restarts.fetch_add(1, Ordering::Relaxed);
@@ -521,7 +693,15 @@ impl ToolsSupervisorState {
             tracing::warn!(actor = "tools", tool = %name, %reason, restarts_in_window = attempt, "worker replaced");
             return;
         }
-        let delay = backoff_delay(self.policy.backoff, attempt, jitter_unit(&mut self.seed));
+        // Up for a whole window since its last start: healthy again, so the
+        // backoff starts over from its minimum.
+        let streak = self.streaks.entry(name.clone()).or_default();
+        let up_for = entry.since.lock().unwrap().elapsed();
+        if entry.state() == ToolState::Running && up_for >= self.policy.window {
+            *streak = 0;
+        }
+        *streak += 1;
+        let delay = backoff_delay(self.policy.backoff, *streak, jitter_unit(&mut self.seed));
         tracing::warn!(
             actor = "tools",
             tool = %name, %reason, restarts_in_window = attempt,

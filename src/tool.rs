@@ -43,6 +43,9 @@ pub struct ToolOutput {
     pub text: String,
     /// Extra lines for the reader, such as a truncation notice.
     pub notes: Vec<String>,
+    /// A downstream MCP server's whole result (every content type, `isError`,
+    /// `structuredContent`), passed on unchanged instead of `text`.
+    pub downstream: Option<Value>,
 }
 
 impl ToolOutput {
@@ -50,6 +53,15 @@ impl ToolOutput {
         ToolOutput {
             text: text.into(),
             notes: Vec::new(),
+            downstream: None,
+        }
+    }
+
+    pub fn downstream(result: Value) -> Self {
+        ToolOutput {
+            text: String::new(),
+            notes: Vec::new(),
+            downstream: Some(result),
         }
     }
 }
@@ -246,6 +258,9 @@ impl Worker for ToolWorker {
                     }
                 }
                 ToolKindSpec::Builtin(b) => builtin::run(*b, &args, &self.runtime, &cancel).await,
+                ToolKindSpec::Mcp(_) => Err(ToolError::internal(
+                    "an MCP server's calls are forwarded, not run by a worker",
+                )),
             }
         };
         // A call honours its cancellation within the grace (exec kills and

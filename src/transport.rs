@@ -12,9 +12,11 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 #[allow(deprecated)]
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion,
-    ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+    PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams,
+    ReadResourceResponse, ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData as McpError, ServerHandler, ServiceExt};
@@ -22,10 +24,12 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::error::ToolError;
+use crate::gateway::Link;
 use crate::root::RootMsg;
-use crate::runtime::{CallError, Runtime};
+use crate::runtime::{CallError, Notice, Runtime};
 use crate::stdio::StdioTransport;
-use crate::tool::{Progress, ProgressFn, ToolResult};
+use crate::supervisor::{Handle, ToolEntry};
+use crate::tool::{Progress, ProgressFn, ToolOutput, ToolResult};
 
 /// The registered name of the transport actor.
 pub const NAME: &str = "transport";
@@ -69,11 +73,17 @@ impl Actor for TransportActor {
                 stdout,
                 runtime.clone(),
             );
+            let notices = runtime.take_notices();
             let reason = match WardenServer::new(runtime).serve(transport).await {
-                Ok(running) => match running.waiting().await {
-                    Ok(quit) => format!("{quit:?}"),
-                    Err(e) => format!("session task failed: {e}"),
-                },
+                Ok(running) => {
+                    if let Some(notices) = notices {
+                        tokio::spawn(forward_notices(notices, running.peer().clone()));
+                    }
+                    match running.waiting().await {
+                        Ok(quit) => format!("{quit:?}"),
+                        Err(e) => format!("session task failed: {e}"),
+                    }
+                }
                 Err(e) => format!("no session: {e}"),
             };
             let _ = myself.send_message(TransportMsg::SessionEnded(reason));
@@ -114,6 +124,7 @@ impl Actor for TransportActor {
 #[derive(Clone)]
 pub struct WardenServer {
     runtime: Arc<Runtime>,
+    /// The command and builtin tools (MCP servers' tools are listed live).
     tools: Arc<Vec<Tool>>,
 }
 
@@ -122,6 +133,7 @@ impl WardenServer {
         let tools = runtime
             .tools
             .iter()
+            .filter(|t| t.spec.mcp().is_none())
             .map(|t| {
                 Tool::new(
                     t.spec.name.clone(),
@@ -142,14 +154,26 @@ impl WardenServer {
 #[allow(deprecated)]
 impl ServerHandler for WardenServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
+        let mut caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_logging()
+            .build();
+        // Prompts and resources only come from MCP servers.
+        if self.runtime.tools.servers().next().is_some() {
+            caps = ServerCapabilities::builder()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_logging()
-                .build(),
-        )
-        .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
-        .with_instructions("Tools served by warden; `status` shows the runtime's health.")
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .enable_resources()
+                .enable_resources_list_changed()
+                .build();
+        }
+        ServerConfig::new(caps)
+            .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
+            .with_instructions("Tools served by warden; `status` shows the runtime's health.")
     }
 
     /// Every client stays on the `initialize` handshake.
@@ -162,7 +186,98 @@ impl ServerHandler for WardenServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(self.tools.as_ref().clone()))
+        let mut tools = self.tools.as_ref().clone();
+        for server in self.runtime.tools.servers() {
+            tools.extend(server.catalog().tools.iter().map(|(t, _)| t.clone()));
+        }
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let mut prompts = Vec::new();
+        for server in self.runtime.tools.servers() {
+            prompts.extend(server.catalog().prompts.iter().map(|(p, _)| p.clone()));
+        }
+        Ok(ListPromptsResult::with_all_items(prompts))
+    }
+
+    async fn get_prompt(
+        &self,
+        mut request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let found = self.runtime.tools.servers().find_map(|server| {
+            let downstream = server.catalog().prompt(&request.name)?.to_string();
+            Some((server.clone(), downstream))
+        });
+        let Some((server, downstream)) = found else {
+            return Err(McpError::invalid_params(
+                format!(
+                    "unknown prompt `{}`; prompts/list shows the prompts",
+                    request.name
+                ),
+                Some(json!({"field": "name", "value": request.name})),
+            ));
+        };
+        request.name = downstream;
+        let link = running_link(&server)?;
+        link.get_prompt(request, server.spec.timeout)
+            .await
+            .map_err(|e| McpError::internal_error(e.text(), Some(e.to_json())))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let mut resources = Vec::new();
+        for server in self.runtime.tools.servers() {
+            resources.extend(server.catalog().resources.iter().cloned());
+        }
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let mut templates = Vec::new();
+        for server in self.runtime.tools.servers() {
+            templates.extend(server.catalog().templates.iter().cloned());
+        }
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let Some(server) = self
+            .runtime
+            .tools
+            .servers()
+            .find(|s| s.catalog().serves_uri(&request.uri))
+            .cloned()
+        else {
+            return Err(McpError::resource_not_found(
+                format!(
+                    "no server offers `{}`; resources/list shows the resources",
+                    request.uri
+                ),
+                Some(json!({"uri": request.uri})),
+            ));
+        };
+        let link = running_link(&server)?;
+        link.read_resource(request, server.spec.timeout)
+            .await
+            .map_err(|e| McpError::internal_error(e.text(), Some(e.to_json())))
     }
 
     async fn set_level(
@@ -214,9 +329,62 @@ impl ServerHandler for WardenServer {
     }
 }
 
+/// The live link of an MCP server, or the error a client sees while it is down.
+fn running_link(server: &ToolEntry) -> Result<Arc<Link>, McpError> {
+    match server.actor() {
+        Some(Handle::Server(link)) => Ok(link),
+        _ => {
+            let e = ToolError::unavailable(
+                &server.spec.name,
+                &format!("the MCP server is {}", server.state().name()),
+                None,
+            );
+            Err(McpError::internal_error(e.text(), Some(e.to_json())))
+        }
+    }
+}
+
+/// Tells the client what changed and what MCP servers logged, in order, by
+/// one task; stops when the client is gone.
+#[allow(deprecated)]
+async fn forward_notices(
+    mut notices: tokio::sync::mpsc::Receiver<Notice>,
+    peer: rmcp::Peer<RoleServer>,
+) {
+    while let Some(notice) = notices.recv().await {
+        let sent = match notice {
+            Notice::ToolsChanged => peer.notify_tool_list_changed().await.is_ok(),
+            Notice::PromptsChanged => peer.notify_prompt_list_changed().await.is_ok(),
+            Notice::ResourcesChanged => peer.notify_resource_list_changed().await.is_ok(),
+            Notice::Log {
+                level,
+                logger,
+                data,
+            } => {
+                let level: LoggingLevel =
+                    serde_json::from_value(json!(level)).unwrap_or(LoggingLevel::Info);
+                let mut param = LoggingMessageNotificationParam::new(level, data);
+                param.logger = Some(logger);
+                peer.notify_logging_message(param).await.is_ok()
+            }
+        };
+        if !sent && peer.is_transport_closed() {
+            return;
+        }
+    }
+}
+
 /// A tool's answer as MCP sees it.
 fn to_mcp(result: ToolResult) -> CallToolResult {
     match result {
+        Ok(ToolOutput {
+            downstream: Some(result),
+            ..
+        }) => serde_json::from_value(result).unwrap_or_else(|e| {
+            error_result(&ToolError::internal(format!(
+                "a downstream result could not be passed on: {e}"
+            )))
+        }),
         Ok(out) => {
             let mut content = vec![ContentBlock::text(out.text)];
             content.extend(out.notes.into_iter().map(ContentBlock::text));
