@@ -5,6 +5,7 @@ mod harness;
 mod breaker;
 mod chaos;
 mod errors;
+mod gateway;
 mod http;
 mod logs;
 mod operator;

@@ -1,0 +1,528 @@
+//! MCP servers behind warden (`kind = "mcp"`), with `warden-mcp-fixture` as
+//! the downstream server: re-export, pass-through, supervision, no leftovers.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+pub const MCP_FIXTURE: &str = env!("CARGO_BIN_EXE_warden-mcp-fixture");
+
+/// An `mcp` actor file running the fixture with `flags`, plus `extra` lines.
+pub fn mcp_actor(name: &str, flags: &[&str], extra: &str) -> String {
+    let args: Vec<String> = flags.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "name = \"{name}\"\nkind = \"mcp\"\ncommand = \"{MCP_FIXTURE}\"\nargs = [{}]\n{extra}\n",
+        args.join(", ")
+    )
+}
+
+const CONFIG: &str =
+    "[log]\nstderr = \"warn\"\n[supervisor]\nbackoff = { min = \"50ms\", max = \"200ms\" }\n";
+
+/// A warden with the `status` builtin and one fixture server `fx` (which
+/// appends its pid to `fx.pids` in the setup dir), initialized and serving.
+fn start(flags: &[&str], extra: &str) -> Server {
+    start_with(CONFIG, flags, extra)
+}
+
+fn start_with(config: &str, flags: &[&str], extra: &str) -> Server {
+    let mut s = setup_fx(config, flags, extra).start();
+    s.initialize();
+    wait_serving(&mut s, "fx_echo", Duration::from_secs(10));
+    s
+}
+
+fn setup_fx(config: &str, flags: &[&str], extra: &str) -> Setup {
+    let setup = Setup::new(config).actor("status", "name = \"status\"\nkind = \"builtin\"\n");
+    let pids = setup.path().join("fx.pids");
+    let mut all = vec!["--pidfile", pids.to_str().unwrap()];
+    all.extend_from_slice(flags);
+    let actor = mcp_actor("fx", &all, extra);
+    setup.actor("fx", &actor)
+}
+
+/// Calls `tool` (echo-like) until it answers, or panics after `deadline`.
+pub fn wait_serving(s: &mut Server, tool: &str, deadline: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let r = s.call(tool, json!({"message": "ping"}));
+        if r["result"]["isError"] == json!(false) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < deadline,
+            "`{tool}` did not serve within {deadline:?}: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tool_names(s: &mut Server) -> Vec<String> {
+    let id = s.request("tools/list", json!({}));
+    let r = s.response(id);
+    r["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn pidfile(s: &Server) -> std::path::PathBuf {
+    s.setup.path().join("fx.pids")
+}
+
+fn last_pid(path: &Path) -> i32 {
+    *read_pids(path).last().unwrap()
+}
+
+/// Zombies whose parent is `pid`.
+fn zombies_of(pid: i32) -> Vec<i32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|&c| {
+            std::fs::read_to_string(format!("/proc/{c}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn tools_prompts_and_resources_are_exported_and_results_pass_through() {
+    let mut s = start(&[], "");
+    let names = tool_names(&mut s);
+    for t in [
+        "status",
+        "fx_echo",
+        "fx_media",
+        "fx_add",
+        "fx_fail",
+        "fx_progress",
+    ] {
+        assert!(names.contains(&t.to_string()), "{t} missing from {names:?}");
+    }
+    assert!(
+        !names.contains(&"fx".to_string()),
+        "the server itself is no tool"
+    );
+    assert!(!names.iter().any(|n| n == "echo"), "unprefixed names leak");
+
+    // Every content type, unchanged.
+    let media = s.call_result("fx_media", json!({}));
+    let types: Vec<&str> = media["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["text", "image", "audio", "resource"], "{media}");
+    assert_eq!(media["content"][1]["mimeType"], "image/png");
+    assert_eq!(media["content"][3]["resource"]["text"], "embedded text");
+    // structuredContent and isError pass through.
+    let add = s.call_result("fx_add", json!({"a": 2, "b": 3}));
+    assert_eq!(add["structuredContent"], json!({"sum": 5}), "{add}");
+    let fail = s.call_result("fx_fail", json!({"message": "no such file"}));
+    assert_eq!(fail["isError"], json!(true));
+    assert_eq!(
+        text(&fail),
+        "no such file",
+        "the server's own error, untouched"
+    );
+    assert!(fail.get("structuredContent").is_none(), "{fail}");
+    // The server's refusal of bad arguments names what it objected to.
+    let bad = s.call_result("fx_add", json!({"a": "two"}));
+    assert_eq!(kind(&bad), "validation", "{bad}");
+
+    // Prompts and resources, prefixed the same way.
+    let id = s.request("prompts/list", json!({}));
+    let prompts = s.response(id);
+    assert_eq!(
+        prompts["result"]["prompts"][0]["name"], "fx_greet",
+        "{prompts}"
+    );
+    let id = s.request(
+        "prompts/get",
+        json!({"name": "fx_greet", "arguments": {"name": "Ada"}}),
+    );
+    let got = s.response(id);
+    assert_eq!(
+        got["result"]["messages"][0]["content"]["text"], "Hello, Ada!",
+        "{got}"
+    );
+    let id = s.request("resources/list", json!({}));
+    let res = s.response(id);
+    assert_eq!(res["result"]["resources"][0]["name"], "fx_hello", "{res}");
+    assert_eq!(res["result"]["resources"][0]["uri"], "fixture://hello");
+    for (uri, want) in [
+        ("fixture://hello", "hello from the fixture"),
+        ("fixture://item/7", "item 7"),
+    ] {
+        let id = s.request("resources/read", json!({"uri": uri}));
+        let r = s.response(id);
+        assert_eq!(r["result"]["contents"][0]["text"], want, "{r}");
+    }
+    let id = s.request("resources/read", json!({"uri": "elsewhere://x"}));
+    let r = s.response(id);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("elsewhere://x"),
+        "{r}"
+    );
+}
+
+#[test]
+fn progress_and_log_messages_are_forwarded_on_the_clients_terms() {
+    let mut s = start(&[], "");
+    let id = s.request(
+        "tools/call",
+        json!({"name": "fx_progress", "arguments": {"steps": 3, "ms": 5},
+               "_meta": {"progressToken": "client-token-1"}}),
+    );
+    let r = s.response(id);
+    assert_eq!(text(&r["result"]), "done 3", "{r}");
+    let mut seen = Vec::new();
+    while let Some(n) = s.next_matching(Duration::from_millis(500), |v| {
+        v["method"] == "notifications/progress"
+    }) {
+        assert_eq!(n["params"]["progressToken"], "client-token-1", "{n}");
+        seen.push(n["params"]["progress"].as_f64().unwrap());
+    }
+    assert_eq!(
+        seen,
+        [1.0, 2.0, 3.0],
+        "every step, in order, on the client's token"
+    );
+
+    let r = s.call_result(
+        "fx_log",
+        json!({"message": "disk almost full", "level": "warning"}),
+    );
+    assert_eq!(text(&r), "logged");
+    let n = s
+        .next_matching(Duration::from_secs(5), |v| {
+            v["method"] == "notifications/message"
+        })
+        .expect("the server's log message reaches the client");
+    assert_eq!(n["params"]["level"], "warning", "{n}");
+    assert_eq!(n["params"]["logger"], "fx/fixture", "{n}");
+    assert_eq!(n["params"]["data"], "disk almost full", "{n}");
+}
+
+#[test]
+fn a_cancelled_call_is_cancelled_downstream_too() {
+    let mut s = start(&[], "");
+    let marker = s.setup.path().join("cancelled");
+    let id = s.start_call(
+        "fx_sleep",
+        json!({"ms": 20000, "marker": marker.to_str().unwrap()}),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    s.notify("notifications/cancelled", json!({"requestId": id}));
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(&marker)
+            .is_ok_and(|m| m.contains("cancelled"))),
+        "the server never heard of the cancellation"
+    );
+    // The server is fine and serves on.
+    assert_eq!(
+        text(&s.call_result("fx_echo", json!({"message": "on"}))),
+        "on"
+    );
+}
+
+#[test]
+fn sigkill_of_the_child_during_200_calls_answers_each_once_and_it_comes_back() {
+    let mut s = start(&[], "concurrency = 64\nqueue = 256\n");
+    let child = last_pid(&pidfile(&s));
+    let ids: Vec<i64> = (0..200)
+        .map(|_| s.start_call("fx_sleep", json!({"ms": 5000})))
+        .collect();
+    // Let the calls reach the server, then kill it under them.
+    assert!(
+        eventually(Duration::from_secs(5), || tool_status(&mut s, "fx")
+            ["running"]
+            .as_u64()
+            .is_some_and(|n| n >= 32)),
+        "the calls never reached the server"
+    );
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for &id in &ids {
+        let r = s.response(id);
+        *kinds.entry(kind(&r["result"])).or_default() += 1;
+    }
+    let answered_in = killed.elapsed();
+    assert!(
+        answered_in < Duration::from_secs(3),
+        "the 200 calls waited {answered_in:?} after the child died"
+    );
+    // The calls the server held say how it ended; the rest were refused, not lost.
+    assert!(
+        kinds.get("unavailable").copied().unwrap_or(0) >= 32,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.values().sum::<usize>(), 200, "{kinds:?}");
+    // Exactly one answer each: nothing more arrives for these ids.
+    let again = s.next_matching(Duration::from_millis(500), |v| {
+        v["id"].as_i64().is_some_and(|id| ids.contains(&id))
+    });
+    assert!(again.is_none(), "a second answer: {again:?}");
+    // Back within its backoff (max 200ms) plus start-up.
+    let back = wait_serving(&mut s, "fx_echo", Duration::from_secs(5));
+    println!("answered 200 calls {answered_in:?} after SIGKILL ({kinds:?}); serving again {back:?} later");
+    assert_ne!(last_pid(&pidfile(&s)), child, "a new process serves");
+    assert!(!alive(child));
+    assert!(
+        zombies_of(s.pid()).is_empty(),
+        "zombies: {:?}",
+        zombies_of(s.pid())
+    );
+    let st = tool_status(&mut s, "fx");
+    assert_eq!(st["restarts"], 1, "{st}");
+    assert!(
+        st["last_error"].as_str().unwrap().contains("signal 9"),
+        "{st}"
+    );
+}
+
+#[test]
+fn sigkill_of_warden_leaves_no_process_of_any_child_behind() {
+    let setup = Setup::new(CONFIG);
+    let pids = setup.path().join("all.pids");
+    let mut setup = setup;
+    for name in ["a", "b", "c"] {
+        let actor = mcp_actor(
+            name,
+            &["--pidfile", pids.to_str().unwrap(), "--grandchild"],
+            "",
+        );
+        setup = setup.actor(name, &actor);
+    }
+    let mut s = setup.start();
+    s.initialize();
+    for t in ["a_echo", "b_echo", "c_echo"] {
+        wait_serving(&mut s, t, Duration::from_secs(10));
+    }
+    let all = read_pids(&pids);
+    assert_eq!(all.len(), 6, "three servers and what each started: {all:?}");
+    assert!(all.iter().all(|&p| alive(p)));
+    s.child.kill().unwrap();
+    let _ = s.child.wait();
+    let gone = eventually(Duration::from_secs(1), || all.iter().all(|&p| !alive(p)));
+    let left: Vec<i32> = all.iter().copied().filter(|&p| alive(p)).collect();
+    assert!(
+        gone,
+        "left running a second after warden's SIGKILL: {left:?}"
+    );
+}
+
+#[test]
+fn a_server_that_stops_reading_is_found_by_ping_and_restarted() {
+    let mut s = start(&[], "ping_every = \"200ms\"\nping_timeout = \"200ms\"\n");
+    let child = last_pid(&pidfile(&s));
+    let t0 = Instant::now();
+    let r = s.call_result("fx_wedge", json!({}));
+    assert_eq!(kind(&r), "unavailable", "{r}");
+    assert!(text(&r).contains("missed 2 pings"), "{}", text(&r));
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    wait_serving(&mut s, "fx_echo", Duration::from_secs(5));
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(child)),
+        "the wedged process is still there"
+    );
+    assert!(eventually(Duration::from_secs(2), || s
+        .log_lines()
+        .iter()
+        .any(|l| l["message"] == "MCP server is wedged; restarting it")));
+}
+
+#[test]
+fn a_changed_tool_list_is_relisted_and_the_client_told() {
+    let mut s = start(&[], "");
+    assert!(!tool_names(&mut s).contains(&"fx_extra".to_string()));
+    assert_eq!(
+        text(&s.call_result("fx_change_tools", json!({}))),
+        "tools changed"
+    );
+    s.next_matching(Duration::from_secs(5), |v| {
+        v["method"] == "notifications/tools/list_changed"
+    })
+    .expect("warden tells its client");
+    assert!(
+        eventually(Duration::from_secs(5), || tool_names(&mut s)
+            .contains(&"fx_extra".to_string())),
+        "fx_extra never appeared"
+    );
+    assert_eq!(text(&s.call_result("fx_extra", json!({}))), "extra");
+}
+
+#[test]
+fn start_up_failures_are_reported_and_never_take_warden_down() {
+    let mut s = Setup::new(CONFIG)
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+        .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+        .actor(
+            "missing",
+            "name = \"missing\"\nkind = \"mcp\"\ncommand = \"/nonexistent/server\"\n",
+        )
+        .actor(
+            "dies",
+            &mcp_actor("dies", &["--exit-on-initialize", "7"], ""),
+        )
+        .actor(
+            "noisy",
+            &mcp_actor("noisy", &["--garbage-first", "--stderr-at-start", "3"], ""),
+        )
+        .start();
+    s.initialize();
+    // Garbage before the handshake is skipped; the server works.
+    wait_serving(&mut s, "noisy_echo", Duration::from_secs(10));
+    assert_eq!(text(&s.call_result("echo", json!({"message": "up"}))), "up");
+    let missing = tool_status(&mut s, "missing");
+    assert_eq!(missing["state"], "unavailable", "{missing}");
+    assert!(missing["reason"]
+        .as_str()
+        .unwrap()
+        .contains("/nonexistent/server"));
+    assert_eq!(missing["name"], "server:missing");
+    // One that dies in `initialize` is retried under its budget, then failed.
+    assert!(
+        eventually(Duration::from_secs(10), || tool_status(&mut s, "dies")
+            ["state"]
+            == "failed"),
+        "{}",
+        tool_status(&mut s, "dies")
+    );
+    let dies = tool_status(&mut s, "dies");
+    assert!(
+        dies["reason"].as_str().unwrap().contains("status 7"),
+        "{dies}"
+    );
+    assert!(
+        dies["retry_in_ms"].as_u64().unwrap() > 60_000,
+        "cool-off: {dies}"
+    );
+    // Garbage on stdout mid-session is skipped too.
+    let r = s.call_result("noisy_garbage", json!({}));
+    assert_eq!(text(&r), "garbage sent", "{r}");
+    assert_eq!(
+        text(&s.call_result("noisy_echo", json!({"message": "still"}))),
+        "still"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || s
+            .log_lines()
+            .iter()
+            .any(
+                |l| l["stderr"] == "fixture stderr line 3" && l["actor"] == "server:noisy"
+            )),
+        "the server's stderr is in the log, tagged"
+    );
+}
+
+#[test]
+fn restart_types_decide_whether_an_ended_server_comes_back() {
+    let setup = Setup::new(CONFIG)
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+        .actor("perm", &mcp_actor("perm", &[], ""))
+        .actor(
+            "trans",
+            &mcp_actor("trans", &[], "restart = \"transient\"\n"),
+        )
+        .actor("temp", &mcp_actor("temp", &[], "restart = \"temporary\"\n"));
+    let mut s = setup.start();
+    s.initialize();
+    for t in ["perm_echo", "trans_echo", "temp_echo"] {
+        wait_serving(&mut s, t, Duration::from_secs(10));
+    }
+    // A clean exit: permanent comes back, transient stays down.
+    for t in ["perm_crash", "trans_crash"] {
+        let r = s.call_result(t, json!({"code": 0}));
+        assert_eq!(kind(&r), "unavailable", "{r}");
+        assert!(text(&r).contains("exited with status 0"), "{r}");
+    }
+    // A crash: temporary stays down.
+    let r = s.call_result("temp_crash", json!({"code": 3}));
+    assert!(text(&r).contains("status 3"), "{r}");
+    wait_serving(&mut s, "perm_echo", Duration::from_secs(5));
+    for server in ["trans", "temp"] {
+        assert!(
+            eventually(Duration::from_secs(5), || tool_status(&mut s, server)
+                ["state"]
+                == "stopped"),
+            "{}",
+            tool_status(&mut s, server)
+        );
+        let r = s.call_result(&format!("{server}_echo"), json!({"message": "x"}));
+        assert_eq!(kind(&r), "unavailable", "{r}");
+    }
+}
+
+#[test]
+fn secret_environment_values_never_reach_the_log_or_status() {
+    let secret = "s3cr3t-value-9f8e7d";
+    let mut s = start(
+        &["--env-to-stderr", "API_TOKEN"],
+        &format!("env = {{ API_TOKEN = \"{secret}\" }}\n"),
+    );
+    let status = text(&s.call_result("status", json!({})));
+    assert!(!status.contains(secret));
+    assert!(
+        eventually(Duration::from_secs(5), || s
+            .log_lines()
+            .iter()
+            .any(|l| l["stderr"] == "API_TOKEN=[redacted]")),
+        "the line is logged, redacted"
+    );
+    let dir = s.setup.path().join("logs");
+    for f in std::fs::read_dir(dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(f.path()).unwrap();
+        assert!(
+            !text.contains(secret),
+            "{} has the secret",
+            f.path().display()
+        );
+    }
+}
+
+#[test]
+fn a_server_over_its_own_memory_budget_is_restarted() {
+    let config = format!("{CONFIG}[memory]\nsample_every = \"100ms\"\n");
+    let mut s = start_with(&config, &[], "memory = \"64MiB\"\n");
+    let child = last_pid(&pidfile(&s));
+    let r = s.call_result("fx_leak", json!({"mib": 80}));
+    assert_eq!(text(&r), "holding 80 MiB", "{r}");
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(child)),
+        "the server over its budget still runs"
+    );
+    wait_serving(&mut s, "fx_echo", Duration::from_secs(5));
+    let st = tool_status(&mut s, "fx");
+    assert!(
+        st["last_error"].as_str().unwrap().contains("budget"),
+        "the reason names the budget: {st}"
+    );
+    let status: Value = serde_json::from_str(&text(&s.call_result("status", json!({})))).unwrap();
+    let actions = status["health"]["recovery"]["actions"].as_array().unwrap();
+    assert!(
+        actions
+            .iter()
+            .any(|a| a["action"] == "restart" && a["target"] == format!("server:fx pid {child}")),
+        "{actions:?}"
+    );
+}
