@@ -1560,6 +1560,78 @@ mod tests {
     }
 
     #[test]
+    fn mcp_servers_are_checked_and_colliding_prefixes_name_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let actors = dir.path().join("actors");
+        std::fs::create_dir(&actors).unwrap();
+        write(dir.path(), "config.toml", "");
+        let server = |name: &str, extra: &str| {
+            format!("name = \"{name}\"\nkind = \"mcp\"\ncommand = \"node\"\n{extra}")
+        };
+        write(&actors, "a.toml", &server("a", "prefix = \"gh\"\n"));
+        // Exports gh_x too: `gh_` could produce `gh_issues_x` and so could `gh_issues_`.
+        write(&actors, "b.toml", &server("b", "prefix = \"gh_issues\"\n"));
+        write(
+            &actors,
+            "c.toml",
+            "name = \"gh_tool\"\nkind = \"builtin\"\nbuiltin = \"echo\"\n",
+        );
+        write(
+            &actors,
+            "d.toml",
+            &server(
+                "d",
+                "ping_every = \"1ms\"\nrestart = \"sometimes\"\n[input]\ntype = \"object\"\n",
+            ),
+        );
+        write(
+            &actors,
+            "e.toml",
+            "name = \"e\"\nkind = \"mcp\"\nprefix = \"bad prefix\"\n",
+        );
+        write(
+            &actors,
+            "f.toml",
+            "name = \"f\"\nkind = \"builtin\"\nbuiltin = \"echo\"\nping_every = \"1s\"\n",
+        );
+        let problems = load(&dir.path().join("config.toml"), &no_env).unwrap_err();
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let has = |file: &str, field: &str, words: &[&str]| {
+            assert!(
+                problems.iter().any(|p| p.file.ends_with(file)
+                    && p.field == field
+                    && words.iter().all(|w| p.reason.contains(w))),
+                "no problem {file} {field} {words:?} in {text:#?}"
+            )
+        };
+        has("b.toml", "prefix", &["gh_issues_*", "`a`", "a.toml"]);
+        has("a.toml", "prefix", &["gh_*", "tool `gh_tool`", "c.toml"]);
+        has("d.toml", "restart", &["sometimes"]);
+        has("e.toml", "command", &["needs `command`"]);
+        has("e.toml", "prefix", &["bad prefix"]);
+        has("f.toml", "ping_every", &["only for kind = \"mcp\""]);
+        // A server and its prefix, fine on their own.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("actors")).unwrap();
+        write(dir.path(), "config.toml", "");
+        write(
+            &dir.path().join("actors"),
+            "ev.toml",
+            &server("everything", "env = { API_TOKEN = \"hunter2-secret\" }\n"),
+        );
+        let loaded = load(&dir.path().join("config.toml"), &no_env).unwrap();
+        let m = loaded.tools[0].mcp().unwrap();
+        assert_eq!(m.prefix, "everything");
+        assert_eq!(m.ping_every, DEFAULT_PING_EVERY);
+        assert_eq!(m.secrets(), ["hunter2-secret"]);
+        assert!(
+            !format!("{m:?}").contains("hunter2"),
+            "Debug shows names only"
+        );
+        assert_eq!(loaded.tools[0].actor_name(), "server:everything");
+    }
+
+    #[test]
     fn env_overrides_runtime_fields() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("tools")).unwrap();

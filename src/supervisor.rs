@@ -350,9 +350,15 @@ impl Tools {
         }
         self.servers().find_map(|entry| {
             let m = entry.spec.mcp()?;
-            name.strip_prefix(m.prefix.as_str())?.strip_prefix('_')?;
-            // A tool the server no longer lists is unknown, not forwarded.
-            let downstream = entry.catalog().tool(name).cloned()?;
+            let rest = name.strip_prefix(m.prefix.as_str())?.strip_prefix('_')?;
+            let downstream = match entry.catalog().tool(name) {
+                Some(d) => d.clone(),
+                // While the server is down its list may be stale or not yet
+                // known: the call is answered `unavailable` with a retry.
+                None if entry.actor().is_none() => Arc::from(rest),
+                // A tool the running server does not list is unknown.
+                None => return None,
+            };
             Some(Target {
                 entry,
                 downstream: Some(downstream),

@@ -35,6 +35,8 @@ use crate::tool::{Progress, ProgressFn, ToolOutput, ToolResult};
 pub const NAME: &str = "transport";
 /// Progress notifications buffered per call; past it they are dropped, not waited for.
 const PROGRESS_BUFFER: usize = 16;
+/// How long an answer waits for its call's progress reports to go out first.
+const PROGRESS_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub struct TransportActor;
 
@@ -300,11 +302,15 @@ impl ServerHandler for WardenServer {
         let progress = context
             .meta
             .get_progress_token()
-            .map(|token| progress_sink(context.peer.clone(), token));
+            .map(|token| ProgressSink::new(context.peer.clone(), token));
+        let report = progress.as_ref().map(|p| p.report.clone());
         let outcome = self
             .runtime
-            .call(&tool, request.arguments, context.ct.clone(), progress)
+            .call(&tool, request.arguments, context.ct.clone(), report)
             .await;
+        if let Some(progress) = progress {
+            progress.finish().await;
+        }
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         match outcome {
             Err(CallError::UnknownTool(name)) => {
@@ -403,23 +409,67 @@ pub fn error_result(e: &ToolError) -> CallToolResult {
 
 /// Progress of one call, forwarded to the client in order by one task; a
 /// client that reads slowly loses progress reports, never a response.
-fn progress_sink(peer: rmcp::Peer<RoleServer>, token: rmcp::model::ProgressToken) -> ProgressFn {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Progress>(PROGRESS_BUFFER);
-    tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
-            let mut param = ProgressNotificationParam::new(token.clone(), p.progress);
-            if let Some(total) = p.total {
-                param = param.with_total(total);
+struct ProgressSink {
+    report: ProgressFn,
+    tx: tokio::sync::mpsc::Sender<SinkMsg>,
+    /// Set once the call is answered: later reports are dropped, as the
+    /// client no longer knows the token.
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+enum SinkMsg {
+    Report(Progress),
+    /// Answered once every report before it was sent.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl ProgressSink {
+    fn new(peer: rmcp::Peer<RoleServer>, token: rmcp::model::ProgressToken) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<SinkMsg>(PROGRESS_BUFFER);
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                let p = match msg {
+                    SinkMsg::Report(p) => p,
+                    SinkMsg::Flush(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
+                let mut param = ProgressNotificationParam::new(token.clone(), p.progress);
+                if let Some(total) = p.total {
+                    param = param.with_total(total);
+                }
+                if let Some(message) = p.message {
+                    param = param.with_message(message);
+                }
+                if peer.notify_progress(param).await.is_err() {
+                    break;
+                }
             }
-            if let Some(message) = p.message {
-                param = param.with_message(message);
+        });
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let report = {
+            let (tx, closed) = (tx.clone(), closed.clone());
+            Arc::new(move |p| {
+                if !closed.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = tx.try_send(SinkMsg::Report(p));
+                }
+            })
+        };
+        ProgressSink { report, tx, closed }
+    }
+
+    /// Before the answer goes out: the reports made so far go first, and
+    /// none come after it.
+    async fn finish(self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        let _ = tokio::time::timeout(PROGRESS_FLUSH_DEADLINE, async {
+            if self.tx.send(SinkMsg::Flush(done)).await.is_ok() {
+                let _ = flushed.await;
             }
-            if peer.notify_progress(param).await.is_err() {
-                break;
-            }
-        }
-    });
-    Arc::new(move |p| {
-        let _ = tx.try_send(p);
-    })
+        })
+        .await;
+    }
 }

@@ -159,6 +159,16 @@ impl Server {
         }
     }
 
+    /// The messages matching `want` that arrived before the ones asked for
+    /// so far (read, not yet taken), in order; newer ones are left unread.
+    pub fn arrived_before(&mut self, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let (taken, kept): (VecDeque<Value>, VecDeque<Value>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|v| want(v));
+        self.pending = kept;
+        taken.into()
+    }
+
     /// The response to request `id` (a result or an error object).
     pub fn response(&mut self, id: i64) -> Value {
         self.next_matching(ANSWER_DEADLINE, |v| {

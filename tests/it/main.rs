@@ -5,6 +5,7 @@ mod harness;
 mod breaker;
 mod chaos;
 mod errors;
+mod everything;
 mod gateway;
 mod http;
 mod logs;
