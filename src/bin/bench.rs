@@ -1,13 +1,16 @@
 //! `warden-bench`: a load driver for stdio MCP servers.
 //!
 //! ```text
-//! warden-bench --name LABEL --calls N --concurrency C -- <server command and args...>
+//! warden-bench --name LABEL --calls N --concurrency C [--tool echo] [--expect TEXT]
+//!              -- <server command and args...>
 //! ```
 //!
 //! It starts the server with piped stdin/stdout, does the `initialize`
-//! handshake, then runs N `tools/call`s of `echo` one at a time and N with C
-//! in flight, and prints one line of JSON with the timings and the server's
-//! memory. It speaks raw newline-delimited JSON-RPC rather than going through
+//! handshake, calls the tool until it first answers (a gateway starts its
+//! downstream server in the background), then runs N `tools/call`s one at a
+//! time and N with C in flight, and prints one line of JSON with the timings
+//! and the memory of the server and of its whole process tree. Every answer
+//! must be text `--expect` (default: the message sent). It speaks raw newline-delimited JSON-RPC rather than going through
 //! the rmcp client, so that it adds the same small overhead to every server.
 
 use std::collections::HashMap;
@@ -31,8 +34,10 @@ const PROTOCOL_VERSION: &str = "2025-11-25";
 /// What every call sends, and what every answer must carry back.
 const MESSAGE: &str = "hello";
 
-const USAGE: &str =
-    "usage: warden-bench --name LABEL --calls N --concurrency C -- <server command and args...>";
+/// How long the tool may take to answer its first call.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+const USAGE: &str = "usage: warden-bench --name LABEL --calls N --concurrency C [--tool echo] [--expect TEXT] -- <server command and args...>";
 
 struct Args {
     name: String,
@@ -41,8 +46,13 @@ struct Args {
     command: Vec<String>,
 }
 
+/// The tool called and the text its answer must be: set once in `main`.
+static ECHO: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
 fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut name = None;
+    let mut tool = "echo".to_string();
+    let mut expect = MESSAGE.to_string();
     let mut calls = None;
     let mut concurrency = None;
     let mut i = 0;
@@ -71,6 +81,8 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--name" => name = Some(value),
             "--calls" => calls = Some(parse_count(key, &value)?),
             "--concurrency" => concurrency = Some(parse_count(key, &value)?),
+            "--tool" => tool = value,
+            "--expect" => expect = value,
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
         i += 1;
@@ -79,6 +91,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     if command.is_empty() {
         return Err(format!("no server command after `--`\n{USAGE}"));
     }
+    let _ = ECHO.set((tool, expect));
     Ok(Args {
         name: name.ok_or_else(|| format!("--name is required\n{USAGE}"))?,
         calls: calls.ok_or_else(|| format!("--calls is required\n{USAGE}"))?,
@@ -152,16 +165,20 @@ impl Session {
     }
 }
 
+fn echo() -> &'static (String, String) {
+    ECHO.get().expect("set by parse_args")
+}
+
 fn echo_call(id: u64) -> Value {
     json!({
         "jsonrpc": "2.0",
         "id": id,
         "method": "tools/call",
-        "params": {"name": "echo", "arguments": {"message": MESSAGE}}
+        "params": {"name": echo().0, "arguments": {"message": MESSAGE}}
     })
 }
 
-/// Whether a `tools/call` response is a successful echo of [`MESSAGE`].
+/// Whether a `tools/call` response is a successful answer with the expected text.
 fn is_echo(msg: &Value) -> bool {
     let Some(result) = msg.get("result") else {
         return false;
@@ -175,7 +192,7 @@ fn is_echo(msg: &Value) -> bool {
         .and_then(|c| c.first());
     matches!(first, Some(block)
         if block.get("type").and_then(Value::as_str) == Some("text")
-            && block.get("text").and_then(Value::as_str) == Some(MESSAGE))
+            && block.get("text").and_then(Value::as_str) == Some(echo().1.as_str()))
 }
 
 /// Latencies of one phase and how long it took.
@@ -212,9 +229,10 @@ impl Phase {
             return Ok(());
         }
         Err(format!(
-            "{label}: {} of {} calls did not echo {MESSAGE:?}; the first: {}",
+            "{label}: {} of {} calls did not answer {:?}; the first: {}",
             self.failures,
             self.latencies_us.len(),
+            echo().1,
             self.first_failure.as_deref().unwrap_or("?")
         ))
     }
@@ -300,6 +318,41 @@ async fn concurrent(
     Ok(phase)
 }
 
+/// VmRSS of a process and all its descendants, in KiB.
+fn tree_rss_kib(root: u32) -> u64 {
+    let mut parent = HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent.insert(pid, ppid);
+        }
+    }
+    let descends = |mut pid: u32| loop {
+        if pid == root {
+            return true;
+        }
+        match parent.get(&pid) {
+            Some(&p) if p != pid && p != 0 => pid = p,
+            _ => return false,
+        }
+    };
+    parent
+        .keys()
+        .filter(|&&pid| descends(pid))
+        .filter_map(|&pid| rss_kib(pid).ok())
+        .sum()
+}
+
 /// VmRSS of a process, in KiB.
 fn rss_kib(pid: u32) -> Result<u64, String> {
     let path = format!("/proc/{pid}/status");
@@ -350,10 +403,26 @@ async fn run(args: &Args, child: &mut Option<Child>) -> Result<Value, String> {
     s.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
         .await?;
 
+    // Until the tool first answers: a gateway starts its servers meanwhile.
+    let mut next_id = 1u64;
+    let first_call = loop {
+        let id = next_id;
+        next_id += 1;
+        s.send(&echo_call(id)).await?;
+        let (got, msg, at) = s.response().await?;
+        if got == id && is_echo(&msg) {
+            break at.duration_since(spawned_at);
+        }
+        if spawned_at.elapsed() > READY_DEADLINE {
+            return Err(format!("no good answer within {READY_DEADLINE:?}: {msg}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+
     tokio::time::sleep(IDLE_SETTLE).await;
     let rss_idle = rss_kib(pid)?;
+    let tree_idle = tree_rss_kib(pid);
 
-    let mut next_id = 1u64;
     let mut seq = sequential(&mut s, &mut next_id, args.calls).await?;
     seq.check("sequential")?;
     let mut conc = concurrent(&mut s, &mut next_id, args.calls, args.concurrency).await?;
@@ -383,7 +452,9 @@ async fn run(args: &Args, child: &mut Option<Child>) -> Result<Value, String> {
     Ok(json!({
         "name": args.name,
         "ready_ms": (ready.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+        "first_call_ms": (first_call.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
         "rss_idle_kib": rss_idle,
+        "tree_rss_idle_kib": tree_idle,
         "rss_after_kib": rss_after,
         "seq": seq.summary(),
         "conc": conc.summary(),
