@@ -288,21 +288,8 @@ impl Link {
                 format!("MCP server `{}` answered `{tool}` with something other than a tool result (a task or an input request, which warden does not relay).", self.server),
                 "Use the server directly for this tool, or ask its author for a plain result.",
             )),
-            Ok(Err(ServiceError::McpError(e))) => {
-                let kind = if e.code == rmcp::model::ErrorCode::INVALID_PARAMS {
-                    ErrorKind::Validation
-                } else {
-                    ErrorKind::ExecutionFailed
-                };
-                Err(ToolError::new(
-                    kind,
-                    format!("MCP server `{}` refused `{tool}`: {}", self.server, e.message),
-                    "Check the arguments against the tool's inputSchema (tools/list shows it).",
-                )
-                .detail("code", e.code.0)
-                .detail("data", e.data.clone().unwrap_or(Value::Null)))
-            }
-            Ok(Err(_)) | Err(_) => Err(self.gone().await),
+            Ok(Err(e)) => Err(self.failed(e, &format!("`{tool}`")).await),
+            Err(_) => Err(self.gone().await),
         }
     }
 
@@ -314,7 +301,7 @@ impl Link {
     ) -> Result<GetPromptResponse, ToolError> {
         match tokio::time::timeout(deadline, self.peer.get_prompt_once(params)).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(self.failed(e).await),
+            Ok(Err(e)) => Err(self.failed(e, "the prompt request").await),
             Err(_) => Err(self.late(deadline)),
         }
     }
@@ -327,19 +314,29 @@ impl Link {
     ) -> Result<ReadResourceResponse, ToolError> {
         match tokio::time::timeout(deadline, self.peer.read_resource_once(params)).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(self.failed(e).await),
+            Ok(Err(e)) => Err(self.failed(e, "the resource request").await),
             Err(_) => Err(self.late(deadline)),
         }
     }
 
-    async fn failed(&self, e: ServiceError) -> ToolError {
+    /// A request that got no result: the server's JSON-RPC error (bad
+    /// parameters are a `validation` error), or the server's end.
+    async fn failed(&self, e: ServiceError, what: &str) -> ToolError {
         match e {
-            ServiceError::McpError(e) => ToolError::new(
-                ErrorKind::ExecutionFailed,
-                format!("MCP server `{}` refused: {}", self.server, e.message),
-                "Check the request; the server's message says what it objected to.",
-            )
-            .detail("code", e.code.0),
+            ServiceError::McpError(e) => {
+                let kind = if e.code == rmcp::model::ErrorCode::INVALID_PARAMS {
+                    ErrorKind::Validation
+                } else {
+                    ErrorKind::ExecutionFailed
+                };
+                ToolError::new(
+                    kind,
+                    format!("MCP server `{}` refused {what}: {}", self.server, e.message),
+                    "Check the arguments against the server's schema (tools/list shows it); the message says what it objected to.",
+                )
+                .detail("code", e.code.0)
+                .detail("data", e.data.unwrap_or(Value::Null))
+            }
             ServiceError::TransportClosed | ServiceError::TransportSend(_) => self.gone().await,
             other => ToolError::internal(format!("MCP server `{}`: {other}", self.server)),
         }
