@@ -897,24 +897,32 @@ async fn log_stderr(
     let mut reader = tokio::io::BufReader::new(stderr);
     let mut line = Vec::new();
     let mut dropped: u64 = 0;
+    // The count of dropped lines goes to the log once a second, flood or not.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         line.clear();
         // Bounded: a line without a newline is read in pieces, not buffered whole.
-        match (&mut reader)
-            .take(STDERR_LINE_MAX as u64)
-            .read_until(b'\n', &mut line)
-            .await
-        {
+        let mut limited = (&mut reader).take(STDERR_LINE_MAX as u64);
+        let read = limited.read_until(b'\n', &mut line);
+        tokio::pin!(read);
+        let n = loop {
+            tokio::select! {
+                n = &mut read => break n,
+                _ = tick.tick() => {
+                    if dropped > 0 {
+                        tracing::warn!(actor = %actor, dropped, "server stderr lines dropped (over {STDERR_LINES_PER_SECOND}/s)");
+                        dropped = 0;
+                    }
+                }
+            }
+        };
+        match n {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
         if bucket.try_take(Instant::now()).is_err() {
             dropped += 1;
             continue;
-        }
-        if dropped > 0 {
-            tracing::warn!(actor = %actor, dropped, "server stderr lines dropped (over {STDERR_LINES_PER_SECOND}/s)");
-            dropped = 0;
         }
         let text = String::from_utf8_lossy(&line);
         let text = redact(text.trim_end());

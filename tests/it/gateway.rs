@@ -573,3 +573,54 @@ fn warden_kill_of_a_server_actor_kills_its_process_and_it_is_restarted() {
     assert_eq!(st["restarts"], 1, "{st}");
     assert_ne!(st["server"]["pid"], json!(child), "{st}");
 }
+
+#[test]
+fn a_hung_call_times_out_and_is_cancelled_downstream() {
+    let mut s = start(&[], "timeout = \"500ms\"\n");
+    let t0 = std::time::Instant::now();
+    let r = s.call_result("fx_hang", json!({}));
+    assert_eq!(kind(&r), "timeout", "{r}");
+    assert!(text(&r).contains("cancelled downstream"), "{r}");
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    // The server itself is fine: only that call was given up.
+    assert_eq!(
+        text(&s.call_result("fx_echo", json!({"message": "fine"}))),
+        "fine"
+    );
+    assert_eq!(tool_status(&mut s, "fx")["restarts"], 0);
+}
+
+#[test]
+fn a_stderr_flood_is_rate_limited_and_the_server_keeps_serving() {
+    let mut s = start(&[], "");
+    let r = s.call_result("fx_flood_stderr", json!({"lines": 50000}));
+    assert_eq!(text(&r), "flooded 50000", "{r}");
+    assert_eq!(
+        text(&s.call_result("fx_echo", json!({"message": "up"}))),
+        "up"
+    );
+    // Counted in the log, once a second.
+    let dropped = |s: &Server| -> u64 {
+        s.log_lines()
+            .iter()
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("server stderr lines dropped"))
+            })
+            .map(|l| l["dropped"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || dropped(&s) > 40000),
+        "{} dropped lines counted",
+        dropped(&s)
+    );
+    let logged = s
+        .log_lines()
+        .iter()
+        .filter(|l| l["message"] == "server stderr")
+        .count();
+    assert!(logged < 2000, "{logged} stderr lines logged");
+}
