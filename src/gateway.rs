@@ -299,11 +299,12 @@ impl Link {
         params: GetPromptRequestParams,
         deadline: Duration,
     ) -> Result<GetPromptResponse, ToolError> {
-        match tokio::time::timeout(deadline, self.peer.get_prompt_once(params)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(self.failed(e, "the prompt request").await),
-            Err(_) => Err(self.late(deadline)),
-        }
+        self.within(
+            deadline,
+            "the prompt request",
+            self.peer.get_prompt_once(params),
+        )
+        .await
     }
 
     /// Forwards `resources/read` under a deadline.
@@ -312,10 +313,34 @@ impl Link {
         params: ReadResourceRequestParams,
         deadline: Duration,
     ) -> Result<ReadResourceResponse, ToolError> {
-        match tokio::time::timeout(deadline, self.peer.read_resource_once(params)).await {
+        self.within(
+            deadline,
+            "the resource request",
+            self.peer.read_resource_once(params),
+        )
+        .await
+    }
+
+    /// A request's answer, or why there is none: a refusal, the server's end,
+    /// or no answer within `deadline`.
+    async fn within<T>(
+        &self,
+        deadline: Duration,
+        what: &str,
+        request: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ToolError> {
+        match tokio::time::timeout(deadline, request).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(self.failed(e, "the resource request").await),
-            Err(_) => Err(self.late(deadline)),
+            Ok(Err(e)) => Err(self.failed(e, what).await),
+            Err(_) => Err(ToolError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "MCP server `{}` did not answer {what} within {}.",
+                    self.server,
+                    humantime::format_duration(deadline)
+                ),
+                "Retry later; `warden status` shows the server.",
+            )),
         }
     }
 
@@ -340,18 +365,6 @@ impl Link {
             ServiceError::TransportClosed | ServiceError::TransportSend(_) => self.gone().await,
             other => ToolError::internal(format!("MCP server `{}`: {other}", self.server)),
         }
-    }
-
-    fn late(&self, deadline: Duration) -> ToolError {
-        ToolError::new(
-            ErrorKind::Timeout,
-            format!(
-                "MCP server `{}` did not answer within {}.",
-                self.server,
-                humantime::format_duration(deadline)
-            ),
-            "Retry later; `warden status` shows the server.",
-        )
     }
 
     /// The answer for a call whose connection closed under it: the server

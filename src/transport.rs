@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::error::ToolError;
-use crate::gateway::Link;
+use crate::gateway::{Catalog, Link};
 use crate::root::RootMsg;
 use crate::runtime::{CallError, Notice, Runtime};
 use crate::stdio::StdioTransport;
@@ -151,6 +151,17 @@ impl WardenServer {
     }
 }
 
+impl WardenServer {
+    /// What the MCP servers export, one list from each server's catalog.
+    fn exported<T>(&self, list: impl Fn(&Catalog) -> Vec<T>) -> Vec<T> {
+        self.runtime
+            .tools
+            .servers()
+            .flat_map(|server| list(&server.catalog()))
+            .collect()
+    }
+}
+
 // Logging is deprecated by SEP-2577, but clients such as the MCP Inspector
 // still send logging/setLevel, and answering -32601 breaks them.
 #[allow(deprecated)]
@@ -189,9 +200,7 @@ impl ServerHandler for WardenServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let mut tools = self.tools.as_ref().clone();
-        for server in self.runtime.tools.servers() {
-            tools.extend(server.catalog().tools.iter().map(|(t, _)| t.clone()));
-        }
+        tools.extend(self.exported(|c| c.tools.iter().map(|(t, _)| t.clone()).collect()));
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -200,11 +209,9 @@ impl ServerHandler for WardenServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        let mut prompts = Vec::new();
-        for server in self.runtime.tools.servers() {
-            prompts.extend(server.catalog().prompts.iter().map(|(p, _)| p.clone()));
-        }
-        Ok(ListPromptsResult::with_all_items(prompts))
+        Ok(ListPromptsResult::with_all_items(self.exported(|c| {
+            c.prompts.iter().map(|(p, _)| p.clone()).collect()
+        })))
     }
 
     async fn get_prompt(
@@ -237,11 +244,9 @@ impl ServerHandler for WardenServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        let mut resources = Vec::new();
-        for server in self.runtime.tools.servers() {
-            resources.extend(server.catalog().resources.iter().cloned());
-        }
-        Ok(ListResourcesResult::with_all_items(resources))
+        Ok(ListResourcesResult::with_all_items(
+            self.exported(|c| c.resources.clone()),
+        ))
     }
 
     async fn list_resource_templates(
@@ -249,11 +254,9 @@ impl ServerHandler for WardenServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        let mut templates = Vec::new();
-        for server in self.runtime.tools.servers() {
-            templates.extend(server.catalog().templates.iter().cloned());
-        }
-        Ok(ListResourceTemplatesResult::with_all_items(templates))
+        Ok(ListResourceTemplatesResult::with_all_items(
+            self.exported(|c| c.templates.clone()),
+        ))
     }
 
     async fn read_resource(
