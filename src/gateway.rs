@@ -58,6 +58,9 @@ const MISSED_PINGS_WEDGED: u32 = 2;
 /// How long a call whose connection closed waits for the child's exit
 /// status, so its answer can say how the server ended.
 const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
+/// How long a server stopped by warden gets to exit on its own after its
+/// stdin is closed, before its group is killed.
+const STOP_GRACE: Duration = Duration::from_millis(1000);
 /// How long sending a cancellation downstream may take before it is given up.
 const CANCEL_SEND_DEADLINE: Duration = Duration::from_millis(200);
 
@@ -693,10 +696,14 @@ impl Actor for ServerActor {
         _myself: ActorRef<ServerMsg>,
         state: &mut ServerState,
     ) -> Result<(), ActorProcessingErr> {
-        // Calls still waiting on the link are answered at once (their
-        // channel closes); the group dies with `state.group`.
+        // As the MCP spec asks of a client: close the server's stdin and give
+        // it a moment to exit on its own; then its whole group is killed.
+        // Calls still waiting on the link are answered at once either way.
         if let Some(service) = &state.service {
             service.cancellation_token().cancel();
+            if state.exit.is_none() {
+                let _ = tokio::time::timeout(STOP_GRACE, wait_ended(state.ended.clone())).await;
+            }
         }
         state.group.kill();
         Ok(())

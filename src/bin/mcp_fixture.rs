@@ -13,6 +13,8 @@
 //! --garbage-first             write `this is not json` to stdout before serving
 //! --exit-on-initialize CODE   exit CODE when `initialize` arrives, unanswered
 //! --extra-tool                start with the `extra` tool listed
+//! --on-clean-exit PATH        append `clean exit` to PATH when the session
+//!                             ends because stdin closed
 //! --grandchild                start `sleep 600` below itself (as `npx` starts
 //!                             `node`) and append its pid to the pidfile too
 //!
@@ -79,6 +81,7 @@ struct Options {
     env_to_stderr: Vec<String>,
     extra_tool: bool,
     grandchild: bool,
+    on_clean_exit: Option<String>,
 }
 
 impl Options {
@@ -98,6 +101,7 @@ impl Options {
                 "--env-to-stderr" => opts.env_to_stderr.push(value()?),
                 "--extra-tool" => opts.extra_tool = true,
                 "--grandchild" => opts.grandchild = true,
+                "--on-clean-exit" => opts.on_clean_exit = Some(value()?),
                 _ => return Err(format!("unknown flag `{flag}`")),
             }
         }
@@ -648,7 +652,16 @@ fn main() -> std::process::ExitCode {
             .map_err(|e| format!("session task failed: {e}"))
     });
     match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => {
+            if let Some(path) = &opts.on_clean_exit {
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .and_then(|mut f| writeln!(f, "clean exit"));
+            }
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("warden-mcp-fixture: {e}");
             std::process::ExitCode::from(1)

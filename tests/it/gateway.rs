@@ -624,3 +624,57 @@ fn a_stderr_flood_is_rate_limited_and_the_server_keeps_serving() {
         .count();
     assert!(logged < 2000, "{logged} stderr lines logged");
 }
+
+#[test]
+fn at_shutdown_a_server_gets_its_stdin_closed_and_exits_on_its_own() {
+    let setup = Setup::new(CONFIG);
+    let marker = setup.path().join("exited");
+    let actor = mcp_actor("fx", &["--on-clean-exit", marker.to_str().unwrap()], "");
+    let mut s = setup.actor("fx", &actor).start();
+    s.initialize();
+    wait_serving(&mut s, "fx_echo", Duration::from_secs(10));
+    s.close_stdin();
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        "clean exit\n",
+        "the server was killed instead of being let go"
+    );
+}
+
+#[test]
+fn a_server_failed_past_its_budget_is_tried_again_after_the_cooloff() {
+    let config = "[log]\nstderr = \"warn\"\n[supervisor]\nmax_restarts = 1\nbackoff = { min = \"20ms\", max = \"50ms\" }\ncooloff = \"1s\"\n";
+    let mut s = Setup::new(config)
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+        .actor(
+            "dies",
+            &mcp_actor("dies", &["--exit-on-initialize", "4"], ""),
+        )
+        .start();
+    s.initialize();
+    assert!(
+        eventually(Duration::from_secs(5), || tool_status(&mut s, "dies")
+            ["state"]
+            == "failed"),
+        "{}",
+        tool_status(&mut s, "dies")
+    );
+    let r = s.call_result("dies_anything", json!({}));
+    assert_eq!(kind(&r), "unavailable", "{r}");
+    assert!(
+        r["structuredContent"]["retry_after_ms"].as_u64().unwrap() <= 1000,
+        "{r}"
+    );
+    let before = tool_status(&mut s, "dies")["restarts"].as_u64().unwrap();
+    // After the cool-off it is started again with a fresh budget (and fails again).
+    assert!(
+        eventually(Duration::from_secs(5), || tool_status(&mut s, "dies")
+            ["restarts"]
+            .as_u64()
+            .unwrap()
+            > before),
+        "never tried again: {}",
+        tool_status(&mut s, "dies")
+    );
+}
