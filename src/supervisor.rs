@@ -234,10 +234,6 @@ impl ToolEntry {
         self.calls.lock().unwrap().values().min().copied()
     }
 
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap().clone()
-    }
-
     pub fn set_last_error(&self, e: impl Into<String>) {
         *self.last_error.lock().unwrap() = Some(e.into());
     }
@@ -536,8 +532,9 @@ impl Actor for ToolsSupervisor {
             state.on_failure(&myself, &entry, &format!("tool actor {reason}"), false);
             return Ok(());
         };
-        // The server's own account of its end is the better reason.
-        let why = entry.last_error().unwrap_or(reason);
+        // The reason the server's actor stopped with says how the server ended;
+        // a killed actor says so instead.
+        let why = format!("server {reason}");
         let clean = entry.take_clean_exit();
         let stays_down = match m.restart {
             RestartType::Permanent => false,
