@@ -299,9 +299,11 @@ impl Runtime {
             (Handle::Factory(actor), _) => {
                 self.dispatch(entry, actor, args, cancel, progress).await
             }
+            // Boxed: the forwarding future holds rmcp's request machinery
+            // and is large; inline, every call's future (builtins too) would
+            // be that large, and tokio copies it when the task is spawned.
             (Handle::Server(link), Some(downstream)) => {
-                self.forward(entry, &link, &downstream, args, cancel, progress)
-                    .await
+                Box::pin(self.forward(entry, &link, &downstream, args, cancel, progress)).await
             }
             (Handle::Server(_), None) => Err(ToolError::internal(format!(
                 "`{tool}` is an MCP server, not a tool"

@@ -234,7 +234,9 @@ impl ServerHandler for WardenServer {
         };
         request.name = downstream;
         let link = running_link(&server)?;
-        link.get_prompt(request, server.spec.timeout)
+        // Boxed, like every forwarded request: rmcp spawns one future type
+        // for every request, as large as its largest branch, and copies it.
+        Box::pin(link.get_prompt(request, server.spec.timeout))
             .await
             .map_err(|e| McpError::internal_error(e.text(), Some(e.to_json())))
     }
@@ -280,7 +282,7 @@ impl ServerHandler for WardenServer {
             ));
         };
         let link = running_link(&server)?;
-        link.read_resource(request, server.spec.timeout)
+        Box::pin(link.read_resource(request, server.spec.timeout))
             .await
             .map_err(|e| McpError::internal_error(e.text(), Some(e.to_json())))
     }
