@@ -710,7 +710,7 @@ impl ToolSpec {
     /// `server:<name>` for an MCP server.
     pub fn actor_name(&self) -> String {
         match self.kind {
-            ToolKindSpec::Mcp(_) => format!("server:{}", self.name),
+            ToolKindSpec::Mcp(_) => crate::gateway::actor_name(&self.name),
             _ => crate::tool::actor_name(&self.name),
         }
     }

@@ -446,7 +446,8 @@ fn finish(
         .detail("duration_ms", elapsed.as_millis() as u64))
 }
 
-/// A program as messages name it: its file name.
+/// The program as messages name it: its file name, not the path from the
+/// actor file (which the operator has, and which would crowd out the reason).
 pub fn program_name(program: &str) -> &str {
     program.rsplit('/').next().unwrap_or(program)
 }

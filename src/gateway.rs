@@ -495,8 +495,7 @@ pub struct ServerState {
     entry: Arc<ToolEntry>,
     runtime: Arc<Runtime>,
     pid: i32,
-    /// Set once started: the connection calls go through.
-    link: Option<Arc<Link>>,
+    /// Set once started (the link itself lives in the tool's entry).
     service: Option<RunningService<RoleClient, Downstream>>,
     progress: ProgressRoutes,
     ended: watch::Receiver<Option<String>>,
@@ -609,7 +608,6 @@ impl Actor for ServerActor {
             entry,
             runtime,
             pid,
-            link: None,
             service: None,
             progress,
             ended,
@@ -658,7 +656,7 @@ impl Actor for ServerActor {
             ServerMsg::Exited(how, clean) => {
                 state.exit = Some((how.clone(), clean));
                 // Still starting: the starter's report comes next and says it.
-                if state.link.is_some() {
+                if state.service.is_some() {
                     state.ended_after_start(&myself, how, clean);
                 }
             }
@@ -769,8 +767,7 @@ impl ServerState {
         ));
         self.tasks.0.push(pinger.abort_handle());
         self.entry
-            .set(ToolState::Running, Some(Handle::Server(link.clone())));
-        self.link = Some(link);
+            .set(ToolState::Running, Some(Handle::Server(link)));
         self.service = Some(service);
     }
 }
