@@ -1,0 +1,75 @@
+//! The CI-sized chaos run: `warden-chaos` for 30 s against the real binary.
+//!
+//! A test target of its own: cargo runs test targets one after another, so
+//! its 32 calls in flight and its kills do not share the machine with the
+//! timing of the integration tests in `tests/it`. `scripts/chaos` runs the
+//! same driver for as long as asked.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const CHAOS: &str = env!("CARGO_BIN_EXE_warden-chaos");
+/// The run is 30 s; drain, exit and the final checks take seconds more.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+#[test]
+fn thirty_seconds_of_chaos_lose_no_answer_and_leave_no_process() {
+    let mut child = Command::new(CHAOS)
+        .args(["--duration", "30s", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start warden-chaos");
+    let until = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("warden-chaos did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let r: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
+
+    // The invariants: each one is a count the driver made from what it saw.
+    for field in [
+        "lost",
+        "twice",
+        "late",
+        "wrong",
+        "unsolicited",
+        "garbage",
+        "zombies",
+        "orphans",
+    ] {
+        assert_eq!(r[field], 0, "{field}: {}", r["examples"]);
+    }
+    assert_eq!(r["exit"], "exit status: 0", "warden's own exit");
+    assert!(status.success(), "warden-chaos exited {status}");
+
+    // And the run was a real one: load was answered, and chaos happened.
+    assert!(r["sent"].as_u64().unwrap() >= 1000, "{}", r["sent"]);
+    assert!(r["ok"].as_u64().unwrap() >= 100, "{}", r["ok"]);
+    let chaos: u64 = r["chaos"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert!(chaos >= 20, "only {chaos} chaos actions");
+    assert!(r["processes_seen"].as_u64().unwrap() >= 10);
+    assert!(
+        r["recovery"]["trim"].as_u64().unwrap_or(0) >= 1,
+        "memory never reached trim: {}",
+        r["recovery"]
+    );
+}
