@@ -2,8 +2,11 @@
 //!
 //! rmcp's own stdio transport ends the session on a notification before
 //! `initialize`, and drops bad lines silently. This one keeps a bad client
-//! served: a line that is not JSON is logged and skipped; JSON that is not a
-//! valid message is answered with a JSON-RPC error when it carries an id; a
+//! served: a line that is not JSON is answered with a parse error (-32700) on
+//! the id it names, found without parsing it (null if it names none); JSON
+//! that is not a valid message is answered with a JSON-RPC error; a request
+//! reusing the id of one still in flight is refused (rmcp would otherwise
+//! drop one of the two answers); a
 //! notification or response before `initialize` is logged and dropped; a line
 //! longer than `server.max_line` is skipped without being held in memory.
 //! On EOF or SIGTERM it stops taking requests and ends the session once the
@@ -55,6 +58,10 @@ impl Pending {
         }
         drop(ids);
         self.answered.notify_waiters();
+    }
+
+    fn contains(&self, id: &RequestId) -> bool {
+        self.ids.lock().unwrap().contains_key(id)
     }
 
     fn len(&self) -> usize {
@@ -209,13 +216,18 @@ where
                 Some(msg)
             }
             Err(parse_error) => {
-                let Ok(value) = serde_json::from_slice::<Value>(text) else {
-                    tracing::warn!(
-                        actor = "transport",
-                        bytes = text.len(),
-                        "skipped a line that is not JSON"
-                    );
-                    return None;
+                let value = match serde_json::from_slice::<Value>(text) {
+                    Ok(value) => value,
+                    Err(e) => {
+                        // Not JSON: invalid UTF-8, a raw control character,
+                        // nesting deeper than serde_json's limit, or noise.
+                        let id = top_level_id(text);
+                        tracing::warn!(actor = "transport", bytes = text.len(), request_id = ?id, error = %e, "answered a line that is not JSON");
+                        let error = ErrorData::parse_error(format!("not valid JSON: {e}"), None);
+                        let _ = Self::write(&self.writer, &ServerJsonRpcMessage::error(error, id))
+                            .await;
+                        return None;
+                    }
                 };
                 let id = value
                     .get("id")
@@ -343,6 +355,19 @@ where
                     let msg = self.classify().await;
                     self.line.clear();
                     match &msg {
+                        Some(ClientJsonRpcMessage::Request(r)) if self.pending.contains(&r.id) => {
+                            tracing::warn!(actor = "transport", request_id = %r.id, "refused a request reusing the id of one in flight");
+                            let error = ErrorData::invalid_request(
+                                format!("request id {} is already in use by a request that has not been answered; use a new id", r.id),
+                                None,
+                            );
+                            let _ = Self::write(
+                                &self.writer,
+                                &ServerJsonRpcMessage::error(error, Some(r.id.clone())),
+                            )
+                            .await;
+                            continue;
+                        }
                         Some(ClientJsonRpcMessage::Request(r)) => self.pending.add(&r.id),
                         Some(ClientJsonRpcMessage::Notification(n)) => {
                             // A cancelled request may never be answered: stop waiting for it.
@@ -406,6 +431,64 @@ fn is_standard_method(request: &ClientRequest) -> bool {
         .any(|p| m.starts_with(p))
 }
 
+/// The `id` of a line whose top level is a JSON object, found without
+/// parsing the rest of it: a line that is not JSON (invalid UTF-8, nesting
+/// past serde_json's limit, a raw control character in a string) may still
+/// name its request, and then it gets its answer. A loop, not recursion, so
+/// no depth costs stack.
+fn top_level_id(text: &[u8]) -> Option<RequestId> {
+    /// The index just past the string whose opening quote is at `start`.
+    fn string_end(text: &[u8], start: usize) -> Option<usize> {
+        let mut i = start + 1;
+        while i < text.len() {
+            match text[i] {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+        None
+    }
+    if text.first() != Some(&b'{') {
+        return None;
+    }
+    let mut depth = 0usize;
+    // At depth 1, the next string is a key (after `{` or `,`).
+    let mut key_next = false;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                let end = string_end(text, i)?;
+                if depth == 1 && key_next && &text[i..end] == b"\"id\"" {
+                    let value = text[end..].trim_ascii_start().strip_prefix(b":")?;
+                    let value = value.trim_ascii_start();
+                    let len = match value.first() {
+                        Some(b'"') => string_end(value, 0)?,
+                        _ => value
+                            .iter()
+                            .position(|&b| b == b',' || b == b'}' || b.is_ascii_whitespace())
+                            .unwrap_or(value.len()),
+                    };
+                    return serde_json::from_slice(&value[..len]).ok();
+                }
+                key_next = false;
+                i = end;
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                key_next = depth == 1;
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' => key_next = depth == 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 fn memchr(buf: &[u8]) -> Option<usize> {
     buf.iter().position(|&b| b == b'\n')
 }
@@ -420,5 +503,44 @@ fn message_kind(msg: &ClientJsonRpcMessage) -> &'static str {
         ClientJsonRpcMessage::Response(_) => "response",
         ClientJsonRpcMessage::Notification(_) => "notification",
         ClientJsonRpcMessage::Error(_) => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(line: &[u8]) -> Option<String> {
+        top_level_id(line).map(|id| id.to_string())
+    }
+
+    #[test]
+    fn the_id_of_a_line_that_is_not_json() {
+        let deep = [
+            b"{\"params\":".as_slice(),
+            &[b'['; 100_000],
+            &[b']'; 100_000],
+            b", \"id\": 7}",
+        ]
+        .concat();
+        assert_eq!(id(&deep).as_deref(), Some("7"));
+        assert_eq!(
+            id(b"{\"jsonrpc\":\"2.0\",\"id\":\"a\\\"b\",\"x\":\"\xff\"}").as_deref(),
+            Some("a\"b")
+        );
+        assert_eq!(
+            id(b"{\"method\":\"x\",\"id\":12,\"s\":\"a\x00b\"").as_deref(),
+            Some("12")
+        );
+        // Only the top level's key counts, not a nested one or a value.
+        assert_eq!(
+            id(b"{\"params\":{\"id\":5},\"x\":\"id\",\"id\":6}").as_deref(),
+            Some("6")
+        );
+        assert_eq!(id(b"{\"params\":{\"id\":5}}"), None);
+        assert_eq!(id(b"[{\"id\":5}]"), None);
+        assert_eq!(id(b"not json"), None);
+        assert_eq!(id(b"{\"id\":[1]}"), None);
+        assert_eq!(id(b"{\"id\""), None);
     }
 }
