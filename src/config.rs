@@ -640,6 +640,10 @@ pub struct ActorFile {
     pub env: BTreeMap<String, String>,
     /// For `command` and `mcp`: variables passed through from warden's environment.
     pub env_pass: Option<Vec<String>>,
+    /// For `command`: the arguments that name files. Each must resolve, with
+    /// symlinks followed, inside `cwd`; `..` and symlinks out are refused.
+    #[serde(default)]
+    pub paths: Vec<String>,
     /// For `mcp`: the server's tools and prompts are exported as `<prefix>_<name>`
     /// (default: the actor's name).
     pub prefix: Option<String>,
@@ -789,6 +793,8 @@ pub struct CommandSpec {
     /// The complete environment of the program (nothing else is inherited).
     pub env: Vec<(String, String)>,
     pub limits: Limits,
+    /// Arguments that name files, confined to `cwd`.
+    pub paths: Vec<String>,
 }
 
 /// Everything `warden serve` needs: the runtime config and the tools.
@@ -1204,6 +1210,9 @@ fn check_actor(
         ToolKind::Builtin => {
             only_for(process_fields(&a), "\"command\" or \"mcp\"", &mut bad);
             only_for(mcp_fields(&a), "\"mcp\"", &mut bad);
+            if !a.paths.is_empty() {
+                bad("paths", "is only for kind = \"command\"".into());
+            }
             if a.input.is_some() {
                 bad("input", "is only for kind = \"command\"".into());
             }
@@ -1225,6 +1234,9 @@ fn check_actor(
         ToolKind::Mcp => {
             if a.builtin.is_some() {
                 bad("builtin", "is only for kind = \"builtin\"".into());
+            }
+            if !a.paths.is_empty() {
+                bad("paths", "is only for kind = \"command\"".into());
             }
             if a.input.is_some() {
                 bad(
@@ -1327,6 +1339,20 @@ fn check_actor(
                     Err(e) => bad(&format!("args[{i}]"), e),
                 }
             }
+            for (i, name) in a.paths.iter().enumerate() {
+                let prop = schema.get("properties").and_then(|p| p.get(name));
+                if prop.is_none() {
+                    bad(
+                        &format!("paths[{i}]"),
+                        format!("`{name}` is not a property of [input]"),
+                    );
+                } else if prop.and_then(|p| p.get("type")) != Some(&serde_json::json!("string")) {
+                    bad(
+                        &format!("paths[{i}]"),
+                        format!("`{name}` must be of type \"string\" in [input]"),
+                    );
+                }
+            }
             let (cwd, env) = process_setup(&a, DEFAULT_ENV_PASS, &mut bad);
             (
                 Some(ToolKindSpec::Command(CommandSpec {
@@ -1335,6 +1361,7 @@ fn check_actor(
                     cwd,
                     env,
                     limits: a.limits.clone(),
+                    paths: a.paths.clone(),
                 })),
                 schema,
             )

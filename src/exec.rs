@@ -178,18 +178,34 @@ fn parse_template<'a>(template: &'a str, mut each: impl FnMut(Piece<'a>)) -> Res
 
 /// Renders the argv template with validated arguments. An element whose
 /// placeholder has no value (an optional argument left out) is dropped whole.
+///
+/// Option injection: before a literal `--` element, an element that starts
+/// with a placeholder is where the program looks for options, so a value
+/// starting with `-` is refused there (after `--`, or behind literal text such
+/// as `--name={x}`, it is only ever data).
 pub fn render_argv(
     template: &[String],
     args: &Map<String, Value>,
 ) -> Result<Vec<String>, ToolError> {
     let mut argv = Vec::with_capacity(template.len());
+    let mut options_ended = false;
     for element in template {
         let mut out = String::new();
         let mut missing = false;
         let mut error = None;
+        // The placeholder the element starts with, if it starts with one.
+        let mut leading = None;
         parse_template(element, |piece| match piece {
             Piece::Text(t) => out.push_str(t),
             Piece::Field(name) => match args.get(name) {
+                Some(Value::String(s)) if out.is_empty() && s.starts_with('-') => {
+                    leading.get_or_insert(name);
+                    out.push_str(s);
+                }
+                Some(v @ Value::Number(_)) if out.is_empty() && v.to_string().starts_with('-') => {
+                    leading.get_or_insert(name);
+                    out.push_str(&v.to_string());
+                }
                 None | Some(Value::Null) => missing = true,
                 Some(Value::String(s)) => out.push_str(s),
                 Some(v @ (Value::Number(_) | Value::Bool(_))) => out.push_str(&v.to_string()),
@@ -209,6 +225,16 @@ pub fn render_argv(
         if let Some(e) = error {
             return Err(e);
         }
+        if let (Some(name), false) = (leading, options_ended) {
+            return Err(ToolError::new(
+                ErrorKind::Validation,
+                format!("Argument `{name}` starts with `-`, where the program would read it as an option."),
+                "Pass a value that does not start with `-` (for a file, prefix it with `./`).",
+            )
+            .detail("field", name)
+            .detail("rule", "leading_dash"));
+        }
+        options_ended |= element == "--";
         if out.contains('\0') {
             return Err(ToolError::new(
                 ErrorKind::Validation,
@@ -230,6 +256,62 @@ pub fn render_argv(
         }
     }
     Ok(argv)
+}
+
+/// Checks the arguments listed in `paths`: each, taken relative to `cwd`,
+/// must resolve inside `cwd` with every symlink followed. The longest part
+/// that exists is resolved by the kernel (`canonicalize`); the rest, not yet
+/// created, may not climb with `..`. The check happens before the program
+/// starts: a symlink someone swaps in afterwards is not caught, so confine
+/// tools to trees that callers cannot write.
+pub fn confine_paths(
+    cwd: &Path,
+    paths: &[String],
+    args: &Map<String, Value>,
+) -> Result<(), ToolError> {
+    let escape = |name: &str, why: &str| {
+        ToolError::new(
+            ErrorKind::Validation,
+            format!(
+                "Argument `{name}` {why}; it must stay inside {}.",
+                cwd.display()
+            ),
+            "Pass a path inside the tool's directory, without `..` or symlinks out of it.",
+        )
+        .detail("field", name)
+        .detail("rule", "outside_cwd")
+    };
+    let root = cwd
+        .canonicalize()
+        .map_err(|e| ToolError::internal(format!("the tool's cwd {}: {e}", cwd.display())))?;
+    for name in paths {
+        let Some(Value::String(value)) = args.get(name) else {
+            continue;
+        };
+        let wanted = cwd.join(value);
+        // The longest existing ancestor decides; below it are only plain names
+        // (`file_name` is never `..`), which cannot climb out.
+        let mut existing = wanted.as_path();
+        let resolved = loop {
+            match existing.canonicalize() {
+                Ok(p) => break p,
+                // It is there but does not resolve: a dangling or looping
+                // symlink, or one warden may not follow.
+                Err(_) if existing.symlink_metadata().is_ok() => {
+                    return Err(escape(name, "is a link that does not resolve"))
+                }
+                Err(_) => match (existing.parent(), existing.file_name()) {
+                    (Some(parent), Some(_)) => existing = parent,
+                    // `..` at the end, or nothing left that exists.
+                    _ => return Err(escape(name, "does not resolve to a path")),
+                },
+            }
+        };
+        if !resolved.starts_with(&root) {
+            return Err(escape(name, "leads outside the tool's directory"));
+        }
+    }
+    Ok(())
 }
 
 /// Finds the program: a path is taken as it is, a bare name is looked up in `path`.
@@ -596,6 +678,71 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Validation);
         let e = render_argv(&t, &args(json!({"x": "a\u{0}b"}))).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Validation);
+    }
+
+    #[test]
+    fn a_leading_dash_is_refused_where_options_are_read() {
+        let t: Vec<String> = ["{a}", "--n={a}", "--", "{b}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for hostile in [json!("-rf"), json!("--output=/etc/passwd"), json!(-5)] {
+            let e = render_argv(&t, &args(json!({"a": hostile, "b": "x"}))).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Validation, "{hostile}");
+            assert_eq!(e.details["rule"], "leading_dash");
+            assert_eq!(e.details["field"], "a");
+        }
+        // Behind literal text, after `--`, or not at the start: only data.
+        assert_eq!(
+            render_argv(&t, &args(json!({"a": "x-y", "b": "-rf"}))).unwrap(),
+            ["x-y", "--n=x-y", "--", "-rf"]
+        );
+        let t = vec!["pre{a}".to_string()];
+        assert_eq!(
+            render_argv(&t, &args(json!({"a": "-x"}))).unwrap(),
+            ["pre-x"]
+        );
+    }
+
+    #[test]
+    fn paths_stay_inside_cwd() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
+        std::os::unix::fs::symlink("sub", root.join("in")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/x", root.join("dangling")).unwrap();
+        let check = |v: &str| confine_paths(&root, &["p".to_string()], &args(json!({"p": v})));
+        for inside in [
+            "",
+            ".",
+            "sub",
+            "sub/../sub",
+            "in",
+            "in/new-file",
+            "new/deeper",
+            "./sub/",
+        ] {
+            assert!(check(inside).is_ok(), "{inside}");
+        }
+        for outside in [
+            "..",
+            "../root/../..",
+            "/etc",
+            "out",
+            "out/passwd",
+            "sub/../../x",
+            "in/../../x",
+            "dangling",
+            "missing/..",
+        ] {
+            let e = check(outside).unwrap_err();
+            assert_eq!(e.details["rule"], "outside_cwd", "{outside}");
+        }
+        // Absolute paths inside the root are fine.
+        assert!(check(root.join("sub").to_str().unwrap()).is_ok());
+        // Arguments not listed are not paths.
+        assert!(confine_paths(&root, &[], &args(json!({"p": "/etc"}))).is_ok());
     }
 
     #[test]

@@ -236,7 +236,8 @@ impl Worker for ToolWorker {
         let work = async {
             match &self.spec.kind {
                 ToolKindSpec::Command(cmd) => {
-                    let argv = exec::render_argv(&cmd.args, &args);
+                    let argv = exec::confine_paths(&cmd.cwd, &cmd.paths, &args)
+                        .and_then(|()| exec::render_argv(&cmd.args, &args));
                     match (argv, &self.program) {
                         (Err(e), _) => Err(e),
                         (Ok(_), None) => Err(ToolError::internal("command tool without a program")),
