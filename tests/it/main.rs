@@ -7,6 +7,7 @@ mod chaos;
 mod errors;
 mod everything;
 mod gateway;
+mod hostile;
 mod http;
 mod logs;
 mod operator;
