@@ -244,10 +244,15 @@ pub enum Request {
     },
 }
 
+/// Reads one request line. Public for the fuzz targets.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+}
+
 async fn handle(line: &str, runtime: &Arc<Runtime>) -> Value {
-    let request: Request = match serde_json::from_str(line) {
+    let request = match parse_request(line) {
         Ok(r) => r,
-        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
+        Err(e) => return json!({"ok": false, "error": e}),
     };
     let result = match request {
         Request::Status {} => Ok(json!({"status": runtime.status()})),
@@ -315,6 +320,11 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, S
         _ => {}
     }
     if let Some((tool, worker)) = actor.split_once("/worker:") {
+        // Only a tool has workers: `warden/worker:0` would reach the root's
+        // children, the transport among them.
+        if !tool.starts_with("tool:") {
+            return Err(format!("`{tool}` has no workers (only tool:NAME has)"));
+        }
         let index: usize = worker
             .parse()
             .map_err(|_| format!("`{worker}` is not a worker number"))?;
@@ -342,7 +352,8 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, S
     Ok(json!({"killed": actor}))
 }
 
-fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
+/// A signal by name, with or without `SIG`. Public for the fuzz targets.
+pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
     let name = s.trim().to_ascii_uppercase();
     let name = if name.starts_with("SIG") {
         name

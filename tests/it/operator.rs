@@ -242,6 +242,15 @@ fn kill_every_actor_kind_while_calls_are_in_flight() {
     let out = ctl(&dir, &["kill", "transport"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to kill the transport"));
+    // Nor through the worker form: the root's children include the
+    // transport (this once ended warden at `warden/worker:4`).
+    for i in 0..8 {
+        let out = ctl(&dir, &["kill", &format!("warden/worker:{i}")]);
+        assert_ne!(out.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("has no workers"));
+    }
+    let out = ctl(&dir, &["kill", "tools/worker:0"]);
+    assert_ne!(out.status.code(), Some(0));
 
     let mut ids = Vec::new();
     let mut answered = HashSet::new();
