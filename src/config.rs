@@ -850,10 +850,7 @@ fn read_runtime(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> (Config, V
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let mut config = match std::fs::read_to_string(path) {
-        Ok(text) => parse_toml::<Config>(path, &text).unwrap_or_else(|p| {
-            problems.push(p);
-            Config::default()
-        }),
+        Ok(text) => runtime_from_text(path, &text, &mut problems),
         Err(e) => {
             problems.push(Problem {
                 file: path.to_path_buf(),
@@ -867,6 +864,38 @@ fn read_runtime(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> (Config, V
     resolve_relative(&mut config, &base);
     check_config(&config, path, &mut problems);
     (config, problems)
+}
+
+fn runtime_from_text(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Config {
+    parse_toml::<Config>(path, text).unwrap_or_else(|p| {
+        problems.push(p);
+        Config::default()
+    })
+}
+
+/// Checks a config file's text and actor files' texts (name, text) the way
+/// `warden check` checks them on disk, without reading any file. For the
+/// fuzz targets and property tests: whatever the text, an answer, never a
+/// panic.
+pub fn check_texts(config: &str, actors: &[(&str, &str)]) -> Result<Loaded, Vec<Problem>> {
+    let path = Path::new("/check/config.toml");
+    let mut problems = Vec::new();
+    let config = runtime_from_text(path, config, &mut problems);
+    check_config(&config, path, &mut problems);
+    let files = actors
+        .iter()
+        .map(|(name, text)| (Path::new("/check/actors").join(name), text.to_string()))
+        .collect();
+    let tools = actors_from_texts(files, &config, &mut problems);
+    if problems.is_empty() {
+        Ok(Loaded {
+            path: path.to_path_buf(),
+            config,
+            tools,
+        })
+    } else {
+        Err(problems)
+    }
 }
 
 fn parse_toml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, Problem> {
@@ -1053,19 +1082,27 @@ fn load_actors(config: &Config, problems: &mut Vec<Problem>) -> Vec<ToolSpec> {
         }
     };
     files.sort();
-    let mut tools: Vec<ToolSpec> = Vec::new();
+    let mut texts = Vec::new();
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(Problem {
-                    file,
-                    field: "-".into(),
-                    reason: format!("cannot read: {e}"),
-                });
-                continue;
-            }
-        };
+        match std::fs::read_to_string(&file) {
+            Ok(text) => texts.push((file, text)),
+            Err(e) => problems.push(Problem {
+                file,
+                field: "-".into(),
+                reason: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    actors_from_texts(texts, config, problems)
+}
+
+fn actors_from_texts(
+    files: Vec<(PathBuf, String)>,
+    config: &Config,
+    problems: &mut Vec<Problem>,
+) -> Vec<ToolSpec> {
+    let mut tools: Vec<ToolSpec> = Vec::new();
+    for (file, text) in files {
         let actor: ActorFile = match parse_toml(&file, &text) {
             Ok(a) => a,
             Err(p) => {

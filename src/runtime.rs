@@ -218,12 +218,7 @@ impl Runtime {
     ) -> ToolResult {
         let tool = entry.spec.name.as_str();
         let args_value = Value::Object(args.unwrap_or_default());
-        // `is_valid` is the fast path; the first error is collected only on failure.
-        if !entry.validator.is_valid(&args_value) {
-            if let Some(e) = entry.validator.iter_errors(&args_value).next() {
-                return Err(validation_error(&e));
-            }
-        }
+        check_args(&entry.validator, &args_value)?;
         let Value::Object(args) = args_value else {
             unreachable!("built from a map above")
         };
@@ -559,6 +554,18 @@ fn cancelled(message: &str) -> ToolError {
         message,
         "Nothing to do; send the call again if you still need it.",
     )
+}
+
+/// Checks a call's arguments against its tool's schema: the first violation
+/// as a `validation` error. Public for the fuzz targets.
+pub fn check_args(validator: &jsonschema::Validator, args: &Value) -> Result<(), ToolError> {
+    // `is_valid` is the fast path; the first error is collected only on failure.
+    if !validator.is_valid(args) {
+        if let Some(e) = validator.iter_errors(args).next() {
+            return Err(validation_error(&e));
+        }
+    }
+    Ok(())
 }
 
 /// A schema violation as a `validation` error naming the field and the rule.

@@ -162,109 +162,134 @@ where
         }
     }
 
-    /// Decides what to do with one line: pass a message on, answer it here, or drop it.
+    /// Decides what to do with one line, and writes the answer it gets here.
     async fn classify(&mut self) -> Option<ClientJsonRpcMessage> {
-        let text = trim_ascii(&self.line);
-        if text.is_empty() {
-            return None;
+        match decide(&self.line, &mut self.initialized) {
+            Verdict::Pass(msg) => Some(msg),
+            Verdict::Answer(answer) => {
+                let _ = Self::write(&self.writer, &answer).await;
+                None
+            }
+            Verdict::Drop => None,
         }
-        match serde_json::from_slice::<ClientJsonRpcMessage>(text) {
-            Ok(ClientJsonRpcMessage::Request(r)) if is_standard_method(&r.request) => {
-                // rmcp reads a standard method with malformed params as a custom
-                // request and answers "method not found"; the truth is bad params.
-                let ClientRequest::CustomRequest(custom) = &r.request else {
-                    unreachable!()
-                };
-                let reason = match custom.method.as_str() {
-                    "tools/call" => serde_json::from_value::<CallToolRequestParams>(
-                        custom.params.clone().unwrap_or(Value::Null),
-                    )
-                    .err()
-                    .map_or_else(|| "malformed params".to_string(), |e| e.to_string()),
-                    _ => "malformed params".to_string(),
-                };
-                let error = ErrorData::invalid_params(
+    }
+}
+
+/// What becomes of one line from the client.
+#[derive(Debug)]
+pub enum Verdict {
+    /// A message for rmcp.
+    Pass(ClientJsonRpcMessage),
+    /// Answered here, without rmcp: the line could not be served.
+    Answer(ServerJsonRpcMessage),
+    /// Nothing to answer: logged and dropped.
+    Drop,
+}
+
+/// Decides what to do with one line (without its newline): pass a message
+/// on, answer it here, or drop it. `initialized` turns true at `initialize`;
+/// before it only requests pass. Public for the fuzz targets.
+pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
+    let text = trim_ascii(line);
+    if text.is_empty() {
+        return Verdict::Drop;
+    }
+    let answer = |error: ErrorData, id: Option<RequestId>| {
+        Verdict::Answer(ServerJsonRpcMessage::error(error, id))
+    };
+    match serde_json::from_slice::<ClientJsonRpcMessage>(text) {
+        Ok(ClientJsonRpcMessage::Request(r)) if is_standard_method(&r.request) => {
+            // rmcp reads a standard method with malformed params as a custom
+            // request and answers "method not found"; the truth is bad params.
+            let ClientRequest::CustomRequest(custom) = &r.request else {
+                unreachable!()
+            };
+            let reason = match custom.method.as_str() {
+                "tools/call" => serde_json::from_value::<CallToolRequestParams>(
+                    custom.params.clone().unwrap_or(Value::Null),
+                )
+                .err()
+                .map_or_else(|| "malformed params".to_string(), |e| e.to_string()),
+                _ => "malformed params".to_string(),
+            };
+            tracing::warn!(actor = "transport", request_id = %r.id, method = %custom.method, %reason, "answered a malformed request");
+            answer(
+                ErrorData::invalid_params(
                     format!("invalid params for `{}`: {reason}", custom.method),
                     None,
-                );
-                tracing::warn!(actor = "transport", request_id = %r.id, method = %custom.method, %reason, "answered a malformed request");
-                let _ = Self::write(
-                    &self.writer,
-                    &ServerJsonRpcMessage::error(error, Some(r.id.clone())),
-                )
-                .await;
-                None
-            }
-            Ok(msg) => {
-                if !self.initialized {
-                    match &msg {
-                        ClientJsonRpcMessage::Request(r) => {
-                            if matches!(r.request, ClientRequest::InitializeRequest(_)) {
-                                self.initialized = true;
-                            }
+                ),
+                Some(r.id.clone()),
+            )
+        }
+        Ok(msg) => {
+            if !*initialized {
+                match &msg {
+                    ClientJsonRpcMessage::Request(r) => {
+                        if matches!(r.request, ClientRequest::InitializeRequest(_)) {
+                            *initialized = true;
                         }
-                        other => {
-                            tracing::warn!(
-                                actor = "transport",
-                                kind = message_kind(other),
-                                "dropped a message that arrived before initialize"
-                            );
-                            return None;
-                        }
+                    }
+                    other => {
+                        tracing::warn!(
+                            actor = "transport",
+                            kind = message_kind(other),
+                            "dropped a message that arrived before initialize"
+                        );
+                        return Verdict::Drop;
                     }
                 }
-                Some(msg)
             }
-            Err(parse_error) => {
-                let value = match serde_json::from_slice::<Value>(text) {
-                    Ok(value) => value,
-                    Err(e) => {
-                        // Not JSON: invalid UTF-8, a raw control character,
-                        // nesting deeper than serde_json's limit, or noise.
-                        let id = top_level_id(text);
-                        tracing::warn!(actor = "transport", bytes = text.len(), request_id = ?id, error = %e, "answered a line that is not JSON");
-                        let error = ErrorData::parse_error(format!("not valid JSON: {e}"), None);
-                        let _ = Self::write(&self.writer, &ServerJsonRpcMessage::error(error, id))
-                            .await;
-                        return None;
-                    }
-                };
-                let id = value
-                    .get("id")
-                    .and_then(|id| serde_json::from_value::<RequestId>(id.clone()).ok());
-                let method = value.get("method").and_then(Value::as_str);
-                match (id, method) {
-                    (Some(id), Some(method)) => {
-                        let error = ErrorData::invalid_params(
+            Verdict::Pass(msg)
+        }
+        Err(parse_error) => {
+            let value = match serde_json::from_slice::<Value>(text) {
+                Ok(value) => value,
+                Err(e) => {
+                    // Not JSON: invalid UTF-8, a raw control character,
+                    // nesting deeper than serde_json's limit, or noise.
+                    let id = top_level_id(text);
+                    tracing::warn!(actor = "transport", bytes = text.len(), request_id = ?id, error = %e, "answered a line that is not JSON");
+                    return answer(
+                        ErrorData::parse_error(format!("not valid JSON: {e}"), None),
+                        id,
+                    );
+                }
+            };
+            let id = value
+                .get("id")
+                .and_then(|id| serde_json::from_value::<RequestId>(id.clone()).ok());
+            let method = value.get("method").and_then(Value::as_str);
+            match (id, method) {
+                (Some(id), Some(method)) => {
+                    tracing::warn!(actor = "transport", request_id = %id, %method, error = %parse_error, "answered a malformed request");
+                    answer(
+                        ErrorData::invalid_params(
                             format!("invalid params for `{method}`: {parse_error}"),
                             None,
-                        );
-                        tracing::warn!(actor = "transport", request_id = %id, %method, error = %parse_error, "answered a malformed request");
-                        let _ = Self::write(
-                            &self.writer,
-                            &ServerJsonRpcMessage::error(error, Some(id)),
-                        )
-                        .await;
-                    }
-                    (Some(id), None)
-                        if value.get("result").is_some() || value.get("error").is_some() =>
-                    {
-                        tracing::warn!(actor = "transport", request_id = %id, "dropped a response to a request warden never made");
-                    }
-                    (_, Some(method)) => {
-                        tracing::warn!(actor = "transport", %method, error = %parse_error, "dropped a malformed notification");
-                    }
-                    (id, None) => {
-                        let error = ErrorData::invalid_request(
+                        ),
+                        Some(id),
+                    )
+                }
+                (Some(id), None)
+                    if value.get("result").is_some() || value.get("error").is_some() =>
+                {
+                    tracing::warn!(actor = "transport", request_id = %id, "dropped a response to a request warden never made");
+                    Verdict::Drop
+                }
+                (_, Some(method)) => {
+                    tracing::warn!(actor = "transport", %method, error = %parse_error, "dropped a malformed notification");
+                    Verdict::Drop
+                }
+                (id, None) => {
+                    tracing::warn!(actor = "transport", error = %parse_error, "answered a line that is JSON but not JSON-RPC");
+                    answer(
+                        ErrorData::invalid_request(
                             format!("not a JSON-RPC 2.0 message: {parse_error}"),
                             None,
-                        );
-                        tracing::warn!(actor = "transport", error = %parse_error, "answered a line that is JSON but not JSON-RPC");
-                        let _ = Self::write(&self.writer, &ServerJsonRpcMessage::error(error, id))
-                            .await;
-                    }
+                        ),
+                        id,
+                    )
                 }
-                None
             }
         }
     }
