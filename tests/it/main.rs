@@ -4,6 +4,7 @@ mod harness;
 
 mod breaker;
 mod chaos;
+mod clients;
 mod errors;
 mod everything;
 mod gateway;
