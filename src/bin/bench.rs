@@ -12,6 +12,10 @@
 //! and the memory of the server and of its whole process tree. Every answer
 //! must be text `--expect` (default: the message sent). It speaks raw newline-delimited JSON-RPC rather than going through
 //! the rmcp client, so that it adds the same small overhead to every server.
+//!
+//! With `--spawn`, the command is not a server: each call runs it once and
+//! waits for its exit and output, one at a time and C at once. That is the
+//! raw spawn loop a command tool is measured against.
 
 use std::collections::HashMap;
 use std::process::{ExitCode, Stdio};
@@ -37,12 +41,14 @@ const MESSAGE: &str = "hello";
 /// How long the tool may take to answer its first call.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
-const USAGE: &str = "usage: warden-bench --name LABEL --calls N --concurrency C [--tool echo] [--expect TEXT] -- <server command and args...>";
+const USAGE: &str = "usage: warden-bench --name LABEL --calls N --concurrency C [--tool echo] [--expect TEXT] [--spawn] -- <server command and args...>";
 
 struct Args {
     name: String,
     calls: usize,
     concurrency: usize,
+    /// Run the command once per call instead of speaking MCP to it.
+    spawn: bool,
     command: Vec<String>,
 }
 
@@ -55,11 +61,17 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut expect = MESSAGE.to_string();
     let mut calls = None;
     let mut concurrency = None;
+    let mut spawn = false;
     let mut i = 0;
     while i < argv.len() {
         let flag = argv[i].as_str();
         if flag == "--" {
             break;
+        }
+        if flag == "--spawn" {
+            spawn = true;
+            i += 1;
+            continue;
         }
         if flag == "-h" || flag == "--help" {
             return Err(USAGE.to_string());
@@ -96,6 +108,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         name: name.ok_or_else(|| format!("--name is required\n{USAGE}"))?,
         calls: calls.ok_or_else(|| format!("--calls is required\n{USAGE}"))?,
         concurrency: concurrency.ok_or_else(|| format!("--concurrency is required\n{USAGE}"))?,
+        spawn,
         command,
     })
 }
@@ -214,13 +227,16 @@ impl Phase {
     }
 
     fn record(&mut self, sent: Instant, at: Instant, msg: &Value) {
+        let failure = (!is_echo(msg)).then(|| msg.to_string());
+        self.record_outcome(sent, at, failure);
+    }
+
+    fn record_outcome(&mut self, sent: Instant, at: Instant, failure: Option<String>) {
         self.latencies_us
             .push(at.duration_since(sent).as_micros() as u64);
-        if !is_echo(msg) {
+        if let Some(what) = failure {
             self.failures += 1;
-            if self.first_failure.is_none() {
-                self.first_failure = Some(msg.to_string());
-            }
+            self.first_failure.get_or_insert(what);
         }
     }
 
@@ -229,7 +245,7 @@ impl Phase {
             return Ok(());
         }
         Err(format!(
-            "{label}: {} of {} calls did not answer {:?}; the first: {}",
+            "{label}: {} of {} calls failed (answers must be {:?}); the first: {}",
             self.failures,
             self.latencies_us.len(),
             echo().1,
@@ -364,7 +380,74 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("no VmRSS in {path}"))
 }
 
+/// Runs the program once and waits for its exit and all its output: one
+/// call of the raw spawn loop. `Err` describes a failed run.
+async fn spawn_once(command: &[String]) -> Result<(), String> {
+    let out = Command::new(&command[0])
+        .args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(RESPONSE_DEADLINE, out).await {
+        Ok(Ok(o)) if o.status.success() => Ok(()),
+        Ok(Ok(o)) => Err(format!("{} exited {}", command[0], o.status)),
+        Ok(Err(e)) => Err(format!("cannot start `{}`: {e}", command[0])),
+        Err(_) => Err(format!("{} ran past {RESPONSE_DEADLINE:?}", command[0])),
+    }
+}
+
+/// The raw spawn loop: N runs one after another, then N with `concurrency`
+/// at once. No server, so no memory or handshake to report.
+async fn spawn_loop(args: &Args) -> Result<Value, String> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let first = Instant::now();
+    spawn_once(&args.command).await?;
+    let first_ms = first.elapsed().as_secs_f64() * 1000.0;
+
+    let mut seq = Phase::new(args.calls);
+    let start = Instant::now();
+    for _ in 0..args.calls {
+        let sent = Instant::now();
+        let outcome = spawn_once(&args.command).await;
+        seq.record_outcome(sent, Instant::now(), outcome.err());
+    }
+    seq.elapsed = start.elapsed();
+    seq.check("sequential")?;
+
+    let mut conc = Phase::new(args.calls);
+    let start = Instant::now();
+    let mut running = FuturesUnordered::new();
+    let mut started = 0;
+    while started < args.calls || !running.is_empty() {
+        while started < args.calls && running.len() < args.concurrency {
+            let sent = Instant::now();
+            running.push(async move { (sent, spawn_once(&args.command).await) });
+            started += 1;
+        }
+        if let Some((sent, outcome)) = running.next().await {
+            conc.record_outcome(sent, Instant::now(), outcome.err());
+        }
+    }
+    conc.elapsed = start.elapsed();
+    conc.check("concurrent")?;
+    Ok(json!({
+        "name": args.name,
+        "ready_ms": null,
+        "first_call_ms": (first_ms * 100.0).round() / 100.0,
+        "rss_idle_kib": null,
+        "tree_rss_idle_kib": null,
+        "rss_after_kib": null,
+        "seq": seq.summary(),
+        "conc": conc.summary(),
+    }))
+}
+
 async fn run(args: &Args, child: &mut Option<Child>) -> Result<Value, String> {
+    if args.spawn {
+        return spawn_loop(args).await;
+    }
     let spawned_at = Instant::now();
     let mut proc = Command::new(&args.command[0])
         .args(&args.command[1..])
