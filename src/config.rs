@@ -820,6 +820,16 @@ pub fn valid_tool_name(name: &str) -> bool {
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Problem>> {
     let (config, mut problems) = read_runtime(path, env);
     let tools = load_actors(&config, &mut problems);
+    loaded(path, config, tools, problems)
+}
+
+/// The loaded config, or every problem found on the way.
+fn loaded(
+    path: &Path,
+    config: Config,
+    tools: Vec<ToolSpec>,
+    problems: Vec<Problem>,
+) -> Result<Loaded, Vec<Problem>> {
     if problems.is_empty() {
         Ok(Loaded {
             path: path.to_path_buf(),
@@ -887,15 +897,7 @@ pub fn check_texts(config: &str, actors: &[(&str, &str)]) -> Result<Loaded, Vec<
         .map(|(name, text)| (Path::new("/check/actors").join(name), text.to_string()))
         .collect();
     let tools = actors_from_texts(files, &config, &mut problems);
-    if problems.is_empty() {
-        Ok(Loaded {
-            path: path.to_path_buf(),
-            config,
-            tools,
-        })
-    } else {
-        Err(problems)
-    }
+    loaded(path, config, tools, problems)
 }
 
 fn parse_toml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, Problem> {

@@ -6,11 +6,9 @@
 //! not installed, unless WARDEN_REQUIRE_CLIENTS=1 (as in CI).
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -108,47 +106,14 @@ struct Run {
     stderr: String,
 }
 
-/// Runs a client to its end within CLIENT_DEADLINE. It gets a process group
-/// of its own, so that past the deadline the client and everything it
-/// started (node's child CLI, warden) are killed together.
+/// Runs a client to its end within CLIENT_DEADLINE; past it, the client and
+/// everything it started (node's child CLI, warden) are killed together.
 fn run(cmd: &mut Command) -> Run {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let read_all = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = read_all(Box::new(child.stdout.take().unwrap()));
-    let err = read_all(Box::new(child.stderr.take().unwrap()));
-    let end = Instant::now() + CLIENT_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= end {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = child.wait();
-            // The readers are left behind: a grandchild may still hold the pipes.
-            panic!("{what} did not finish within {CLIENT_DEADLINE:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, stdout, stderr) = run_to_end(cmd, CLIENT_DEADLINE);
     Run {
         status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
+        stdout,
+        stderr,
     }
 }
 

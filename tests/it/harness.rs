@@ -375,3 +375,45 @@ pub fn tool_status(s: &mut Server, tool: &str) -> Value {
         .cloned()
         .unwrap_or_else(|| panic!("no {tool} in {status:#}"))
 }
+
+/// Runs a command to its end within `deadline`: (status, stdout, stderr).
+/// It gets a process group of its own, so that past the deadline it and
+/// everything it started are killed together, and the test fails.
+pub fn run_to_end(cmd: &mut Command, deadline: Duration) -> (ExitStatus, String, String) {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().unwrap()));
+    let err = read_all(Box::new(child.stderr.take().unwrap()));
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= end {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+            // The readers are left behind: a grandchild may still hold the pipes.
+            panic!("{what} did not finish within {deadline:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, out.join().unwrap(), err.join().unwrap())
+}

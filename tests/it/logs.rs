@@ -1,7 +1,7 @@
 //! `warden logs`: the tail of a real server's log files, filters, `--json`,
 //! and `-f` following new lines and rotated files.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -19,43 +19,16 @@ const ECHO: &str = "name = \"echo\"\nkind = \"builtin\"\n";
 
 /// Runs `warden logs --config <config> <args>` to its end; (exit code, stdout, stderr).
 fn logs(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(WARDEN)
-        .arg("logs")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("warden logs starts");
-    let read_all = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = read_all(Box::new(child.stdout.take().unwrap()));
-    let err = read_all(Box::new(child.stderr.take().unwrap()));
-    let end = Instant::now() + TEST_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("warden logs {args:?} did not exit within {TEST_DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (
-        status.code().unwrap_or(-1),
-        out.join().unwrap(),
-        err.join().unwrap(),
-    )
+    let (status, out, err) = run_to_end(
+        Command::new(WARDEN)
+            .arg("logs")
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("NO_COLOR"),
+        TEST_DEADLINE,
+    );
+    (status.code().unwrap_or(-1), out, err)
 }
 
 /// A `warden logs -f` running in the background, its stdout read by a thread.
