@@ -573,11 +573,19 @@ struct Watch {
     zombies: HashSet<(i32, u64)>,
     orphans: HashSet<(i32, u64)>,
     examples: Vec<String>,
+    /// warden's own resident memory, one sample per scan, by minute of the run.
+    rss_by_minute: Vec<Vec<u64>>,
+    started: Option<Instant>,
 }
 
 impl Watch {
     fn scan(&mut self, warden: i32) {
         let now = Instant::now();
+        let minute = (now - *self.started.get_or_insert(now)).as_secs() as usize / 60;
+        if self.rss_by_minute.len() <= minute {
+            self.rss_by_minute.resize(minute + 1, Vec::new());
+        }
+        self.rss_by_minute[minute].push(rss_kib(warden));
         let table = processes();
         let below = tree(warden, &table);
         for &pid in &below {
@@ -622,6 +630,20 @@ impl Watch {
                 ));
             }
         }
+    }
+
+    /// The median of warden's RSS in each minute of the run, in KiB: a leak
+    /// shows as a rise from minute to minute, noise as a flat line.
+    fn rss_trend(&self) -> Vec<u64> {
+        self.rss_by_minute
+            .iter()
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                let mut m = m.clone();
+                m.sort_unstable();
+                m[m.len() / 2]
+            })
+            .collect()
     }
 
     /// After warden exited: every process it ever had must be gone.
@@ -895,6 +917,15 @@ fn run(opts: &Opts, dir: &Path) -> Result<Report, String> {
             rss_after as f64 / 1024.0
         ),
     );
+    let trend = watch.rss_trend();
+    line(
+        "warden RSS, median of each minute (MiB)",
+        trend
+            .iter()
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
     line("recovery actions", recovery.to_string());
     line(
         "warden's exit",
@@ -933,6 +964,7 @@ fn run(opts: &Opts, dir: &Path) -> Result<Report, String> {
         "processes_seen": watch.seen.len(),
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
+        "rss_by_minute_kib": trend,
         "recovery": recovery,
         "exit": exit.map(|s| s.to_string()),
         "chaos": acts.counts,
