@@ -234,7 +234,9 @@ impl RecoveryState {
             before_pct = format!("{:.1}", s.fraction * 100.0),
             "recovery action"
         );
-        self.runtime.metrics.recovery_action(action, &target);
+        self.runtime
+            .metrics
+            .recovery_action(action, metric_target(&target));
         let mut view = self.runtime.recovery.lock().unwrap();
         *view.counts.entry(action).or_default() += 1;
         view.actions.push_back(Action {
@@ -463,6 +465,17 @@ fn overdue(entry: &crate::supervisor::ToolEntry, now: Instant) -> bool {
         .is_some_and(|started| now.saturating_duration_since(started) > deadline)
 }
 
+/// The metric's `target` label: the actor, without the pid that the log and
+/// status keep. A pid in a label would add a series per restarted child, and
+/// the metrics would grow without bound (a 50-minute chaos soak restarted 427).
+fn metric_target(target: &str) -> &str {
+    match target.split_once(" pid ") {
+        Some((actor, _)) => actor,
+        None if target.starts_with("pid ") => "process",
+        None => target,
+    }
+}
+
 fn child_name(runtime: &Runtime, c: &crate::health::Child) -> String {
     match c.tool.as_deref().and_then(|t| runtime.tools.get(t)) {
         Some(entry) => format!("{} pid {}", entry.spec.actor_name(), c.pid),
@@ -484,6 +497,14 @@ mod tests {
         degrade: 0.90,
         restart: 0.95,
     };
+
+    #[test]
+    fn metric_targets_carry_no_pid() {
+        assert_eq!(metric_target("tool:leak pid 4242"), "tool:leak");
+        assert_eq!(metric_target("server:gh pid 17"), "server:gh");
+        assert_eq!(metric_target("pid 99"), "process");
+        assert_eq!(metric_target("warden"), "warden");
+    }
 
     #[test]
     fn levels_rise_at_once_to_the_highest_threshold_reached() {
