@@ -197,29 +197,31 @@ pub fn render_argv(
         let mut leading = None;
         parse_template(element, |piece| match piece {
             Piece::Text(t) => out.push_str(t),
-            Piece::Field(name) => match args.get(name) {
-                Some(Value::String(s)) if out.is_empty() && s.starts_with('-') => {
+            Piece::Field(name) => {
+                let value = match args.get(name) {
+                    None | Some(Value::Null) => {
+                        missing = true;
+                        return;
+                    }
+                    Some(Value::String(s)) => std::borrow::Cow::Borrowed(s.as_str()),
+                    Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string().into(),
+                    Some(_) => {
+                        error.get_or_insert_with(|| {
+                            ToolError::new(
+                                ErrorKind::Validation,
+                                format!("Argument `{name}` must be a string, number or boolean."),
+                                "Pass a single value for this argument.",
+                            )
+                            .detail("field", name)
+                        });
+                        return;
+                    }
+                };
+                if out.is_empty() && value.starts_with('-') {
                     leading.get_or_insert(name);
-                    out.push_str(s);
                 }
-                Some(v @ Value::Number(_)) if out.is_empty() && v.to_string().starts_with('-') => {
-                    leading.get_or_insert(name);
-                    out.push_str(&v.to_string());
-                }
-                None | Some(Value::Null) => missing = true,
-                Some(Value::String(s)) => out.push_str(s),
-                Some(v @ (Value::Number(_) | Value::Bool(_))) => out.push_str(&v.to_string()),
-                Some(_) => {
-                    error.get_or_insert_with(|| {
-                        ToolError::new(
-                            ErrorKind::Validation,
-                            format!("Argument `{name}` must be a string, number or boolean."),
-                            "Pass a single value for this argument.",
-                        )
-                        .detail("field", name)
-                    });
-                }
-            },
+                out.push_str(&value);
+            }
         })
         .map_err(|e| ToolError::internal(format!("bad argv template: {e}")))?;
         if let Some(e) = error {
@@ -281,6 +283,10 @@ pub fn confine_paths(
         .detail("field", name)
         .detail("rule", "outside_cwd")
     };
+    if paths.is_empty() {
+        // The common case, on every command call: no file system access.
+        return Ok(());
+    }
     let root = cwd
         .canonicalize()
         .map_err(|e| ToolError::internal(format!("the tool's cwd {}: {e}", cwd.display())))?;
