@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{McpSpec, Rate, RateLimit};
 use crate::error::{ErrorKind, ToolError};
 use crate::exec::{self, GroupGuard};
+use crate::pipe::ChildTransport;
 use crate::ratelimit::TokenBucket;
 use crate::runtime::{Notice, Runtime};
 use crate::supervisor::{Handle, ToolEntry, ToolState};
@@ -280,12 +281,7 @@ impl Link {
             }
         };
         match answer {
-            Ok(Ok(ServerResult::CallToolResult(result))) => match serde_json::to_value(&result) {
-                Ok(v) => Ok(ToolOutput::downstream(v)),
-                Err(e) => Err(ToolError::internal(format!(
-                    "cannot pass on the result of `{tool}`: {e}"
-                ))),
-            },
+            Ok(Ok(ServerResult::CallToolResult(result))) => Ok(ToolOutput::downstream(result)),
             Ok(Ok(_)) => Err(ToolError::new(
                 ErrorKind::ExecutionFailed,
                 format!("MCP server `{}` answered `{tool}` with something other than a tool result (a task or an input request, which warden does not relay).", self.server),
@@ -584,10 +580,12 @@ impl Actor for ServerActor {
             let myself = myself.clone();
             let prefix = spec.prefix.clone();
             let start_timeout = spec.start_timeout;
+            let max_line = runtime.config.server.max_line.0 as usize;
             tokio::spawn(async move {
                 let start = async {
+                    let stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
                     let service = handler
-                        .serve((stdout, stdin))
+                        .serve(ChildTransport::new(stdout, stdin, max_line))
                         .await
                         .map_err(|e| format!("the MCP handshake failed: {e}"))?;
                     let catalog = list_everything(service.peer(), &prefix).await?;

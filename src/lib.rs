@@ -16,6 +16,7 @@ pub mod logging;
 pub mod logs;
 pub mod metrics;
 pub mod operator;
+pub mod pipe;
 pub mod ratelimit;
 pub mod recovery;
 pub mod root;

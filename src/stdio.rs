@@ -23,9 +23,9 @@ use rmcp::model::{
 use rmcp::service::RoleServer;
 use rmcp::transport::Transport;
 use serde_json::Value;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Mutex;
+use tokio::io::{AsyncBufRead, AsyncWrite};
 
+use crate::pipe::{Line, LineReader, Outbox};
 use crate::runtime::Runtime;
 
 /// How often the drain checks whether the calls in flight have finished.
@@ -70,27 +70,16 @@ impl Pending {
 }
 
 pub struct StdioTransport<R, W> {
-    reader: R,
-    writer: Arc<Mutex<W>>,
+    lines: LineReader<R>,
+    outbox: Arc<Outbox<W>>,
     runtime: Arc<Runtime>,
-    max_line: usize,
     initialized: bool,
-    /// The line being read (kept across cancelled reads).
-    line: Vec<u8>,
-    /// Bytes of the current line dropped for being past `max_line`.
-    oversized: usize,
     /// stdin has closed.
     eof: bool,
     /// When the drain began (EOF or SIGTERM).
     drain_started: Option<Instant>,
     pending: Arc<Pending>,
     max_pending: usize,
-}
-
-enum Line {
-    Complete,
-    Oversized(usize),
-    Eof,
 }
 
 impl<R, W> StdioTransport<R, W>
@@ -102,13 +91,10 @@ where
         let max_line = runtime.config.server.max_line.0 as usize;
         let max_pending = (runtime.config.server.max_in_flight * PENDING_PER_SLOT).max(64);
         StdioTransport {
-            reader,
-            writer: Arc::new(Mutex::new(writer)),
+            lines: LineReader::new(reader, max_line),
+            outbox: Arc::new(Outbox::new(writer)),
             runtime,
-            max_line,
             initialized: false,
-            line: Vec::new(),
-            oversized: 0,
             eof: false,
             drain_started: None,
             pending: Arc::default(),
@@ -116,58 +102,12 @@ where
         }
     }
 
-    async fn write(writer: &Mutex<W>, msg: &ServerJsonRpcMessage) -> std::io::Result<()> {
-        let mut bytes = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        let mut w = writer.lock().await;
-        w.write_all(&bytes).await?;
-        w.flush().await
-    }
-
-    /// Reads until a whole line is in `self.line`. Cancel-safe: a partly read
-    /// line stays in `self` for the next call. A line past the cap is consumed
-    /// and dropped as it arrives, never held.
-    async fn read_line(&mut self) -> std::io::Result<Line> {
-        loop {
-            let buf = self.reader.fill_buf().await?;
-            if buf.is_empty() {
-                if self.oversized > 0 {
-                    return Ok(Line::Oversized(std::mem::take(&mut self.oversized)));
-                }
-                return Ok(if self.line.is_empty() {
-                    Line::Eof
-                } else {
-                    Line::Complete
-                });
-            }
-            let (chunk, used) = match memchr(buf) {
-                Some(i) => (&buf[..i], i + 1),
-                None => (buf, buf.len()),
-            };
-            let complete = used > chunk.len();
-            if self.oversized > 0 || self.line.len() + chunk.len() > self.max_line {
-                self.oversized += self.line.len() + chunk.len();
-                self.line.clear();
-                self.line.shrink_to(64 * 1024);
-            } else {
-                self.line.extend_from_slice(chunk);
-            }
-            self.reader.consume(used);
-            if complete {
-                if self.oversized > 0 {
-                    return Ok(Line::Oversized(std::mem::take(&mut self.oversized)));
-                }
-                return Ok(Line::Complete);
-            }
-        }
-    }
-
     /// Decides what to do with one line, and writes the answer it gets here.
     async fn classify(&mut self) -> Option<ClientJsonRpcMessage> {
-        match decide(&self.line, &mut self.initialized) {
+        match decide(self.lines.line(), &mut self.initialized) {
             Verdict::Pass(msg) => Some(msg),
             Verdict::Answer(answer) => {
-                let _ = Self::write(&self.writer, &answer).await;
+                let _ = self.outbox.send(&answer).await;
                 None
             }
             Verdict::Drop => None,
@@ -306,15 +246,20 @@ where
         &mut self,
         item: ServerJsonRpcMessage,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
-        let writer = self.writer.clone();
-        let pending = self.pending.clone();
         let answers = match &item {
             ServerJsonRpcMessage::Response(r) => Some(r.id.clone()),
             ServerJsonRpcMessage::Error(e) => e.id.clone(),
             _ => None,
         };
+        // Queued now, so answers leave in the order rmcp sends them.
+        let queued = self.outbox.queue(&item);
+        let outbox = self.outbox.clone();
+        let pending = self.pending.clone();
         async move {
-            let written = Self::write(&writer, &item).await;
+            let written = match queued {
+                Ok(()) => outbox.flush().await,
+                Err(e) => Err(e),
+            };
             // Answered once written (or failed for good): it no longer holds memory here.
             if let Some(id) = answers {
                 pending.remove(&id);
@@ -366,19 +311,19 @@ where
                 continue;
             } else if self.drain_started.is_some() {
                 tokio::select! {
-                    read = self.read_line() => read,
+                    read = self.lines.read_line() => read,
                     _ = tokio::time::sleep(DRAIN_POLL) => continue,
                 }
             } else {
                 tokio::select! {
-                    read = self.read_line() => read,
+                    read = self.lines.read_line() => read,
                     _ = draining.cancelled() => continue,
                 }
             };
             match read {
                 Ok(Line::Complete) => {
                     let msg = self.classify().await;
-                    self.line.clear();
+                    self.lines.clear();
                     match &msg {
                         Some(ClientJsonRpcMessage::Request(r)) if self.pending.contains(&r.id) => {
                             tracing::warn!(actor = "transport", request_id = %r.id, "refused a request reusing the id of one in flight");
@@ -386,11 +331,10 @@ where
                                 format!("request id {} is already in use by a request that has not been answered; use a new id", r.id),
                                 None,
                             );
-                            let _ = Self::write(
-                                &self.writer,
-                                &ServerJsonRpcMessage::error(error, Some(r.id.clone())),
-                            )
-                            .await;
+                            let _ = self
+                                .outbox
+                                .send(&ServerJsonRpcMessage::error(error, Some(r.id.clone())))
+                                .await;
                             continue;
                         }
                         Some(ClientJsonRpcMessage::Request(r)) => self.pending.add(&r.id),
@@ -416,25 +360,27 @@ where
                     tracing::warn!(
                         actor = "transport",
                         bytes,
-                        max_line = self.max_line,
+                        max_line = self.lines.max_line(),
                         "skipped a line longer than server.max_line"
                     );
                     let error = ErrorData::invalid_request(
                         format!(
                             "request line of {bytes} bytes exceeds server.max_line ({} bytes)",
-                            self.max_line
+                            self.lines.max_line()
                         ),
                         None,
                     );
-                    let _ =
-                        Self::write(&self.writer, &ServerJsonRpcMessage::error(error, None)).await;
+                    let _ = self
+                        .outbox
+                        .send(&ServerJsonRpcMessage::error(error, None))
+                        .await;
                 }
             }
         }
     }
 
     async fn close(&mut self) -> Result<(), Self::Error> {
-        self.writer.lock().await.flush().await
+        self.outbox.flush().await
     }
 }
 
@@ -512,10 +458,6 @@ fn top_level_id(text: &[u8]) -> Option<RequestId> {
         i += 1;
     }
     None
-}
-
-fn memchr(buf: &[u8]) -> Option<usize> {
-    buf.iter().position(|&b| b == b'\n')
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {

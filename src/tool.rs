@@ -16,6 +16,7 @@ use ractor::factory::{
     WorkerId,
 };
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use rmcp::model::CallToolResult;
 use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +46,7 @@ pub struct ToolOutput {
     pub notes: Vec<String>,
     /// A downstream MCP server's whole result (every content type, `isError`,
     /// `structuredContent`), passed on unchanged instead of `text`.
-    pub downstream: Option<Value>,
+    pub downstream: Option<Box<CallToolResult>>,
 }
 
 impl ToolOutput {
@@ -57,11 +58,11 @@ impl ToolOutput {
         }
     }
 
-    pub fn downstream(result: Value) -> Self {
+    pub fn downstream(result: CallToolResult) -> Self {
         ToolOutput {
             text: String::new(),
             notes: Vec::new(),
-            downstream: Some(result),
+            downstream: Some(Box::new(result)),
         }
     }
 }

@@ -391,11 +391,7 @@ fn to_mcp(result: ToolResult) -> CallToolResult {
         Ok(ToolOutput {
             downstream: Some(result),
             ..
-        }) => serde_json::from_value(result).unwrap_or_else(|e| {
-            error_result(&ToolError::internal(format!(
-                "a downstream result could not be passed on: {e}"
-            )))
-        }),
+        }) => *result,
         Ok(out) => {
             let mut content = vec![ContentBlock::text(out.text)];
             content.extend(out.notes.into_iter().map(ContentBlock::text));
