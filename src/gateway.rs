@@ -24,10 +24,10 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 #[allow(deprecated)]
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest,
-    GetPromptRequestParams, GetPromptResponse, Implementation, LoggingMessageNotificationParam,
-    PingRequest, ProgressNotificationParam, ProgressToken, Prompt, ProtocolVersion,
-    ReadResourceRequestParams, ReadResourceResponse, Resource, ResourceTemplate, ServerResult,
-    Tool,
+    GetExtensions, GetPromptRequestParams, GetPromptResponse, Implementation,
+    LoggingMessageNotificationParam, PingRequest, ProgressNotificationParam, ProgressToken, Prompt,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, Resource, ResourceTemplate,
+    ServerResult, Tool,
 };
 use rmcp::service::{
     NotificationContext, Peer, PeerRequestOptions, RoleClient, RunningService, ServiceError,
@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{McpSpec, Rate, RateLimit};
 use crate::error::{ErrorKind, ToolError};
 use crate::exec::{self, GroupGuard};
-use crate::pipe::ChildTransport;
+use crate::pipe::{ChildTransport, WithoutProgress};
 use crate::ratelimit::TokenBucket;
 use crate::runtime::{Notice, Runtime};
 use crate::supervisor::{Handle, ToolEntry, ToolState};
@@ -244,7 +244,11 @@ impl Link {
         timeout: Duration,
     ) -> ToolResult {
         let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
-        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let mut request = CallToolRequest::new(params);
+        if progress.is_none() {
+            request.extensions_mut().insert(WithoutProgress);
+        }
+        let request = ClientRequest::CallToolRequest(request);
         let mut handle = match self
             .peer
             .send_request_with_option(request, PeerRequestOptions::no_options())
