@@ -167,6 +167,23 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
         written
     }
 
+    /// Queues `msg` now (so it keeps its place in line) and returns the
+    /// write, to be awaited later: what a `Transport::send` returns.
+    pub fn send_later(
+        self: &Arc<Self>,
+        msg: &impl serde::Serialize,
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send + 'static
+    where
+        W: Send + 'static,
+    {
+        let queued = self.queue(msg);
+        let outbox = self.clone();
+        async move {
+            queued?;
+            outbox.flush().await
+        }
+    }
+
     /// Queues and writes one message.
     pub async fn send(&self, msg: &impl serde::Serialize) -> io::Result<()> {
         self.queue(msg)?;
@@ -229,12 +246,7 @@ where
         }
         match serde_json::from_slice::<RxJsonRpcMessage<RoleClient>>(line) {
             Ok(msg) => {
-                let answered = match &msg {
-                    JsonRpcMessage::Response(r) => Some(&r.id),
-                    JsonRpcMessage::Error(e) => e.id.as_ref(),
-                    _ => None,
-                };
-                if let Some(id) = answered {
+                if let Some(id) = answered(&msg) {
                     self.calls.remove(id);
                 }
                 Some(msg)
@@ -246,6 +258,15 @@ where
                 None
             }
         }
+    }
+}
+
+/// The request a message answers: a response's or an error's id.
+pub fn answered<Req, Resp, Noti>(msg: &JsonRpcMessage<Req, Resp, Noti>) -> Option<&RequestId> {
+    match msg {
+        JsonRpcMessage::Response(r) => Some(&r.id),
+        JsonRpcMessage::Error(e) => e.id.as_ref(),
+        _ => None,
     }
 }
 
@@ -308,13 +329,7 @@ where
             }
             _ => {}
         }
-        // Queued now, so lines leave in the order they were sent.
-        let queued = self.outbox.queue(&item);
-        let outbox = self.outbox.clone();
-        async move {
-            queued?;
-            outbox.flush().await
-        }
+        self.outbox.send_later(&item)
     }
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {

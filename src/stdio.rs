@@ -25,7 +25,7 @@ use rmcp::transport::Transport;
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncWrite};
 
-use crate::pipe::{Line, LineReader, Outbox};
+use crate::pipe::{answered, Line, LineReader, Outbox};
 use crate::runtime::Runtime;
 
 /// How often the drain checks whether the calls in flight have finished.
@@ -246,20 +246,11 @@ where
         &mut self,
         item: ServerJsonRpcMessage,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
-        let answers = match &item {
-            ServerJsonRpcMessage::Response(r) => Some(r.id.clone()),
-            ServerJsonRpcMessage::Error(e) => e.id.clone(),
-            _ => None,
-        };
-        // Queued now, so answers leave in the order rmcp sends them.
-        let queued = self.outbox.queue(&item);
-        let outbox = self.outbox.clone();
+        let answers = answered(&item).cloned();
+        let write = self.outbox.send_later(&item);
         let pending = self.pending.clone();
         async move {
-            let written = match queued {
-                Ok(()) => outbox.flush().await,
-                Err(e) => Err(e),
-            };
+            let written = write.await;
             // Answered once written (or failed for good): it no longer holds memory here.
             if let Some(id) = answers {
                 pending.remove(&id);
