@@ -52,7 +52,7 @@ enum Command {
         #[arg(long, default_value = "config.toml", env = "WARDEN_CONFIG")]
         config: PathBuf,
         #[command(flatten)]
-        args: warden::logs::LogsArgs,
+        args: warden::cli::logs::LogsArgs,
     },
     /// Show a running instance: a header, then one line per actor (state,
     /// uptime, restarts, queue, calls in flight, breaker, processes, last error).
@@ -116,11 +116,11 @@ struct TargetArgs {
 }
 
 impl TargetArgs {
-    fn target(self) -> warden::operator::Target {
-        warden::operator::Target {
+    fn target(self) -> warden::cli::operator::Target {
+        warden::cli::operator::Target {
             dir: self
                 .dir
-                .unwrap_or_else(|| warden::control::socket_dir("auto")),
+                .unwrap_or_else(|| warden::ops::control::socket_dir("auto")),
             pid: self.pid,
         }
     }
@@ -160,12 +160,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let _guard = warden::logging::init(&loaded.config.log);
-            if let Err(e) = warden::guard::start() {
+            let _guard = warden::ops::logging::init(&loaded.config.log);
+            if let Err(e) = warden::exec::guard::start() {
                 tracing::warn!(error = %e, "no guardian: if warden is SIGKILLed, what its children started may outlive it");
             }
             let loaded_threads = loaded.config.server.worker_threads;
-            let runtime = match warden::runtime::Runtime::new(loaded) {
+            let runtime = match warden::core::runtime::Runtime::new(loaded) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("warden: {e}");
@@ -173,7 +173,7 @@ fn main() -> ExitCode {
                 }
             };
             let rt = serve_runtime(loaded_threads);
-            let code = match rt.block_on(warden::root::serve(runtime)) {
+            let code = match rt.block_on(warden::supervise::root::serve(runtime)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "warden could not start");
@@ -185,9 +185,9 @@ fn main() -> ExitCode {
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
             code
         }
-        Command::Guard => warden::guard::run(),
+        Command::Guard => warden::exec::guard::run(),
         Command::Call { config, tool, args } => {
-            let code = tokio_runtime().block_on(warden::call::run(&config, &tool, &args));
+            let code = tokio_runtime().block_on(warden::cli::call::run(&config, &tool, &args));
             ExitCode::from(code as u8)
         }
         Command::Status {
@@ -196,7 +196,7 @@ fn main() -> ExitCode {
             target,
         } => {
             let t = target.target();
-            operator_exit(warden::operator::status(&t, json, watch))
+            operator_exit(warden::cli::operator::status(&t, json, watch))
         }
         Command::Kill {
             actor,
@@ -204,11 +204,11 @@ fn main() -> ExitCode {
             target,
         } => {
             let t = target.target();
-            operator_exit(warden::operator::kill(&t, &actor, signal.as_deref()))
+            operator_exit(warden::cli::operator::kill(&t, &actor, signal.as_deref()))
         }
         Command::Metrics { target } => {
             let t = target.target();
-            operator_exit(warden::operator::metrics(&t))
+            operator_exit(warden::cli::operator::metrics(&t))
         }
         Command::Breaker {
             tool,
@@ -216,11 +216,11 @@ fn main() -> ExitCode {
             target,
         } => {
             let t = target.target();
-            operator_exit(warden::operator::breaker(&t, &tool, &action))
+            operator_exit(warden::cli::operator::breaker(&t, &tool, &action))
         }
         Command::Logs { config, args } => {
             match warden::config::load_runtime(&config, &|k| std::env::var(k).ok()) {
-                Ok(runtime) => ExitCode::from(warden::logs::run(&runtime.log.dir, &args)),
+                Ok(runtime) => ExitCode::from(warden::cli::logs::run(&runtime.log.dir, &args)),
                 Err(problems) => {
                     for p in &problems {
                         eprintln!("{p}");
@@ -234,9 +234,9 @@ fn main() -> ExitCode {
 }
 
 fn operator_exit(
-    f: impl std::future::Future<Output = Result<(), warden::operator::Failure>>,
+    f: impl std::future::Future<Output = Result<(), warden::cli::operator::Failure>>,
 ) -> ExitCode {
-    let code = tokio_runtime().block_on(warden::operator::run(f));
+    let code = tokio_runtime().block_on(warden::cli::operator::run(f));
     ExitCode::from(code as u8)
 }
 

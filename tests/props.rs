@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use warden::config;
 use warden::exec;
-use warden::stdio::{decide, Verdict};
+use warden::mcp::stdio::{decide, Verdict};
 
 fn cases(n: u32) -> ProptestConfig {
     ProptestConfig {
@@ -183,7 +183,7 @@ proptest! {
             }
             Err(e) => {
                 prop_assert!(nul || first.starts_with('-'), "{}", e.message);
-                prop_assert_eq!(e.kind, warden::error::ErrorKind::Validation);
+                prop_assert_eq!(e.kind, warden::core::error::ErrorKind::Validation);
             }
         }
     }
@@ -191,10 +191,10 @@ proptest! {
     /// Any control line: a request or a "bad request" error, never a panic.
     #[test]
     fn any_control_line_is_parsed(line in "[ -~]{0,64}", signal in "[ -~]{0,12}") {
-        if let Err(e) = warden::control::parse_request(&line) {
+        if let Err(e) = warden::ops::control::parse_request(&line) {
             prop_assert!(e.starts_with("bad request"));
         }
-        let _ = warden::control::parse_signal(&signal);
+        let _ = warden::ops::control::parse_signal(&signal);
     }
 
     /// Control requests built from the protocol's own words.
@@ -207,7 +207,7 @@ proptest! {
         let mut req = json!({"cmd": cmd});
         if let Some(a) = &actor { req["actor"] = json!(a); }
         if let Some(x) = &extra { req[x.as_str()] = json!(1); }
-        let ok = warden::control::parse_request(&req.to_string()).is_ok();
+        let ok = warden::ops::control::parse_request(&req.to_string()).is_ok();
         // An extra field is unknown, or (`actor`, `signal`) not a string.
         let expected = extra.is_none()
             && match cmd {

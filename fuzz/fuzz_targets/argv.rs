@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(Value::Object(args)) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    if warden::runtime::check_args(validator(), &Value::Object(args.clone())).is_err() {
+    if warden::core::runtime::check_args(validator(), &Value::Object(args.clone())).is_err() {
         return;
     }
     let template: Vec<String> = TEMPLATE.iter().map(|s| s.to_string()).collect();

@@ -5,6 +5,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let _ = warden::control::parse_request(&text);
-    let _ = warden::control::parse_signal(&text);
+    let _ = warden::ops::control::parse_request(&text);
+    let _ = warden::ops::control::parse_signal(&text);
 });

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use warden::stdio::{decide, Verdict};
+use warden::mcp::stdio::{decide, Verdict};
 
 fuzz_target!(|line: &[u8]| {
     for initialized in [false, true] {

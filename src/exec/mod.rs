@@ -7,6 +7,8 @@
 //! fixed working directory. Output is read while it streams, keeping at most
 //! `max_output` bytes of each stream in memory.
 
+pub mod guard;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -23,8 +25,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CommandSpec;
-use crate::error::{ErrorKind, ToolError};
-use crate::tool::{Progress, ProgressFn, ToolOutput};
+use crate::core::error::{ErrorKind, ToolError};
+use crate::supervise::tool::{Progress, ProgressFn, ToolOutput};
 
 /// Linux refuses a single argv string longer than this (MAX_ARG_STRLEN, 32 pages).
 pub const MAX_ARG_LEN: usize = 128 * 1024 - 1;
@@ -106,7 +108,7 @@ pub struct GroupGuard(i32);
 impl GroupGuard {
     pub fn register(pgid: i32, tool: &str) -> Self {
         LIVE_GROUPS.lock().unwrap().insert(pgid, tool.to_string());
-        crate::guard::watch(pgid);
+        crate::exec::guard::watch(pgid);
         GroupGuard(pgid)
     }
 
@@ -122,7 +124,7 @@ impl Drop for GroupGuard {
         live.remove(&self.0);
         KILL_REASONS.lock().unwrap().remove(&self.0);
         drop(live);
-        crate::guard::forget(self.0);
+        crate::exec::guard::forget(self.0);
     }
 }
 

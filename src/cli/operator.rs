@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::control::{self, Client, Instance};
+use crate::ops::control::{self, Client, Instance};
 
 /// Exit code when no running instance is found (like `systemctl status` of a stopped unit).
 pub const EXIT_NOT_RUNNING: i32 = 3;
@@ -158,7 +158,7 @@ pub fn render(status: &Value, color: bool) -> String {
         "starting" | "restarting" | "half_open" | "draining" | "degraded" | "forced_closed" => "33",
         _ => "31",
     };
-    let health_body = crate::http::health(status).1;
+    let health_body = crate::ops::http::health(status).1;
     let health = health_body["status"].as_str().unwrap_or("?");
     let mut out =
         format!(

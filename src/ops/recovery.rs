@@ -26,8 +26,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::{MemoryConfig, Priority};
-use crate::health::Snapshot;
-use crate::runtime::Runtime;
+use crate::core::runtime::Runtime;
+use crate::ops::health::Snapshot;
 
 /// The registered name of the recovery actor.
 pub const NAME: &str = "recovery";
@@ -458,7 +458,7 @@ impl RecoveryState {
 }
 
 /// Whether a tool has a call running past its deadline and grace at `now`.
-fn overdue(entry: &crate::supervisor::ToolEntry, now: Instant) -> bool {
+fn overdue(entry: &crate::supervise::tools::ToolEntry, now: Instant) -> bool {
     let deadline = entry.spec.timeout + entry.spec.grace;
     entry
         .oldest_call()
@@ -476,7 +476,7 @@ fn metric_target(target: &str) -> &str {
     }
 }
 
-fn child_name(runtime: &Runtime, c: &crate::health::Child) -> String {
+fn child_name(runtime: &Runtime, c: &crate::ops::health::Child) -> String {
     match c.tool.as_deref().and_then(|t| runtime.tools.get(t)) {
         Some(entry) => format!("{} pid {}", entry.spec.actor_name(), c.pid),
         None => format!("pid {}", c.pid),
@@ -546,7 +546,7 @@ mod tests {
 
     #[test]
     fn a_tool_is_overdue_only_while_a_call_runs_past_deadline_and_grace() {
-        let (_dir, runtime) = crate::runtime::test_runtime(
+        let (_dir, runtime) = crate::core::runtime::test_runtime(
             "[defaults]\ntimeout = \"100ms\"\ngrace = \"50ms\"\n",
             &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")],
         );

@@ -3,9 +3,9 @@
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{ErrorKind, ToolError};
-use crate::runtime::Runtime;
-use crate::tool::{ToolOutput, ToolResult};
+use crate::core::error::{ErrorKind, ToolError};
+use crate::core::runtime::Runtime;
+use crate::supervise::tool::{ToolOutput, ToolResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Builtin {

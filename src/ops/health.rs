@@ -16,7 +16,7 @@ use serde::Serialize;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::config::MemoryLimit;
-use crate::runtime::Runtime;
+use crate::core::runtime::Runtime;
 
 /// The registered name of the health actor.
 pub const NAME: &str = "health";
@@ -311,8 +311,8 @@ impl Actor for HealthActor {
             children,
         });
         state.runtime.publish_health(snapshot.clone());
-        if let Some(recovery) = ractor::registry::where_is(crate::recovery::NAME) {
-            let _ = recovery.send_message(crate::recovery::RecoveryMsg::Snapshot(snapshot));
+        if let Some(recovery) = ractor::registry::where_is(crate::ops::recovery::NAME) {
+            let _ = recovery.send_message(crate::ops::recovery::RecoveryMsg::Snapshot(snapshot));
         }
         myself.send_after(every, || HealthMsg::Sample);
         Ok(())

@@ -27,8 +27,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::breaker::{self, BreakerMsg, Force};
-use crate::runtime::Runtime;
+use crate::core::breaker::{self, BreakerMsg, Force};
+use crate::core::runtime::Runtime;
 
 /// The registered name of the control actor.
 pub const NAME: &str = "control";
@@ -311,10 +311,10 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, S
         return Ok(json!({"signalled": n, "signal": format!("{signal:?}")}));
     }
     match actor {
-        crate::transport::NAME => {
+        crate::mcp::server::NAME => {
             return Err("refusing to kill the transport: it would end the client's session".into())
         }
-        crate::root::NAME => {
+        crate::supervise::root::NAME => {
             return Err("refusing to kill the root supervisor: it would end warden".into())
         }
         _ => {}

@@ -39,13 +39,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{McpSpec, Rate, RateLimit};
-use crate::error::{ErrorKind, ToolError};
+use crate::core::error::{ErrorKind, ToolError};
+use crate::core::ratelimit::TokenBucket;
+use crate::core::runtime::{Notice, Runtime};
 use crate::exec::{self, GroupGuard};
-use crate::pipe::{ChildTransport, WithoutProgress};
-use crate::ratelimit::TokenBucket;
-use crate::runtime::{Notice, Runtime};
-use crate::supervisor::{Handle, ToolEntry, ToolState};
-use crate::tool::{Progress, ProgressFn, ToolOutput, ToolResult};
+use crate::mcp::wire::{ChildTransport, WithoutProgress};
+use crate::supervise::tool::{Progress, ProgressFn, ToolOutput, ToolResult};
+use crate::supervise::tools::{Handle, ToolEntry, ToolState};
 
 /// Lines of a server's stderr logged per second, after a burst of
 /// [`STDERR_BURST`]; the rest are counted and dropped, so a flood cannot

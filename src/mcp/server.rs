@@ -23,13 +23,13 @@ use rmcp::{ErrorData as McpError, ServerHandler, ServiceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::error::ToolError;
-use crate::gateway::{Catalog, Link};
-use crate::root::RootMsg;
-use crate::runtime::{CallError, Notice, Runtime};
-use crate::stdio::StdioTransport;
-use crate::supervisor::{Handle, ToolEntry};
-use crate::tool::{Progress, ProgressFn, ToolOutput, ToolResult};
+use crate::backends::mcp::{Catalog, Link};
+use crate::core::error::ToolError;
+use crate::core::runtime::{CallError, Notice, Runtime};
+use crate::mcp::stdio::StdioTransport;
+use crate::supervise::root::RootMsg;
+use crate::supervise::tool::{Progress, ProgressFn, ToolOutput, ToolResult};
+use crate::supervise::tools::{Handle, ToolEntry};
 
 /// The registered name of the transport actor.
 pub const NAME: &str = "transport";

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::Runtime;
+use crate::core::runtime::Runtime;
 
 /// The `actor` field of this module's log events.
 const ACTOR: &str = "http";
@@ -426,7 +426,7 @@ fn actor<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
 
 /// The tools' lines of a `Runtime::status` value.
 fn tools(status: &Value) -> &[Value] {
-    actor(status, crate::supervisor::NAME)
+    actor(status, crate::supervise::tools::NAME)
         .and_then(|a| a["children"].as_array())
         .map_or(&[], Vec::as_slice)
 }
@@ -459,11 +459,11 @@ pub fn health(status: &Value) -> (u16, Value) {
     add("warden".into(), warden, json!({ "state": state }));
 
     for (name, when_down) in [
-        (crate::transport::NAME, Health::Unhealthy),
-        (crate::supervisor::NAME, Health::Unhealthy),
-        (crate::breaker::NAME, Health::Degraded),
-        (crate::health::NAME, Health::Degraded),
-        (crate::recovery::NAME, Health::Degraded),
+        (crate::mcp::server::NAME, Health::Unhealthy),
+        (crate::supervise::tools::NAME, Health::Unhealthy),
+        (crate::core::breaker::NAME, Health::Degraded),
+        (crate::ops::health::NAME, Health::Degraded),
+        (crate::ops::recovery::NAME, Health::Degraded),
     ] {
         let state = actor(status, name)
             .and_then(|a| a["state"].as_str())
@@ -807,8 +807,10 @@ mod tests {
     /// The listener end to end against a runtime with no actors started.
     #[tokio::test]
     async fn serves_until_cancelled_and_refuses_what_it_does_not_serve() {
-        let (_dir, runtime) =
-            crate::runtime::test_runtime("", &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")]);
+        let (_dir, runtime) = crate::core::runtime::test_runtime(
+            "",
+            &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")],
+        );
         runtime.metrics.call("echo", "ok", 0.001);
 
         let listener = bind("127.0.0.1:0").await.unwrap();

@@ -17,7 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{json, Value};
 
 use crate::config::BreakerConfig;
-use crate::runtime::Runtime;
+use crate::core::runtime::Runtime;
 
 /// The registered name of the breaker actor.
 pub const NAME: &str = "breaker";
@@ -678,8 +678,10 @@ mod tests {
     /// force closed, reset, through the breaker actor, with metrics.
     #[tokio::test]
     async fn operators_force_and_reset_through_the_actor() {
-        let (_dir, runtime) =
-            crate::runtime::test_runtime("", &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")]);
+        let (_dir, runtime) = crate::core::runtime::test_runtime(
+            "",
+            &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")],
+        );
         let (actor, handle) = Actor::spawn(Some(NAME.into()), BreakerActor, runtime.clone())
             .await
             .unwrap();

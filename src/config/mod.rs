@@ -705,7 +705,7 @@ pub struct ToolSpec {
 #[derive(Debug, Clone)]
 pub enum ToolKindSpec {
     Command(CommandSpec),
-    Builtin(crate::builtin::Builtin),
+    Builtin(crate::backends::builtin::Builtin),
     Mcp(McpSpec),
 }
 
@@ -714,8 +714,8 @@ impl ToolSpec {
     /// `server:<name>` for an MCP server.
     pub fn actor_name(&self) -> String {
         match self.kind {
-            ToolKindSpec::Mcp(_) => crate::gateway::actor_name(&self.name),
-            _ => crate::tool::actor_name(&self.name),
+            ToolKindSpec::Mcp(_) => crate::backends::mcp::actor_name(&self.name),
+            _ => crate::supervise::tool::actor_name(&self.name),
         }
     }
 
@@ -1256,14 +1256,14 @@ fn check_actor(
                 bad("input", "is only for kind = \"command\"".into());
             }
             let which = a.builtin.clone().unwrap_or_else(|| a.name.clone());
-            match crate::builtin::Builtin::from_name(&which) {
+            match crate::backends::builtin::Builtin::from_name(&which) {
                 Some(b) => (Some(ToolKindSpec::Builtin(b)), b.input_schema()),
                 None => {
                     bad(
                         "builtin",
                         format!(
                             "unknown builtin `{which}` (known: {})",
-                            crate::builtin::Builtin::NAMES.join(", ")
+                            crate::backends::builtin::Builtin::NAMES.join(", ")
                         ),
                     );
                     (None, serde_json::Map::new())

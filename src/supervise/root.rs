@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::breaker::BreakerActor;
-use crate::control::ControlActor;
-use crate::health::HealthActor;
-use crate::recovery::RecoveryActor;
-use crate::runtime::Runtime;
-use crate::supervisor::ToolsSupervisor;
-use crate::transport::{TransportActor, TransportArgs};
+use crate::core::breaker::BreakerActor;
+use crate::core::runtime::Runtime;
+use crate::mcp::server::{TransportActor, TransportArgs};
+use crate::ops::control::ControlActor;
+use crate::ops::health::HealthActor;
+use crate::ops::recovery::RecoveryActor;
+use crate::supervise::tools::ToolsSupervisor;
 
 /// The registered name of the root supervisor.
 pub const NAME: &str = "warden";
@@ -57,12 +57,12 @@ impl Child {
 
     fn name(self) -> &'static str {
         match self {
-            Child::Breaker => crate::breaker::NAME,
-            Child::Tools => crate::supervisor::NAME,
-            Child::Recovery => crate::recovery::NAME,
-            Child::Health => crate::health::NAME,
-            Child::Control => crate::control::NAME,
-            Child::Transport => crate::transport::NAME,
+            Child::Breaker => crate::core::breaker::NAME,
+            Child::Tools => crate::supervise::tools::NAME,
+            Child::Recovery => crate::ops::recovery::NAME,
+            Child::Health => crate::ops::health::NAME,
+            Child::Control => crate::ops::control::NAME,
+            Child::Transport => crate::mcp::server::NAME,
         }
     }
 }
@@ -141,7 +141,7 @@ impl Actor for Root {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let Some((cell, why)) = crate::supervisor::child_ended(event) else {
+        let Some((cell, why)) = crate::supervise::tools::child_ended(event) else {
             return Ok(());
         };
         if state.runtime.draining.is_cancelled() {
@@ -167,11 +167,15 @@ async fn start_http(runtime: &Arc<Runtime>) -> Option<tokio_util::sync::DropGuar
     if listen.is_empty() {
         return None;
     }
-    match crate::http::bind(listen).await {
+    match crate::ops::http::bind(listen).await {
         Ok(listener) => {
             tracing::info!(actor = NAME, %listen, "HTTP listener ready: /metrics, /health, /ready");
             let stop = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(crate::http::serve(listener, runtime.clone(), stop.clone()));
+            tokio::spawn(crate::ops::http::serve(
+                listener,
+                runtime.clone(),
+                stop.clone(),
+            ));
             Some(stop.drop_guard())
         }
         Err(e) => {

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{json, Value};
 
-use crate::breaker::CircuitBreaker;
+use crate::backends::mcp::{Catalog, Link, ServerActor, ServerArgs};
 use crate::config::{Backoff, RestartType, SupervisorConfig, ToolKindSpec, ToolSpec, DEFAULT_PATH};
-use crate::gateway::{Catalog, Link, ServerActor, ServerArgs};
-use crate::ratelimit::TokenBucket;
-use crate::recovery::Level;
-use crate::runtime::Runtime;
-use crate::tool::{self, ToolRef};
+use crate::core::breaker::CircuitBreaker;
+use crate::core::ratelimit::TokenBucket;
+use crate::core::runtime::Runtime;
+use crate::ops::recovery::Level;
+use crate::supervise::tool::{self, ToolRef};
 
 /// The registered name of the tools supervisor.
 pub const NAME: &str = "tools";
@@ -260,7 +260,7 @@ impl ToolEntry {
             "breaker": self.breaker().snapshot(Instant::now()),
             "processes": crate::exec::tool_groups(&self.spec.name)
                 .into_iter()
-                .map(|pid| json!({"pid": pid, "rss_bytes": crate::runtime::rss_bytes(pid)}))
+                .map(|pid| json!({"pid": pid, "rss_bytes": crate::core::runtime::rss_bytes(pid)}))
                 .collect::<Vec<_>>(),
         });
         match state {
@@ -772,7 +772,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_killed_tool_actor_is_restarted_then_failed_past_its_budget() {
         let (_dir, runtime) =
-            crate::runtime::test_runtime(
+            crate::core::runtime::test_runtime(
                 "[supervisor]\nmax_restarts = 2\nwindow = \"60s\"\nbackoff = { min = \"20ms\", max = \"40ms\" }\n",
                 &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")],
             );
@@ -804,7 +804,7 @@ mod tests {
         })
         .await;
         let e = echo(runtime.clone()).await.unwrap_err();
-        assert_eq!(e.kind, crate::error::ErrorKind::Unavailable);
+        assert_eq!(e.kind, crate::core::error::ErrorKind::Unavailable);
         assert!(ractor::registry::where_is(tool::actor_name("echo")).is_none());
         sup.stop(None);
         handle.await.unwrap();

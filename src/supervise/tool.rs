@@ -21,11 +21,12 @@ use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::backends::builtin;
 use crate::config::{ToolKindSpec, ToolSpec};
-use crate::error::ToolError;
-use crate::runtime::Runtime;
-use crate::supervisor::ToolEntry;
-use crate::{builtin, exec};
+use crate::core::error::ToolError;
+use crate::core::runtime::Runtime;
+use crate::exec;
+use crate::supervise::tools::ToolEntry;
 
 /// One progress report of a running call.
 #[derive(Debug, Clone)]
@@ -188,10 +189,11 @@ impl Worker for ToolWorker {
         if replacement {
             // Counted here, at the one place every replacement passes through
             // (a panic, a kill), and charged to the tool's restart budget.
-            if let Some(sup) = ractor::registry::where_is(crate::supervisor::NAME) {
-                let _ = sup.send_message(crate::supervisor::ToolsSupervisorMsg::WorkerCrashed(
-                    self.spec.name.clone(),
-                ));
+            if let Some(sup) = ractor::registry::where_is(crate::supervise::tools::NAME) {
+                let _ =
+                    sup.send_message(crate::supervise::tools::ToolsSupervisorMsg::WorkerCrashed(
+                        self.spec.name.clone(),
+                    ));
             }
         }
         Ok(())
@@ -214,7 +216,7 @@ impl Worker for ToolWorker {
         let cancelled = || {
             // Cancelled (by the client, the watchdog or shutdown) while it waited.
             Err(ToolError::new(
-                crate::error::ErrorKind::Cancelled,
+                crate::core::error::ErrorKind::Cancelled,
                 "The call was cancelled before it started.",
                 "Nothing to do; send the call again if you still need it.",
             ))
@@ -272,7 +274,7 @@ impl Worker for ToolWorker {
             result = work => result,
             _ = async { cancel.cancelled().await; tokio::time::sleep(self.spec.grace).await } => {
                 Err(ToolError::new(
-                    crate::error::ErrorKind::Cancelled,
+                    crate::core::error::ErrorKind::Cancelled,
                     "The call was cancelled and did not stop within the grace; it was dropped.",
                     "Nothing to do; send the call again if you still need it.",
                 ))

@@ -25,8 +25,8 @@ use rmcp::transport::Transport;
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncWrite};
 
-use crate::pipe::{answered, Line, LineReader, Outbox};
-use crate::runtime::Runtime;
+use crate::core::runtime::Runtime;
+use crate::mcp::wire::{answered, Line, LineReader, Outbox};
 
 /// How often the drain checks whether the calls in flight have finished.
 const DRAIN_POLL: Duration = Duration::from_millis(10);

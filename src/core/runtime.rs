@@ -15,15 +15,15 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{self, Outcome};
+use crate::backends::mcp::Link;
 use crate::config::{Config, Loaded, Priority};
-use crate::error::{ErrorKind, ToolError};
-use crate::gateway::Link;
-use crate::health::{LagRecorder, Snapshot};
-use crate::metrics::Metrics;
-use crate::recovery::{Level, RecoveryView};
-use crate::supervisor::{self, Handle, Target, ToolEntry, ToolState, Tools};
-use crate::tool::{Call, ProgressFn, ToolResult};
+use crate::core::breaker::{self, Outcome};
+use crate::core::error::{ErrorKind, ToolError};
+use crate::core::metrics::Metrics;
+use crate::ops::health::{LagRecorder, Snapshot};
+use crate::ops::recovery::{Level, RecoveryView};
+use crate::supervise::tool::{Call, ProgressFn, ToolResult};
+use crate::supervise::tools::{self, Handle, Target, ToolEntry, ToolState, Tools};
 
 /// Everything the actors share. Read-mostly; live counters are atomics.
 pub struct Runtime {
@@ -235,7 +235,7 @@ impl Runtime {
                 tool,
                 level.name(),
                 used,
-                crate::recovery::degraded_retry(self.config.memory.sample_every),
+                crate::ops::recovery::degraded_retry(self.config.memory.sample_every),
             ));
         }
         let Ok(_permit) = self.in_flight.try_acquire() else {
@@ -322,7 +322,7 @@ impl Runtime {
     async fn dispatch(
         &self,
         entry: &ToolEntry,
-        actor: crate::tool::ToolRef,
+        actor: crate::supervise::tool::ToolRef,
         args: Map<String, Value>,
         cancel: CancellationToken,
         progress: Option<ProgressFn>,
@@ -485,7 +485,7 @@ impl Runtime {
             }
         };
         health["recovery"] = self.recovery.lock().unwrap().to_json();
-        let mut tools_node = actor(supervisor::NAME);
+        let mut tools_node = actor(tools::NAME);
         tools_node["children"] = json!(tools);
         json!({
             "warden": {
@@ -500,11 +500,11 @@ impl Runtime {
             },
             "health": health,
             "actors": [
-                actor(crate::root::NAME),
-                actor(crate::transport::NAME),
-                actor(crate::control::NAME),
-                actor(crate::health::NAME),
-                actor(crate::recovery::NAME),
+                actor(crate::supervise::root::NAME),
+                actor(crate::mcp::server::NAME),
+                actor(crate::ops::control::NAME),
+                actor(crate::ops::health::NAME),
+                actor(crate::ops::recovery::NAME),
                 actor(breaker::NAME),
                 tools_node,
             ]

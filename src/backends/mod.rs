@@ -1,0 +1,4 @@
+//! What runs a tool's call: builtins, command-line programs, MCP servers.
+
+pub mod builtin;
+pub mod mcp;

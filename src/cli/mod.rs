@@ -1,0 +1,5 @@
+//! The command line's subcommands besides `serve`.
+
+pub mod call;
+pub mod logs;
+pub mod operator;

@@ -1,0 +1,5 @@
+//! The supervision tree.
+
+pub mod root;
+pub mod tool;
+pub mod tools;
