@@ -166,8 +166,10 @@ proptest! {
         n in any::<i64>(),
         nul in any::<bool>(),
     ) {
-        let template: Vec<String> =
-            ["{first}", "--n={n}", "pre{first}", "--", "{rest}"].iter().map(|s| s.to_string()).collect();
+        let template: Vec<config::ArgTemplate> = ["{first}", "--n={n}", "pre{first}", "--", "{rest}"]
+            .iter()
+            .map(|s| config::ArgTemplate::parse(s).unwrap())
+            .collect();
         let first = if nul { format!("{first}\u{0}") } else { first };
         let mut args = Map::new();
         args.insert("first".into(), json!(first));

@@ -34,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
     if warden::core::runtime::check_args(validator(), &Value::Object(args.clone())).is_err() {
         return;
     }
-    let template: Vec<String> = TEMPLATE.iter().map(|s| s.to_string()).collect();
+    let template: Vec<warden::config::ArgTemplate> = TEMPLATE
+        .iter()
+        .map(|s| warden::config::ArgTemplate::parse(s).unwrap())
+        .collect();
     let root = std::env::temp_dir();
     let paths = ["path".to_string()];
     let result = warden::exec::confine_paths(&root, &paths, &args)

@@ -1,0 +1,554 @@
+//! `config.toml`: the runtime's sections, their defaults, `WARDEN_*`
+//! overrides, and the checks that make a set of values consistent.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, MemoryLimit};
+use super::Problem;
+
+/// Default for `server.max_in_flight`: calls running or queued, all tools together.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// Default for `server.shutdown_grace`: how long in-flight calls may finish after stdin closes.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Default for `server.max_line`, in bytes: a longer request line is refused unread.
+pub const DEFAULT_MAX_LINE: u64 = 16 << 20;
+/// Default for `log.level` and `log.stderr`. rmcp's info-level span wraps every
+/// request; entering it on each poll is measurable per call, and it says nothing
+/// warden's own call line does not.
+pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
+/// Default for `server.worker_threads`: one thread runs every actor (about 5×
+/// faster per call than two; see BENCHMARKS.md). Two or more let the watchdog
+/// answer even while a task holds a thread.
+pub const DEFAULT_WORKER_THREADS: usize = 1;
+/// Default for `defaults.concurrency`: workers per tool.
+pub const DEFAULT_CONCURRENCY: usize = 2;
+/// Default for `defaults.queue`: jobs waiting per tool beyond the busy workers.
+pub const DEFAULT_QUEUE: usize = 16;
+/// Default for `defaults.timeout`: the deadline of one call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `defaults.max_output`, in bytes, for stdout and for stderr each.
+pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
+/// Default for `defaults.grace`: how long past its deadline a call may take
+/// before the caller answers `timeout` without waiting for the worker.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+/// Default for `supervisor.max_restarts` within `supervisor.window`.
+pub const DEFAULT_MAX_RESTARTS: u32 = 5;
+/// Default for `supervisor.window`.
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(30);
+/// Default for `supervisor.backoff.min`.
+pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Default for `supervisor.backoff.max`.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Default for `supervisor.cooloff`: how long a tool failed past its restart
+/// budget waits before it is tried again (with a fresh budget).
+pub const DEFAULT_COOLOFF: Duration = Duration::from_secs(300);
+
+/// The runtime configuration, `config.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub supervisor: SupervisorConfig,
+    pub defaults: ToolDefaults,
+    pub breaker: BreakerConfig,
+    pub log: LogConfig,
+    pub control: ControlConfig,
+    pub http: HttpConfig,
+    pub memory: MemoryConfig,
+    pub lag: LagConfig,
+}
+
+/// The memory budget of the whole process tree and the recovery levels, as
+/// fractions of it. Each level is entered at its threshold and left 5 points
+/// below it, so a tree hovering at a threshold does not flap.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// The budget: "auto" (the cgroup v2 `memory.max` of warden's cgroup when
+    /// set, else total RAM) or a size such as "512MiB".
+    pub limit: MemoryLimit,
+    /// Every actor sheds what it holds; the allocator returns free memory.
+    pub trim_at: f64,
+    /// `low` tools answer `degraded`; `normal` ones run at half concurrency.
+    pub degrade_at: f64,
+    /// The heaviest child is restarted, one at a time, until below `degrade_at`.
+    pub restart_at: f64,
+    /// How often the health actor measures memory.
+    #[serde(with = "humantime_serde")]
+    pub sample_every: Duration,
+    /// The least time between two restarts by the memory policy.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            limit: MemoryLimit::Auto,
+            trim_at: 0.70,
+            degrade_at: 0.90,
+            restart_at: 0.95,
+            sample_every: Duration::from_secs(1),
+            cooldown: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Event-loop lag (how late a periodic tick fires, or how long a runtime
+/// thread has been stuck in one task) and what each threshold does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LagConfig {
+    /// Above it, lag is logged.
+    #[serde(with = "humantime_serde")]
+    pub warn: Duration,
+    /// Above it, health is unhealthy.
+    #[serde(with = "humantime_serde")]
+    pub alert: Duration,
+    /// Above it, recovery replaces the actors whose calls are past their deadline.
+    #[serde(with = "humantime_serde")]
+    pub recover: Duration,
+}
+
+impl Default for LagConfig {
+    fn default() -> Self {
+        LagConfig {
+            warn: Duration::from_millis(100),
+            alert: Duration::from_secs(5),
+            recover: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Below this, `memory.limit` could not even hold warden at rest.
+pub const IDLE_FOOTPRINT: u64 = 16 << 20;
+
+/// The control socket `warden status`, `kill` and `metrics` talk to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// "auto": `$XDG_RUNTIME_DIR/warden` (or `/tmp/warden-<uid>`), one socket
+    /// per instance named after its pid; "off": none; else a directory.
+    pub socket: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: "auto".into(),
+        }
+    }
+}
+
+/// The optional HTTP listener: /metrics, /health, /ready.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// An address such as "127.0.0.1:9464"; empty: no listener.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Directory of the actor files; relative to the config file.
+    pub actors_dir: PathBuf,
+    /// Calls running or queued across all tools; beyond it a call answers `busy`.
+    pub max_in_flight: usize,
+    /// After stdin closes or SIGTERM, how long in-flight calls may still finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The longest request line read from stdin.
+    pub max_line: ByteSize,
+    /// Threads running the actors: 1 is a single-threaded runtime (no
+    /// cross-thread wake-ups per call); more is tokio's multi-thread runtime.
+    pub worker_threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            actors_dir: PathBuf::from("actors"),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_line: ByteSize(DEFAULT_MAX_LINE),
+            worker_threads: DEFAULT_WORKER_THREADS,
+        }
+    }
+}
+
+/// Restart policy of the tools supervisor, in OTP's vocabulary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// Restarts allowed per tool within `window`; one more and the tool is `failed`.
+    pub max_restarts: u32,
+    /// Also how long a restarted tool must stay up before its backoff starts
+    /// again from `backoff.min`.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    pub backoff: Backoff,
+    /// A tool failed past its budget is tried again after this, with a fresh budget.
+    #[serde(with = "humantime_serde")]
+    pub cooloff: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            window: DEFAULT_RESTART_WINDOW,
+            backoff: Backoff::default(),
+            cooloff: DEFAULT_COOLOFF,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backoff {
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: DEFAULT_BACKOFF_MIN,
+            max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+}
+
+/// Per-tool defaults; every actor file may override them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolDefaults {
+    pub concurrency: usize,
+    pub queue: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    pub max_output: ByteSize,
+}
+
+impl Default for ToolDefaults {
+    fn default() -> Self {
+        ToolDefaults {
+            concurrency: DEFAULT_CONCURRENCY,
+            queue: DEFAULT_QUEUE,
+            timeout: DEFAULT_TIMEOUT,
+            grace: DEFAULT_GRACE,
+            max_output: ByteSize(DEFAULT_MAX_OUTPUT),
+        }
+    }
+}
+
+/// Circuit breaker policy, in resilience4j's vocabulary. `[breaker]` holds the
+/// defaults; an actor file's `[breaker]` table overrides any of them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Off: the tool's calls are never refused by its breaker.
+    pub enabled: bool,
+    /// The last N calls whose outcomes decide.
+    pub window: usize,
+    /// Calls needed in the window before the rates count.
+    pub min_calls: usize,
+    /// Failure rate (0..=1) at which the breaker opens.
+    pub failure_rate: f64,
+    /// A call longer than this is slow.
+    #[serde(with = "humantime_serde")]
+    pub slow_call: Duration,
+    /// Slow-call rate (0..=1) at which the breaker opens.
+    pub slow_rate: f64,
+    /// How long it stays open before letting trial calls through.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    /// The cap of `open_for` as it grows after failed trials.
+    #[serde(with = "humantime_serde")]
+    pub open_for_max: Duration,
+    /// `open_for` is multiplied by this after each failed trial.
+    pub backoff_factor: f64,
+    /// Trial calls let through when half-open.
+    pub half_open_calls: usize,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: true,
+            window: 20,
+            min_calls: 10,
+            failure_rate: 0.5,
+            slow_call: Duration::from_secs(10),
+            slow_rate: 0.8,
+            open_for: Duration::from_secs(30),
+            open_for_max: Duration::from_secs(300),
+            backoff_factor: 2.0,
+            half_open_calls: 3,
+        }
+    }
+}
+
+/// An actor file's `[breaker]`: any field of `BreakerConfig`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerOverride {
+    pub enabled: Option<bool>,
+    pub window: Option<usize>,
+    pub min_calls: Option<usize>,
+    pub failure_rate: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    pub slow_call: Option<Duration>,
+    pub slow_rate: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    pub open_for: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub open_for_max: Option<Duration>,
+    pub backoff_factor: Option<f64>,
+    pub half_open_calls: Option<usize>,
+}
+
+impl BreakerConfig {
+    pub(super) fn merged(&self, o: &BreakerOverride) -> BreakerConfig {
+        BreakerConfig {
+            enabled: o.enabled.unwrap_or(self.enabled),
+            window: o.window.unwrap_or(self.window),
+            min_calls: o.min_calls.unwrap_or(self.min_calls),
+            failure_rate: o.failure_rate.unwrap_or(self.failure_rate),
+            slow_call: o.slow_call.unwrap_or(self.slow_call),
+            slow_rate: o.slow_rate.unwrap_or(self.slow_rate),
+            open_for: o.open_for.unwrap_or(self.open_for),
+            open_for_max: o.open_for_max.unwrap_or(self.open_for_max),
+            backoff_factor: o.backoff_factor.unwrap_or(self.backoff_factor),
+            half_open_calls: o.half_open_calls.unwrap_or(self.half_open_calls),
+        }
+    }
+
+    /// Every inconsistency, as (field, reason).
+    pub(super) fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.window == 0 {
+            out.push(("window", "must be at least 1".to_string()));
+        }
+        if self.min_calls == 0 || self.min_calls > self.window {
+            out.push((
+                "min_calls",
+                format!("must be between 1 and window ({})", self.window),
+            ));
+        }
+        for (field, rate) in [
+            ("failure_rate", self.failure_rate),
+            ("slow_rate", self.slow_rate),
+        ] {
+            if !(rate > 0.0 && rate <= 1.0) {
+                out.push((field, format!("{rate} must be in (0, 1]")));
+            }
+        }
+        if self.open_for.is_zero() || self.open_for > self.open_for_max {
+            out.push(("open_for", "needs 0 < open_for <= open_for_max".to_string()));
+        }
+        if self.backoff_factor.is_nan() || self.backoff_factor < 1.0 {
+            out.push(("backoff_factor", "must be at least 1".to_string()));
+        }
+        if self.half_open_calls == 0 {
+            out.push(("half_open_calls", "must be at least 1".to_string()));
+        }
+        if self.slow_call.is_zero() {
+            out.push(("slow_call", "must be longer than 0s".to_string()));
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rotation {
+    Minutely,
+    Hourly,
+    Daily,
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Directory of the rolling JSON log files; relative to the config file.
+    pub dir: PathBuf,
+    pub rotation: Rotation,
+    /// Log files kept; older ones are deleted.
+    pub keep: usize,
+    /// Level of the JSON file log (a tracing filter such as "info" or "warden=debug").
+    pub level: String,
+    /// Level of the readable lines on stderr ("off" for none).
+    pub stderr: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            dir: PathBuf::from("logs"),
+            rotation: Rotation::Daily,
+            keep: 7,
+            level: DEFAULT_LOG_FILTER.into(),
+            stderr: DEFAULT_LOG_FILTER.into(),
+        }
+    }
+}
+
+/// `WARDEN_*` variables override the main runtime fields.
+pub(super) fn apply_env(
+    config: &mut Config,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut bad = |var: &str, reason: String| {
+        problems.push(Problem {
+            file: path.to_path_buf(),
+            field: format!("${var}"),
+            reason,
+        })
+    };
+    if let Some(v) = env("WARDEN_ACTORS_DIR") {
+        config.server.actors_dir = PathBuf::from(v);
+    }
+    if let Some(v) = env("WARDEN_MAX_IN_FLIGHT") {
+        match v.parse() {
+            Ok(n) => config.server.max_in_flight = n,
+            Err(_) => bad(
+                "WARDEN_MAX_IN_FLIGHT",
+                format!("`{v}` is not a whole number"),
+            ),
+        }
+    }
+    if let Some(v) = env("WARDEN_SHUTDOWN_GRACE") {
+        match humantime::parse_duration(&v) {
+            Ok(d) => config.server.shutdown_grace = d,
+            Err(e) => bad("WARDEN_SHUTDOWN_GRACE", format!("`{v}`: {e}")),
+        }
+    }
+    if let Some(v) = env("WARDEN_CONTROL_DIR") {
+        config.control.socket = v;
+    }
+    if let Some(v) = env("WARDEN_LOG_DIR") {
+        config.log.dir = PathBuf::from(v);
+    }
+    if let Some(v) = env("WARDEN_LOG_LEVEL") {
+        config.log.level = v;
+    }
+    if let Some(v) = env("WARDEN_LOG_STDERR") {
+        config.log.stderr = v;
+    }
+}
+
+pub(super) fn resolve_relative(config: &mut Config, base: &Path) {
+    for p in [&mut config.server.actors_dir, &mut config.log.dir] {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+}
+
+pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Problem>) {
+    let mut bad = |field: &str, reason: &str| {
+        problems.push(Problem {
+            file: path.to_path_buf(),
+            field: field.into(),
+            reason: reason.into(),
+        })
+    };
+    if config.server.max_in_flight == 0 {
+        bad("server.max_in_flight", "must be at least 1");
+    }
+    if config.server.worker_threads == 0 || config.server.worker_threads > 64 {
+        bad("server.worker_threads", "must be between 1 and 64");
+    }
+    if config.server.max_line.0 < 1024 {
+        bad("server.max_line", "must be at least 1KiB");
+    }
+    if config.defaults.concurrency == 0 {
+        bad("defaults.concurrency", "must be at least 1");
+    }
+    if config.defaults.timeout.is_zero() {
+        bad("defaults.timeout", "must be longer than 0s");
+    }
+    let b = config.supervisor.backoff;
+    if b.min.is_zero() || b.min > b.max {
+        bad("supervisor.backoff", "needs 0 < min <= max");
+    }
+    if config.supervisor.window.is_zero() {
+        bad("supervisor.window", "must be longer than 0s");
+    }
+    if config.supervisor.cooloff.is_zero() {
+        bad("supervisor.cooloff", "must be longer than 0s");
+    }
+    for (field, reason) in config.breaker.problems() {
+        bad(&format!("breaker.{field}"), &reason);
+    }
+    let m = &config.memory;
+    for (field, v) in [
+        ("trim_at", m.trim_at),
+        ("degrade_at", m.degrade_at),
+        ("restart_at", m.restart_at),
+    ] {
+        if !(v > 0.05 && v <= 1.0) {
+            bad(
+                &format!("memory.{field}"),
+                "must be a fraction above 0.05 and at most 1.0 (0.9 is 90 %)",
+            );
+        }
+    }
+    if !(m.trim_at < m.degrade_at && m.degrade_at < m.restart_at) {
+        bad(
+            "memory",
+            "needs trim_at < degrade_at < restart_at (each level is entered above the one before)",
+        );
+    }
+    if let MemoryLimit::Fixed(limit) = m.limit {
+        if (limit.0 as f64 * m.trim_at) < IDLE_FOOTPRINT as f64 {
+            bad(
+                "memory.limit",
+                &format!(
+                    "{limit} is below warden's idle footprint: trim_at of it is under {}",
+                    ByteSize(IDLE_FOOTPRINT)
+                ),
+            );
+        }
+    }
+    if m.sample_every < Duration::from_millis(50) {
+        bad("memory.sample_every", "must be at least 50ms");
+    }
+    let l = &config.lag;
+    if l.warn.is_zero() || !(l.warn < l.alert && l.alert < l.recover) {
+        bad("lag", "needs 0 < warn < alert < recover");
+    }
+    if !config.http.listen.is_empty() && config.http.listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        bad(
+            "http.listen",
+            "is not an address such as \"127.0.0.1:9464\"",
+        );
+    }
+    for (field, filter) in [
+        ("log.level", &config.log.level),
+        ("log.stderr", &config.log.stderr),
+    ] {
+        if tracing_subscriber::EnvFilter::builder()
+            .parse(filter.as_str())
+            .is_err()
+        {
+            bad(
+                field,
+                "is not a log filter (try \"info\", \"debug\" or \"off\")",
+            );
+        }
+    }
+}
