@@ -161,11 +161,12 @@ fn main() -> ExitCode {
                 }
             };
             let _guard = warden::ops::logging::init(&loaded.config.log);
-            if let Err(e) = warden::exec::guard::start() {
-                tracing::warn!(error = %e, "no guardian: if warden is SIGKILLed, what its children started may outlive it");
-            }
+            let guardian = warden::exec::guard::Guardian::start()
+                .map_err(|e| tracing::warn!(error = %e, "no guardian: if warden is SIGKILLed, what its children started may outlive it"))
+                .ok();
             let loaded_threads = loaded.config.server.worker_threads;
-            let runtime = match warden::core::runtime::Runtime::new(loaded) {
+            let groups = warden::exec::Groups::new(guardian);
+            let runtime = match warden::core::runtime::Runtime::new(loaded, groups) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("warden: {e}");

@@ -7,7 +7,6 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 use warden::config;
-use warden::exec;
 use warden::mcp::stdio::{decide, Verdict};
 
 fn cases(n: u32) -> ProptestConfig {
@@ -166,16 +165,23 @@ proptest! {
         n in any::<i64>(),
         nul in any::<bool>(),
     ) {
-        let template: Vec<config::ArgTemplate> = ["{first}", "--n={n}", "pre{first}", "--", "{rest}"]
-            .iter()
-            .map(|s| config::ArgTemplate::parse(s).unwrap())
-            .collect();
+        let cmd = config::CommandSpec {
+            program: "true".into(),
+            args: ["{first}", "--n={n}", "pre{first}", "--", "{rest}"]
+                .iter()
+                .map(|s| config::ArgTemplate::parse(s).unwrap())
+                .collect(),
+            cwd: "/".into(),
+            env: vec![],
+            limits: Default::default(),
+            paths: vec![],
+        };
         let first = if nul { format!("{first}\u{0}") } else { first };
         let mut args = Map::new();
         args.insert("first".into(), json!(first));
         args.insert("rest".into(), json!(rest));
         args.insert("n".into(), json!(n));
-        match exec::render_argv(&template, &args) {
+        match warden::backends::command::prepare(&cmd, &args) {
             Ok(argv) => {
                 prop_assert_eq!(&argv, &vec![
                     first.clone(), format!("--n={n}"), format!("pre{first}"), "--".into(), rest.clone(),

@@ -34,14 +34,18 @@ fuzz_target!(|data: &[u8]| {
     if warden::core::runtime::check_args(validator(), &Value::Object(args.clone())).is_err() {
         return;
     }
-    let template: Vec<warden::config::ArgTemplate> = TEMPLATE
-        .iter()
-        .map(|s| warden::config::ArgTemplate::parse(s).unwrap())
-        .collect();
-    let root = std::env::temp_dir();
-    let paths = ["path".to_string()];
-    let result = warden::exec::confine_paths(&root, &paths, &args)
-        .and_then(|()| warden::exec::render_argv(&template, &args));
+    let cmd = warden::config::CommandSpec {
+        program: "true".into(),
+        args: TEMPLATE
+            .iter()
+            .map(|s| warden::config::ArgTemplate::parse(s).unwrap())
+            .collect(),
+        cwd: std::env::temp_dir(),
+        env: vec![],
+        limits: Default::default(),
+        paths: vec!["path".to_string()],
+    };
+    let result = warden::backends::command::prepare(&cmd, &args);
     let Ok(argv) = result else { return };
     // The value of `word` is one element, and not an option.
     let word = args["word"].as_str().unwrap();

@@ -113,6 +113,16 @@ impl ToolError {
         .detail("memory_level", level)
     }
 
+    /// The call was cancelled (by its client, the watchdog or shutdown);
+    /// `what` says what became of the work.
+    pub fn cancelled(what: impl Into<String>) -> Self {
+        ToolError::new(
+            ErrorKind::Cancelled,
+            what,
+            "Nothing to do; send the call again if you still need it.",
+        )
+    }
+
     pub fn busy(what: &str) -> Self {
         ToolError::new(
             ErrorKind::Busy,

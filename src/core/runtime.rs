@@ -20,6 +20,7 @@ use crate::config::{Config, Loaded, Priority};
 use crate::core::breaker::{self, Outcome};
 use crate::core::error::{ErrorKind, ToolError};
 use crate::core::metrics::Metrics;
+use crate::exec::Groups;
 use crate::ops::health::{LagRecorder, Snapshot};
 use crate::ops::recovery::{Level, RecoveryView};
 use crate::supervise::tool::{Call, ProgressFn, ToolResult};
@@ -52,6 +53,8 @@ pub struct Runtime {
     /// messages of MCP servers); dropped rather than waited for when full.
     notices: tokio::sync::mpsc::Sender<Notice>,
     notices_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Notice>>>,
+    /// The process groups of every program warden runs.
+    pub groups: Arc<Groups>,
 }
 
 /// Notices queued for the client before they are dropped.
@@ -83,7 +86,7 @@ pub enum CallError {
 }
 
 impl Runtime {
-    pub fn new(loaded: Loaded) -> Result<Arc<Self>, String> {
+    pub fn new(loaded: Loaded, groups: Arc<Groups>) -> Result<Arc<Self>, String> {
         let tools = Tools::new(loaded.tools)?;
         let metrics = Metrics::new();
         for t in tools.iter() {
@@ -106,6 +109,7 @@ impl Runtime {
             recovery: Default::default(),
             notices,
             notices_rx: std::sync::Mutex::new(Some(notices_rx)),
+            groups,
         }))
     }
 
@@ -359,11 +363,7 @@ impl Runtime {
             answer = rx => answer,
             _ = cancel.cancelled() => {
                 job_cancel.cancel();
-                return Err(ToolError::new(
-                    ErrorKind::Cancelled,
-                    "The call was cancelled; its process group was killed.",
-                    "Nothing to do; send the call again if you still need it.",
-                ));
+                return Err(ToolError::cancelled("The call was cancelled; its process group was killed."));
             }
             _ = tokio::time::sleep(deadline) => {
                 job_cancel.cancel();
@@ -419,7 +419,7 @@ impl Runtime {
         let run = async {
             let _permit = tokio::select! {
                 permit = entry.gate.acquire() => permit,
-                _ = job_cancel.cancelled() => return Err(cancelled("The call was cancelled before it started.")),
+                _ = job_cancel.cancelled() => return Err(ToolError::cancelled("The call was cancelled before it started.")),
             };
             let _call = entry.call_started();
             link.call_tool(downstream, args, &job_cancel, progress, spec.timeout)
@@ -438,7 +438,7 @@ impl Runtime {
         job_cancel.cancel();
         let _ = tokio::time::timeout(FORWARD_CANCEL_GRACE, &mut run).await;
         if !late {
-            return Err(cancelled(
+            return Err(ToolError::cancelled(
                 "The call was cancelled; the server was told to stop it.",
             ));
         }
@@ -466,7 +466,7 @@ impl Runtime {
             };
             json!({"name": name, "state": state, "restarts": restarts.get(name).copied().unwrap_or(0)})
         };
-        let tools: Vec<Value> = self.tools.iter().map(|t| t.status()).collect();
+        let tools: Vec<Value> = self.tools.iter().map(|t| t.status(&self.groups)).collect();
         let mut health = match self.health() {
             Some(s) => json!({
                 "memory": {
@@ -494,7 +494,7 @@ impl Runtime {
                 "uptime_s": self.started.elapsed().as_secs(),
                 "config": self.config_path.display().to_string(),
                 "state": if self.draining.is_cancelled() { "draining" } else { "running" },
-                "rss_bytes": rss_bytes(std::process::id() as i32),
+                "rss_bytes": crate::exec::rss_bytes(std::process::id() as i32),
                 "in_flight": self.in_flight(),
                 "max_in_flight": self.config.server.max_in_flight,
             },
@@ -512,20 +512,6 @@ impl Runtime {
     }
 }
 
-/// Resident memory of a process, from /proc (None when it is gone).
-pub fn rss_bytes(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
 /// A runtime over a temporary config for unit tests: `config` is config.toml,
 /// `actors` are (file stem, text) pairs. Keep the directory alive with it.
 #[cfg(test)]
@@ -537,7 +523,7 @@ pub fn test_runtime(config: &str, actors: &[(&str, &str)]) -> (tempfile::TempDir
         std::fs::write(dir.path().join("actors").join(format!("{name}.toml")), text).unwrap();
     }
     let loaded = crate::config::load(&dir.path().join("config.toml"), &|_| None).unwrap();
-    (dir, Runtime::new(loaded).unwrap())
+    (dir, Runtime::new(loaded, Groups::new(None)).unwrap())
 }
 
 struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -546,14 +532,6 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-fn cancelled(message: &str) -> ToolError {
-    ToolError::new(
-        ErrorKind::Cancelled,
-        message,
-        "Nothing to do; send the call again if you still need it.",
-    )
 }
 
 /// Checks a call's arguments against its tool's schema: the first violation

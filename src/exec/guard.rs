@@ -8,8 +8,8 @@
 //! ends over a pipe. When the pipe reaches end of file, warden is gone, by
 //! whatever means: the guardian SIGKILLs every group still listed and exits.
 //!
-//! Only `warden serve` starts one ([`start`]); without it (the library in
-//! tests) `watch` and `forget` do nothing.
+//! Only `warden serve` starts one ([`Guardian::start`]) and hands it to the
+//! runtime's [`Groups`](super::groups::Groups); the library's tests run without.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
@@ -23,48 +23,52 @@ use nix::unistd::Pid;
 /// The subcommand that runs the guardian.
 pub const SUBCOMMAND: &str = "__guard";
 
-/// warden's end of the pipe; `None` until [`start`].
-static PIPE: Mutex<Option<ChildStdin>> = Mutex::new(None);
+/// warden's end of the guardian's pipe. Its writes are non-blocking: a
+/// guardian that stopped reading costs a lost message (logged), never a
+/// stalled warden.
+pub struct Guardian {
+    pipe: Mutex<ChildStdin>,
+}
 
-/// Starts the guardian. Its pipe is non-blocking: a guardian that stopped
-/// reading costs a lost message (logged), never a stalled warden.
-pub fn start() -> std::io::Result<()> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .arg(SUBCOMMAND)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdin = child.stdin.take().expect("stdin is piped");
-    // The first process forks the guardian and exits at once: reap it.
-    let status = child.wait()?;
-    if !status.success() {
-        return Err(std::io::Error::other(format!(
-            "the guardian did not start ({status})"
-        )));
+impl Guardian {
+    /// Starts the guardian (`warden __guard`, this same binary).
+    pub fn start() -> std::io::Result<Guardian> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg(SUBCOMMAND)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        // The first process forks the guardian and exits at once: reap it.
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "the guardian did not start ({status})"
+            )));
+        }
+        let flags = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok(Guardian {
+            pipe: Mutex::new(stdin),
+        })
     }
-    let flags = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
-    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
-    *PIPE.lock().unwrap() = Some(stdin);
-    Ok(())
-}
 
-/// The guardian should kill this group if warden dies.
-pub fn watch(pgid: i32) {
-    send(&format!("+{pgid}\n"));
-}
+    /// The guardian should kill this group if warden dies.
+    pub fn watch(&self, pgid: i32) {
+        self.send(&format!("+{pgid}\n"));
+    }
 
-/// This group is gone (warden killed and reaped it).
-pub fn forget(pgid: i32) {
-    send(&format!("-{pgid}\n"));
-}
+    /// This group is gone (warden killed and reaped it).
+    pub fn forget(&self, pgid: i32) {
+        self.send(&format!("-{pgid}\n"));
+    }
 
-fn send(line: &str) {
-    let mut pipe = PIPE.lock().unwrap();
-    if let Some(p) = pipe.as_mut() {
-        if let Err(e) = p.write_all(line.as_bytes()) {
+    fn send(&self, line: &str) {
+        let mut pipe = self.pipe.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = pipe.write_all(line.as_bytes()) {
             tracing::warn!(actor = "warden", error = %e, "the guardian missed a process group update");
         }
     }

@@ -307,7 +307,7 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, S
             .get(tool)
             .ok_or_else(|| format!("unknown tool `{tool}`"))?;
         let signal = parse_signal(sig)?;
-        let n = crate::exec::signal_tool(tool, signal);
+        let n = runtime.groups.signal(tool, signal);
         return Ok(json!({"signalled": n, "signal": format!("{signal:?}")}));
     }
     match actor {

@@ -292,7 +292,7 @@ impl Actor for HealthActor {
     ) -> Result<(), ActorProcessingErr> {
         let every = state.runtime.config.memory.sample_every;
         let mut system = state.system.take().ok_or("health: no sysinfo handle")?;
-        let groups = crate::exec::live_groups();
+        let groups = state.runtime.groups.owners();
         let (system, (warden_rss, children)) = tokio::task::spawn_blocking(move || {
             let m = measure(&mut system, &groups);
             (system, m)

@@ -346,7 +346,7 @@ impl RecoveryState {
             s.fraction * 100.0,
             mib(child.rss)
         );
-        if crate::exec::kill_group_because(child.pid, reason.clone()) {
+        if self.runtime.groups.kill_because(child.pid, reason.clone()) {
             self.last_restart = Some(Instant::now());
             self.record(s, "restart", child_name(&self.runtime, child), reason);
         }
@@ -374,7 +374,7 @@ impl RecoveryState {
                     mib(budget),
                     fraction * 100.0
                 );
-                if crate::exec::kill_group_because(child.pid, reason.clone()) {
+                if runtime.groups.kill_because(child.pid, reason.clone()) {
                     self.record(s, "restart", child_name(&self.runtime, child), reason);
                     continue;
                 }

@@ -122,7 +122,7 @@ impl Actor for Root {
                 .stop_and_wait(Some("shutdown".into()), Some(STOP_CHILDREN_DEADLINE))
                 .await;
         }
-        let killed = crate::exec::kill_all_groups();
+        let killed = state.runtime.groups.kill_all();
         if killed > 0 {
             tracing::warn!(
                 actor = NAME,
@@ -254,7 +254,10 @@ impl RootState {
 const SHUTDOWN_DEADLINE_EXTRA: Duration = Duration::from_secs(5);
 
 /// SIGTERM or SIGINT: drain. A second one: stop now, killing what runs.
-async fn on_signals(draining: tokio_util::sync::CancellationToken) {
+async fn on_signals(
+    draining: tokio_util::sync::CancellationToken,
+    groups: Arc<crate::exec::Groups>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -281,7 +284,7 @@ async fn on_signals(draining: tokio_util::sync::CancellationToken) {
             draining.cancel();
         } else {
             tracing::warn!(actor = NAME, "second signal: stopping at once");
-            crate::exec::kill_all_groups();
+            groups.kill_all();
             std::process::exit(1);
         }
     }
@@ -295,7 +298,7 @@ pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
         tracing::error!(actor = "warden", panic = %info, "an actor panicked");
     }));
     let (_root, handle) = Actor::spawn(Some(NAME.into()), Root, runtime.clone()).await?;
-    let signals = tokio::spawn(on_signals(runtime.draining.clone()));
+    let signals = tokio::spawn(on_signals(runtime.draining.clone(), runtime.groups.clone()));
     // Every wait has a deadline, shutdown too: a client that stops reading its
     // stdout must not keep warden alive. Past grace + this, warden just exits.
     let deadline = runtime.config.server.shutdown_grace + SHUTDOWN_DEADLINE_EXTRA;
@@ -308,6 +311,6 @@ pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
         }
     }
     signals.abort();
-    crate::exec::kill_all_groups();
+    runtime.groups.kill_all();
     Ok(())
 }

@@ -21,11 +21,10 @@ use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backends::builtin;
+use crate::backends::{builtin, command};
 use crate::config::{ToolKindSpec, ToolSpec};
 use crate::core::error::ToolError;
 use crate::core::runtime::Runtime;
-use crate::exec;
 use crate::supervise::tools::ToolEntry;
 
 /// One progress report of a running call.
@@ -213,12 +212,10 @@ impl Worker for ToolWorker {
             reply,
         } = msg;
         let Some(reply) = reply else { return Ok(key) };
+        // Cancelled (by the client, the watchdog or shutdown) while it waited.
         let cancelled = || {
-            // Cancelled (by the client, the watchdog or shutdown) while it waited.
-            Err(ToolError::new(
-                crate::core::error::ErrorKind::Cancelled,
+            Err(ToolError::cancelled(
                 "The call was cancelled before it started.",
-                "Nothing to do; send the call again if you still need it.",
             ))
         };
         if cancel.is_cancelled() {
@@ -238,29 +235,21 @@ impl Worker for ToolWorker {
         let started = std::time::Instant::now();
         let work = async {
             match &self.spec.kind {
-                ToolKindSpec::Command(cmd) => {
-                    let argv = exec::confine_paths(&cmd.cwd, &cmd.paths, &args)
-                        .and_then(|()| exec::render_argv(&cmd.args, &args));
-                    match (argv, &self.program) {
-                        (Err(e), _) => Err(e),
-                        (Ok(_), None) => Err(ToolError::internal("command tool without a program")),
-                        (Ok(argv), Some(program)) => {
-                            exec::run(
-                                cmd,
-                                exec::Run {
-                                    tool: &self.spec.name,
-                                    program,
-                                    argv,
-                                    timeout: self.spec.timeout,
-                                    max_output: self.spec.max_output,
-                                    cancel: &cancel,
-                                    progress: progress.as_ref(),
-                                },
-                            )
-                            .await
-                        }
+                ToolKindSpec::Command(cmd) => match &self.program {
+                    None => Err(ToolError::internal("command tool without a program")),
+                    Some(program) => {
+                        command::call(
+                            &self.spec,
+                            cmd,
+                            program,
+                            &self.runtime.groups,
+                            &args,
+                            &cancel,
+                            progress.as_ref(),
+                        )
+                        .await
                     }
-                }
+                },
                 ToolKindSpec::Builtin(b) => builtin::run(*b, &args, &self.runtime, &cancel).await,
                 ToolKindSpec::Mcp(_) => Err(ToolError::internal(
                     "an MCP server's calls are forwarded, not run by a worker",
@@ -273,11 +262,7 @@ impl Worker for ToolWorker {
         let result = tokio::select! {
             result = work => result,
             _ = async { cancel.cancelled().await; tokio::time::sleep(self.spec.grace).await } => {
-                Err(ToolError::new(
-                    crate::core::error::ErrorKind::Cancelled,
-                    "The call was cancelled and did not stop within the grace; it was dropped.",
-                    "Nothing to do; send the call again if you still need it.",
-                ))
+                Err(ToolError::cancelled("The call was cancelled and did not stop within the grace; it was dropped."))
             }
         };
         let _ = reply.send(result);

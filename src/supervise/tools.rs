@@ -239,7 +239,7 @@ impl ToolEntry {
     }
 
     /// This tool's line in `status`.
-    pub fn status(&self) -> Value {
+    pub fn status(&self, groups: &crate::exec::Groups) -> Value {
         let state = self.state();
         let mut v = json!({
             "name": self.spec.actor_name(),
@@ -258,9 +258,9 @@ impl ToolEntry {
             "queue_capacity": self.spec.queue,
             "last_error": *self.last_error.lock().unwrap(),
             "breaker": self.breaker().snapshot(Instant::now()),
-            "processes": crate::exec::tool_groups(&self.spec.name)
+            "processes": groups.of(&self.spec.name)
                 .into_iter()
-                .map(|pid| json!({"pid": pid, "rss_bytes": crate::core::runtime::rss_bytes(pid)}))
+                .map(|pid| json!({"pid": pid, "rss_bytes": crate::exec::rss_bytes(pid)}))
                 .collect::<Vec<_>>(),
         });
         match state {

@@ -42,7 +42,7 @@ use crate::config::{McpSpec, Rate, RateLimit};
 use crate::core::error::{ErrorKind, ToolError};
 use crate::core::ratelimit::TokenBucket;
 use crate::core::runtime::{Notice, Runtime};
-use crate::exec::{self, GroupGuard};
+use crate::exec::{self, Exit, GroupGuard};
 use crate::mcp::wire::{ChildTransport, WithoutProgress};
 use crate::supervise::tool::{Progress, ProgressFn, ToolOutput, ToolResult};
 use crate::supervise::tools::{Handle, ToolEntry, ToolState};
@@ -269,11 +269,10 @@ impl Link {
             answer = &mut handle.rx => answer,
             _ = cancel.cancelled() => {
                 let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, handle.cancel(Some("cancelled by warden's client".into()))).await;
-                return Err(ToolError::new(
-                    ErrorKind::Cancelled,
-                    format!("The call was cancelled; `{}` was told to stop it.", self.server),
-                    "Nothing to do; send the call again if you still need it.",
-                ));
+                return Err(ToolError::cancelled(format!(
+                    "The call was cancelled; `{}` was told to stop it.",
+                    self.server
+                )));
             }
             _ = tokio::time::sleep(timeout) => {
                 let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, handle.cancel(Some("timeout".into()))).await;
@@ -553,7 +552,7 @@ impl Actor for ServerActor {
             .spawn()
             .map_err(|e| format!("cannot start `{}`: {e}", exec::program_name(&spec.program)))?;
         let pid = child.id().map_or(0, |p| p as i32);
-        let group = GroupGuard::register(pid, &name);
+        let group = runtime.groups.register(pid, &name);
         let (stdin, stdout, stderr) = (
             child.stdin.take().ok_or("no stdin pipe")?,
             child.stdout.take().ok_or("no stdout pipe")?,
@@ -563,9 +562,10 @@ impl Actor for ServerActor {
         let (ended_tx, ended) = watch::channel(None);
         let watcher = {
             let myself = myself.clone();
+            let groups = runtime.groups.clone();
             tokio::spawn(async move {
                 let status = child.wait().await;
-                let (how, clean) = describe_exit(status, exec::kill_reason(pid));
+                let (how, clean) = describe_exit(status, groups.kill_reason(pid));
                 let _ = ended_tx.send(Some(how.clone()));
                 let _ = myself.cast(ServerMsg::Exited(how, clean));
             })
@@ -664,7 +664,7 @@ impl Actor for ServerActor {
             }
             ServerMsg::Wedged(why) => {
                 tracing::error!(actor = %me, reason = %why, "MCP server is wedged; restarting it");
-                if !exec::kill_group_because(state.pid, why.clone()) {
+                if !state.runtime.groups.kill_because(state.pid, why.clone()) {
                     myself.stop(Some(why));
                 }
             }
@@ -868,17 +868,11 @@ fn describe_exit(
     status: std::io::Result<std::process::ExitStatus>,
     killed_because: Option<String>,
 ) -> (String, bool) {
-    use std::os::unix::process::ExitStatusExt;
     if let Some(reason) = killed_because {
         return (format!("killed by warden: {reason}"), false);
     }
     match status {
-        Ok(s) if s.success() => ("exited with status 0".into(), true),
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => (format!("exited with status {code}"), false),
-            (None, Some(sig)) => (format!("was killed by signal {sig}"), false),
-            _ => ("ended abnormally".into(), false),
-        },
+        Ok(s) => (Exit::from(s).to_string(), s.success()),
         Err(e) => (format!("could not be waited for: {e}"), false),
     }
 }
