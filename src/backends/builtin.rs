@@ -1,19 +1,15 @@
 //! Tools compiled into warden.
 
 use serde_json::{Map, Value};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Builtin;
+use crate::core::call::{ToolOutput, ToolResult};
 use crate::core::error::{ErrorKind, ToolError};
 use crate::core::runtime::Runtime;
-use crate::supervise::tool::{ToolOutput, ToolResult};
 
-pub async fn run(
-    builtin: Builtin,
-    args: &Map<String, Value>,
-    runtime: &Runtime,
-    _cancel: &CancellationToken,
-) -> ToolResult {
+/// Runs one call of a builtin. `block` and `hang` ignore cancellation on
+/// purpose: they are what the watchdog is tested with.
+pub async fn run(builtin: Builtin, args: &Map<String, Value>, runtime: &Runtime) -> ToolResult {
     match builtin {
         Builtin::Echo => match args.get("message") {
             Some(Value::String(s)) => Ok(ToolOutput::text(s.clone())),
@@ -24,10 +20,9 @@ pub async fn run(
             )),
         },
         Builtin::Status => {
-            let status = runtime.status();
-            Ok(ToolOutput::text(
-                serde_json::to_string_pretty(&status).unwrap_or_else(|_| status.to_string()),
-            ))
+            let status = serde_json::to_string_pretty(&runtime.status())
+                .map_err(|e| ToolError::internal(format!("status: {e}")))?;
+            Ok(ToolOutput::text(status))
         }
         Builtin::Metrics => Ok(ToolOutput::text(runtime.metrics_text())),
         Builtin::Panic => panic!("the panic builtin was called (chaos test)"),

@@ -9,12 +9,12 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CommandSpec, ToolSpec};
+use crate::core::call::{Progress, ProgressFn, ToolOutput, ToolResult};
 use crate::core::error::{ErrorKind, ToolError};
 use crate::exec::argv::{self, ArgvError};
 use crate::exec::paths::{self, PathError};
 use crate::exec::run::{self, Captured, Ending, Program, RunError};
 use crate::exec::{program_name, Exit, Groups};
-use crate::supervise::tool::{Progress, ProgressFn, ToolOutput, ToolResult};
 
 /// Bytes of stderr quoted in an `execution_failed` answer.
 pub const STDERR_TAIL: usize = 2048;

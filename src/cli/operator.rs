@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::core::status::Status;
 use crate::ops::control::{self, Client, Instance};
 
 /// Exit code when no running instance is found (like `systemctl status` of a stopped unit).
@@ -85,12 +86,17 @@ pub async fn run(f: impl std::future::Future<Output = Result<(), Failure>>) -> i
 pub async fn status(target: &Target, as_json: bool, watch: bool) -> Result<(), Failure> {
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     loop {
-        let answer = target.request(json!({"cmd": "status"})).await?;
-        let status = &answer["status"];
+        let mut answer = target.request(json!({"cmd": "status"})).await?;
+        let status: Status = serde_json::from_value(answer["status"].take()).map_err(|e| {
+            Failure(
+                1,
+                format!("warden answered a status this command cannot read: {e}"),
+            )
+        })?;
         let text = if as_json {
-            serde_json::to_string_pretty(status).unwrap_or_default()
+            serde_json::to_string_pretty(&status).unwrap_or_default()
         } else {
-            render(status, color)
+            render(&status, color)
         };
         let mut out = std::io::stdout().lock();
         if watch {
@@ -144,8 +150,8 @@ pub async fn breaker(target: &Target, tool: &str, action: &str) -> Result<(), Fa
 }
 
 /// `status` as a person reads it: a header, then one line per actor.
-pub fn render(status: &Value, color: bool) -> String {
-    let w = &status["warden"];
+pub fn render(status: &Status, color: bool) -> String {
+    let w = &status.warden;
     let paint = |s: &str, code: &str| {
         if color {
             format!("\x1b[{code}m{s}\x1b[0m")
@@ -158,55 +164,46 @@ pub fn render(status: &Value, color: bool) -> String {
         "starting" | "restarting" | "half_open" | "draining" | "degraded" | "forced_closed" => "33",
         _ => "31",
     };
-    let health_body = crate::ops::http::health(status).1;
-    let health = health_body["status"].as_str().unwrap_or("?");
-    let mut out =
-        format!(
-        "warden {}  pid {}  up {}  config {}\nstate {}  health {}  memory {}  in flight {}/{}\n\n",
-        w["version"].as_str().unwrap_or("?"),
-        w["pid"],
-        duration(w["uptime_s"].as_u64().unwrap_or(0)),
-        w["config"].as_str().unwrap_or("?"),
-        paint(w["state"].as_str().unwrap_or("?"), state_color(w["state"].as_str().unwrap_or(""))),
+    let health = crate::core::status::health(status).0.name();
+    let mut out = format!(
+        "warden {}  pid {}  up {}  config {}\nstate {}  health {}  memory {}  in flight {}/{}\n",
+        w.version,
+        w.pid,
+        duration(w.uptime_s),
+        w.config,
+        paint(&w.state, state_color(&w.state)),
         paint(health, state_color(health)),
-        w["rss_bytes"].as_u64().map_or("?".to_string(), mib),
-        w["in_flight"],
-        w["max_in_flight"],
+        w.rss_bytes.map_or("?".to_string(), mib),
+        w.in_flight,
+        w.max_in_flight,
     );
-    let h = &status["health"];
-    if let Some(total) = h["memory"]["total_bytes"].as_u64() {
-        let level = h["recovery"]["level"].as_str().unwrap_or("?");
+    let h = &status.health;
+    if let Some(m) = &h.memory {
+        let level = h.recovery.level.name();
         let level_color = match level {
             "normal" => "32",
             "trim" => "33",
             _ => "31",
         };
-        out.insert_str(
-            out.len() - 1,
-            &format!(
-                "tree {} of {} ({:.0} %, {})  level {}  lag p50 {:.0}ms p99 {:.0}ms max {:.0}ms\n",
-                mib(total),
-                h["memory"]["limit_bytes"].as_u64().map_or("?".into(), mib),
-                h["memory"]["fraction"].as_f64().unwrap_or(0.0) * 100.0,
-                h["memory"]["limit_source"].as_str().unwrap_or("?"),
-                paint(level, level_color),
-                h["lag"]["p50_ms"].as_f64().unwrap_or(0.0),
-                h["lag"]["p99_ms"].as_f64().unwrap_or(0.0),
-                h["lag"]["max_ms"].as_f64().unwrap_or(0.0),
-            ),
-        );
-        if let Some(a) = h["recovery"]["actions"].as_array().and_then(|a| a.last()) {
-            out.insert_str(
-                out.len() - 1,
-                &format!(
-                    "last recovery action: {} {}: {}\n",
-                    a["action"].as_str().unwrap_or("?"),
-                    a["target"].as_str().unwrap_or("?"),
-                    a["reason"].as_str().unwrap_or("?"),
-                ),
-            );
+        out.push_str(&format!(
+            "tree {} of {} ({:.0} %, {})  level {}  lag p50 {:.0}ms p99 {:.0}ms max {:.0}ms\n",
+            mib(m.total_bytes),
+            mib(m.limit_bytes),
+            m.fraction * 100.0,
+            m.limit_source,
+            paint(level, level_color),
+            h.lag.p50_ms,
+            h.lag.p99_ms,
+            h.lag.max_ms,
+        ));
+        if let Some(a) = h.recovery.actions.last() {
+            out.push_str(&format!(
+                "last recovery action: {} {}: {}\n",
+                a.action, a.target, a.reason
+            ));
         }
     }
+    out.push('\n');
     let header = [
         "ACTOR",
         "STATE",
@@ -219,47 +216,39 @@ pub fn render(status: &Value, color: bool) -> String {
         "LAST ERROR",
     ];
     let mut rows: Vec<[String; 9]> = Vec::new();
-    for a in status["actors"].as_array().into_iter().flatten() {
+    for a in &status.actors {
         rows.push([
-            a["name"].as_str().unwrap_or("?").to_string(),
-            a["state"].as_str().unwrap_or("?").to_string(),
+            a.name.clone(),
+            a.state.clone(),
             String::new(),
-            a["restarts"].to_string(),
+            a.restarts.to_string(),
             String::new(),
             String::new(),
             String::new(),
             String::new(),
             String::new(),
         ]);
-        for t in a["children"].as_array().into_iter().flatten() {
-            let b = &t["breaker"];
-            let breaker = match b["half_open_in_ms"].as_u64() {
+        for t in a.children.iter().flatten() {
+            let breaker = match t.breaker.half_open_in_ms {
                 Some(ms) => format!("open ({} to half-open)", duration_ms(ms)),
-                None => b["state"].as_str().unwrap_or("?").to_string(),
+                None => t.breaker.state.clone(),
             };
-            let processes: Vec<String> = t["processes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    format!(
-                        "{} ({})",
-                        p["pid"],
-                        p["rss_bytes"].as_u64().map_or("?".into(), mib)
-                    )
-                })
+            let processes: Vec<String> = t
+                .processes
+                .iter()
+                .map(|p| format!("{} ({})", p.pid, p.rss_bytes.map_or("?".into(), mib)))
                 .collect();
-            let mut last_error = t["last_error"].as_str().unwrap_or("").replace('\n', " ");
+            let mut last_error = t.last_error.as_deref().unwrap_or("").replace('\n', " ");
             if last_error.chars().count() > 60 {
                 last_error = last_error.chars().take(59).collect::<String>() + "…";
             }
             rows.push([
-                format!("  {}", t["name"].as_str().unwrap_or("?")),
-                t["state"].as_str().unwrap_or("?").to_string(),
-                duration(t["uptime_s"].as_u64().unwrap_or(0)),
-                t["restarts"].to_string(),
-                format!("{}/{}", t["queue_depth"], t["queue_capacity"]),
-                t["in_flight"].to_string(),
+                format!("  {}", t.name),
+                t.state.clone(),
+                duration(t.uptime_s),
+                t.restarts.to_string(),
+                format!("{}/{}", t.queue_depth, t.queue_capacity),
+                t.in_flight.to_string(),
                 breaker,
                 if processes.is_empty() {
                     "-".into()
@@ -344,25 +333,50 @@ mod tests {
 
     #[test]
     fn render_shows_one_line_per_actor_without_colour_off_a_terminal() {
-        let status = json!({
-            "warden": {"version": "0.1.0", "pid": 42, "uptime_s": 61, "config": "/etc/warden/config.toml",
-                       "state": "running", "rss_bytes": 11534336, "in_flight": 1, "max_in_flight": 256},
-            "health": {
-                "memory": {"total_bytes": 20971520, "limit_bytes": 209715200, "fraction": 0.1, "limit_source": "config"},
-                "lag": {"p50_ms": 0.4, "p99_ms": 2.2, "max_ms": 310.0},
-                "recovery": {"level": "trim", "actions": [
-                    {"action": "trim", "target": "warden", "reason": "memory level normal -> trim"}
-                ]}
-            },
-            "actors": [
-                {"name": "warden", "state": "running", "restarts": 0},
-                {"name": "tools", "state": "running", "restarts": 1, "children": [
-                    {"name": "tool:df", "state": "running", "uptime_s": 61, "restarts": 2, "queue_depth": 1,
-                     "queue_capacity": 8, "in_flight": 3, "breaker": {"state": "open", "half_open_in_ms": 12000},
-                     "processes": [{"pid": 99, "rss_bytes": 1048576}], "last_error": "`df` exited with status 1"}
-                ]}
-            ]
+        use crate::core::health::Action;
+        use crate::core::levels::Level;
+        use crate::core::status::{MemoryLine, ProcessLine};
+        let mut status =
+            crate::core::status::tests::status("running", true, &[("df", "running", "open")]);
+        status.health.memory = Some(MemoryLine {
+            warden_rss_bytes: 11534336,
+            total_bytes: 20971520,
+            limit_bytes: 209715200,
+            limit_source: "config".into(),
+            fraction: 0.1,
+            children: vec![],
         });
+        status.health.lag.p99_ms = 2.2;
+        status.health.lag.max_ms = 310.0;
+        status.health.recovery.level = Level::Trim;
+        status.health.recovery.actions.push(Action {
+            at_unix_ms: 0,
+            action: "trim".into(),
+            target: "warden".into(),
+            reason: "memory level normal -> trim".into(),
+            before_bytes: 0,
+            before_fraction: 0.0,
+            after_bytes: None,
+            after_fraction: None,
+        });
+        let tools = status
+            .actors
+            .iter_mut()
+            .find(|a| a.name == "tools")
+            .unwrap();
+        tools.restarts = 1;
+        let df = &mut tools.children.as_mut().unwrap()[0];
+        df.uptime_s = 61;
+        df.restarts = 2;
+        df.queue_depth = 1;
+        df.queue_capacity = 8;
+        df.in_flight = 3;
+        df.breaker.half_open_in_ms = Some(12000);
+        df.processes = vec![ProcessLine {
+            pid: 99,
+            rss_bytes: Some(1048576),
+        }];
+        df.last_error = Some("`df` exited with status 1".into());
         let text = render(&status, false);
         assert!(!text.contains('\x1b'));
         assert!(

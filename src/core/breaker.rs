@@ -1,26 +1,17 @@
-//! Circuit breakers: one state machine per tool, and the breaker actor that
-//! drives their clocks.
+//! Circuit breakers: one state machine per tool.
 //!
-//! The state machine ([`CircuitBreaker`]) is plain data with the time passed
-//! in, so every transition is unit-tested without sleeping. It lives in the
-//! tool's `ToolEntry` behind a mutex, so asking for a permit is not an actor
-//! round trip on every call. The breaker actor owns everything around it: the
-//! timer that moves an open breaker to half-open on its own, the log line and
-//! metrics of every transition, and the operator's force-open, force-closed
-//! and reset.
+//! [`CircuitBreaker`] is plain data with the time passed in, so every
+//! transition is unit-tested without sleeping. It lives in the tool's
+//! `ToolEntry` behind a mutex, so asking for a permit is not an actor round
+//! trip on every call. Its clock (an open breaker turns half-open on its own)
+//! is driven by the breaker actor in `ops`.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde_json::{json, Value};
-
 use crate::config::BreakerConfig;
-use crate::core::runtime::Runtime;
+use crate::core::status::BreakerLine;
 
-/// The registered name of the breaker actor.
-pub const NAME: &str = "breaker";
 /// How long a caller refused while half-open (all trials taken) should wait.
 const HALF_OPEN_RETRY: Duration = Duration::from_millis(100);
 
@@ -292,20 +283,27 @@ impl CircuitBreaker {
         }
     }
 
-    /// The breaker as `status` shows it.
-    pub fn snapshot(&self, now: Instant) -> Value {
-        let (failure_rate, slow_rate, calls) = self.rates();
-        let mut v = json!({
-            "state": self.state.name(),
-            "failure_rate": round3(failure_rate),
-            "slow_rate": round3(slow_rate),
-            "calls_in_window": calls,
-            "open_for_ms": self.open_for.as_millis() as u64,
-        });
-        if let State::Open { until } = self.state {
-            v["half_open_in_ms"] = json!(until.saturating_duration_since(now).as_millis() as u64);
+    /// When an open breaker lets trial calls through.
+    pub fn opens_until(&self) -> Option<Instant> {
+        match self.state {
+            State::Open { until } => Some(until),
+            _ => None,
         }
-        v
+    }
+
+    /// The breaker as `status` shows it.
+    pub fn snapshot(&self, now: Instant) -> BreakerLine {
+        let (failure_rate, slow_rate, calls) = self.rates();
+        BreakerLine {
+            state: self.state.name().to_string(),
+            failure_rate: round3(failure_rate),
+            slow_rate: round3(slow_rate),
+            calls_in_window: calls,
+            open_for_ms: self.open_for.as_millis() as u64,
+            half_open_in_ms: self
+                .opens_until()
+                .map(|until| until.saturating_duration_since(now).as_millis() as u64),
+        }
     }
 }
 
@@ -319,120 +317,6 @@ pub enum Force {
     Open,
     Closed,
     Reset,
-}
-
-pub struct BreakerActor;
-
-pub enum BreakerMsg {
-    /// A breaker changed state on the call path: log it, count it, time it.
-    Transitioned {
-        tool: String,
-        transition: Transition,
-    },
-    /// An open breaker's time may be over.
-    Timer { tool: String },
-    /// The operator forces a breaker; answers with its snapshot.
-    Force {
-        tool: String,
-        force: Force,
-        reply: RpcReplyPort<Result<Value, String>>,
-    },
-}
-
-impl Actor for BreakerActor {
-    type Msg = BreakerMsg;
-    type State = Arc<Runtime>;
-    type Arguments = Arc<Runtime>;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        runtime: Arc<Runtime>,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        // A restarted breaker actor re-arms the timers its predecessor held.
-        for entry in runtime.tools.iter() {
-            if let State::Open { until } = entry.breaker().state() {
-                arm(&myself, &entry.spec.name, until);
-            }
-        }
-        Ok(runtime)
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        runtime: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            BreakerMsg::Transitioned { tool, transition } => {
-                on_transition(&myself, runtime, &tool, &transition);
-            }
-            BreakerMsg::Timer { tool } => {
-                if let Some(entry) = runtime.tools.get(&tool) {
-                    let t = entry.breaker().on_timer(Instant::now());
-                    if let Some(t) = t {
-                        on_transition(&myself, runtime, &tool, &t);
-                    }
-                }
-            }
-            BreakerMsg::Force { tool, force, reply } => {
-                let Some(entry) = runtime.tools.get(&tool) else {
-                    let _ = reply.send(Err(format!("unknown tool `{tool}`")));
-                    return Ok(());
-                };
-                let t = {
-                    let mut b = entry.breaker();
-                    match force {
-                        Force::Open => b.force_open(),
-                        Force::Closed => b.force_closed(),
-                        Force::Reset => b.reset(),
-                    }
-                };
-                if let Some(t) = t {
-                    on_transition(&myself, runtime, &tool, &t);
-                }
-                let _ = reply.send(Ok(entry.breaker().snapshot(Instant::now())));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Tells the breaker actor about a transition seen on the call path.
-pub fn report(tool: &str, transition: Transition) {
-    if let Some(actor) = ractor::registry::where_is(NAME) {
-        let _ = actor.send_message(BreakerMsg::Transitioned {
-            tool: tool.to_string(),
-            transition,
-        });
-    }
-}
-
-fn on_transition(myself: &ActorRef<BreakerMsg>, runtime: &Runtime, tool: &str, t: &Transition) {
-    tracing::warn!(
-        actor = "breaker",
-        %tool,
-        from = t.from.name(),
-        to = t.to.name(),
-        reason = t.reason,
-        failure_rate = t.failure_rate,
-        slow_rate = t.slow_rate,
-        calls = t.calls,
-        "circuit breaker transition"
-    );
-    runtime
-        .metrics
-        .breaker_transition(tool, t.from.name(), t.to.name(), t.to.gauge());
-    if let State::Open { until } = t.to {
-        arm(myself, tool, until);
-    }
-}
-
-fn arm(myself: &ActorRef<BreakerMsg>, tool: &str, until: Instant) {
-    let tool = tool.to_string();
-    let wait = until.saturating_duration_since(Instant::now());
-    myself.send_after(wait, move || BreakerMsg::Timer { tool });
 }
 
 #[cfg(test)]
@@ -674,50 +558,33 @@ mod tests {
         assert!(b.try_acquire(t0).0.is_ok());
     }
 
-    /// The operator's API (the control socket will call it): force open,
-    /// force closed, reset, through the breaker actor, with metrics.
-    #[tokio::test]
-    async fn operators_force_and_reset_through_the_actor() {
+    /// The operator's API (the control socket calls it): force open, force
+    /// closed, reset, with metrics.
+    #[test]
+    fn operators_force_and_reset_with_metrics() {
         let (_dir, runtime) = crate::core::runtime::test_runtime(
             "",
             &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")],
         );
-        let (actor, handle) = Actor::spawn(Some(NAME.into()), BreakerActor, runtime.clone())
-            .await
-            .unwrap();
-        let force = |tool: &str, force: Force| {
-            let actor = actor.clone();
-            let tool = tool.to_string();
-            async move {
-                ractor::call_t!(
-                    actor,
-                    |reply| BreakerMsg::Force { tool, force, reply },
-                    2000
-                )
-                .unwrap()
-            }
-        };
-        let snap = force("echo", Force::Open).await.unwrap();
-        assert_eq!(snap["state"], "forced_open");
+        let snap = runtime.force_breaker("echo", Force::Open).unwrap();
+        assert_eq!(snap.state, "forced_open");
         let entry = runtime.tools.get("echo").unwrap();
         assert!(entry.breaker().try_acquire(Instant::now()).0.is_err());
         assert_eq!(
-            force("echo", Force::Closed).await.unwrap()["state"],
+            runtime.force_breaker("echo", Force::Closed).unwrap().state,
             "forced_closed"
         );
         assert_eq!(
-            force("echo", Force::Reset).await.unwrap()["state"],
+            runtime.force_breaker("echo", Force::Reset).unwrap().state,
             "closed"
         );
-        assert!(force("nope", Force::Reset)
-            .await
+        assert!(runtime
+            .force_breaker("nope", Force::Reset)
             .unwrap_err()
             .contains("unknown tool"));
         let m = runtime.metrics.render();
         assert!(m.contains("warden_breaker_transitions_total{from=\"closed\",to=\"forced_open\",tool=\"echo\"} 1"), "{m}");
         assert!(m.contains("warden_breaker_state{tool=\"echo\"} 0"), "{m}");
-        actor.stop(None);
-        handle.await.unwrap();
     }
 
     #[test]

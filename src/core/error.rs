@@ -2,7 +2,7 @@
 //!
 //! A failing tool is an answer, not a crash: every kind here becomes an
 //! `isError` result with a short sentence, a one-line suggestion and
-//! machine-readable fields (see `transport::error_result`).
+//! machine-readable fields (see `mcp::convert`).
 
 use std::fmt;
 use std::time::Duration;
@@ -166,7 +166,11 @@ impl ToolError {
         e
     }
 
-    pub fn circuit_open(tool: &str, until_half_open: Duration, breaker: &Value) -> Self {
+    pub fn circuit_open(
+        tool: &str,
+        until_half_open: Duration,
+        breaker: crate::core::status::BreakerLine,
+    ) -> Self {
         let mut e = ToolError::new(
             ErrorKind::CircuitOpen,
             format!(
@@ -175,7 +179,10 @@ impl ToolError {
             "Retry after the suggested delay, when trial calls are let through; `status` shows the breaker.",
         )
         .retry_after(until_half_open);
-        e.details.insert("breaker".into(), breaker.clone());
+        e.details.insert(
+            "breaker".into(),
+            serde_json::to_value(breaker).unwrap_or_default(),
+        );
         e
     }
 

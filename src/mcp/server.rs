@@ -1,137 +1,55 @@
-//! The transport actor: MCP over stdio (rmcp), the only writer of stdout.
-//!
-//! It runs an rmcp server session on a [`StdioTransport`] and turns MCP
-//! requests into runtime calls; when the session ends (stdin closed, SIGTERM)
-//! it tells the root supervisor, which shuts warden down. MCP types stop
-//! here: the runtime below speaks `ToolResult` and `ToolError`.
+//! The rmcp server handler: one per session, MCP requests in, runtime calls
+//! out. MCP types stop here (and in `backends::mcp`): the runtime below
+//! speaks `ToolResult`, `ToolError` and opaque payloads.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 #[allow(deprecated)]
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
-    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
-    PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams,
-    ReadResourceResponse, ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, ContentBlock,
+    GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
+    ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
+    ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams, Tool,
 };
 use rmcp::service::{RequestContext, RoleServer};
-use rmcp::{ErrorData as McpError, ServerHandler, ServiceExt};
-use serde_json::json;
-use tokio::task::JoinHandle;
+use rmcp::{ErrorData as McpError, Peer, ServerHandler};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
 
-use crate::backends::mcp::{Catalog, Link};
+use crate::core::call::{
+    CallCtx, CallError, Payload, Progress, ProgressFn, ToolOutput, ToolResult,
+};
+use crate::core::catalog::{Catalog, Definition};
 use crate::core::error::ToolError;
-use crate::core::runtime::{CallError, Notice, Runtime};
-use crate::mcp::stdio::StdioTransport;
-use crate::supervise::root::RootMsg;
-use crate::supervise::tool::{Progress, ProgressFn, ToolOutput, ToolResult};
-use crate::supervise::tools::{Handle, ToolEntry};
+use crate::core::names;
+use crate::core::registry::ToolEntry;
+use crate::core::runtime::Runtime;
+use crate::core::session::{LogLevel, Notice, Session};
 
-/// The registered name of the transport actor.
-pub const NAME: &str = "transport";
 /// Progress notifications buffered per call; past it they are dropped, not waited for.
 const PROGRESS_BUFFER: usize = 16;
 /// How long an answer waits for its call's progress reports to go out first.
 const PROGRESS_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_millis(100);
 
-pub struct TransportActor;
-
-pub enum TransportMsg {
-    /// The MCP session is over, for the reason given.
-    SessionEnded(String),
-}
-
-pub struct TransportArgs {
-    pub runtime: Arc<Runtime>,
-    pub root: ActorRef<RootMsg>,
-}
-
-pub struct TransportState {
-    root: ActorRef<RootMsg>,
-    session: JoinHandle<()>,
-}
-
-impl Actor for TransportActor {
-    type Msg = TransportMsg;
-    type State = TransportState;
-    type Arguments = TransportArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: TransportArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let runtime = args.runtime;
-        let session = tokio::spawn(async move {
-            // Pipes (how MCP clients launch servers) are driven by the IO
-            // reactor; anything else falls back to tokio's blocking stdio.
-            let (stdin, stdout) = rmcp::transport::stdio_pipes();
-            let transport = StdioTransport::new(
-                tokio::io::BufReader::with_capacity(64 * 1024, stdin),
-                stdout,
-                runtime.clone(),
-            );
-            let notices = runtime.take_notices();
-            let reason = match WardenServer::new(runtime).serve(transport).await {
-                Ok(running) => {
-                    if let Some(notices) = notices {
-                        tokio::spawn(forward_notices(notices, running.peer().clone()));
-                    }
-                    match running.waiting().await {
-                        Ok(quit) => format!("{quit:?}"),
-                        Err(e) => format!("session task failed: {e}"),
-                    }
-                }
-                Err(e) => format!("no session: {e}"),
-            };
-            let _ = myself.send_message(TransportMsg::SessionEnded(reason));
-        });
-        Ok(TransportState {
-            root: args.root,
-            session,
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            TransportMsg::SessionEnded(reason) => {
-                tracing::info!(actor = "transport", %reason, "MCP session ended");
-                let _ = state.root.send_message(RootMsg::SessionEnded);
-                myself.stop(Some(reason));
-            }
-        }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.session.abort();
-        Ok(())
-    }
-}
-
-/// The rmcp handler: MCP requests in, runtime calls out.
+/// The handler of one session.
 #[derive(Clone)]
 pub struct WardenServer {
     runtime: Arc<Runtime>,
+    session: Arc<Session>,
     /// The command and builtin tools (MCP servers' tools are listed live).
     tools: Arc<Vec<Tool>>,
+    caps: ServerCapabilities,
 }
 
 impl WardenServer {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
+    // `enable_logging`: see the note on the `ServerHandler` impl below.
+    #[allow(deprecated)]
+    pub fn new(runtime: Arc<Runtime>, session: Arc<Session>) -> Self {
         let tools = runtime
             .tools
             .iter()
@@ -144,21 +62,62 @@ impl WardenServer {
                 )
             })
             .collect();
+        let mut caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_logging()
+            .build();
+        // Prompts and resources only come from MCP servers.
+        if runtime.tools.servers().next().is_some() {
+            let more = ServerCapabilities::builder()
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .enable_resources()
+                .enable_resources_list_changed()
+                .build();
+            caps.prompts = more.prompts;
+            caps.resources = more.resources;
+        }
         WardenServer {
             runtime,
+            session,
             tools: Arc::new(tools),
+            caps,
         }
     }
-}
 
-impl WardenServer {
-    /// What the MCP servers export, one list from each server's catalog.
-    fn exported<T>(&self, list: impl Fn(&Catalog) -> Vec<T>) -> Vec<T> {
+    /// What the MCP servers export, one list from each server's catalog,
+    /// read into the protocol's types.
+    fn exported<T: DeserializeOwned>(&self, list: impl Fn(&Catalog) -> Vec<Definition>) -> Vec<T> {
         self.runtime
             .tools
             .servers()
             .flat_map(|server| list(&server.catalog()))
+            .filter_map(|def| T::deserialize(&Value::Object((*def).clone())).ok())
             .collect()
+    }
+
+    /// A request for an MCP server, through the runtime's admission.
+    async fn forward(
+        &self,
+        entry: &ToolEntry,
+        request: ClientRequest,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, McpError> {
+        let ctx = CallCtx {
+            session: &self.session,
+            principal: None,
+            cancel: &context.ct,
+            progress: None,
+        };
+        // Boxed, like every forwarded request: rmcp spawns one future type
+        // for every request, as large as its largest branch, and copies it.
+        let answer = Box::pin(self.runtime.forward(&ctx, entry, Payload::new(request)))
+            .await
+            .map_err(|e| forward_error(&e))?;
+        answer
+            .downcast::<ServerResult>()
+            .map_err(|_| forward_error(&ToolError::internal("a server's answer that is not MCP")))
     }
 }
 
@@ -167,24 +126,7 @@ impl WardenServer {
 #[allow(deprecated)]
 impl ServerHandler for WardenServer {
     fn get_info(&self) -> ServerConfig {
-        let mut caps = ServerCapabilities::builder()
-            .enable_tools()
-            .enable_tool_list_changed()
-            .enable_logging()
-            .build();
-        // Prompts and resources only come from MCP servers.
-        if self.runtime.tools.servers().next().is_some() {
-            caps = ServerCapabilities::builder()
-                .enable_tools()
-                .enable_tool_list_changed()
-                .enable_logging()
-                .enable_prompts()
-                .enable_prompts_list_changed()
-                .enable_resources()
-                .enable_resources_list_changed()
-                .build();
-        }
-        ServerConfig::new(caps)
+        ServerConfig::new(self.caps.clone())
             .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
             .with_instructions("Tools served by warden; `status` shows the runtime's health.")
     }
@@ -200,7 +142,7 @@ impl ServerHandler for WardenServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let mut tools = self.tools.as_ref().clone();
-        tools.extend(self.exported(|c| c.tools.iter().map(|(t, _)| t.clone()).collect()));
+        tools.extend(self.exported(|c| c.tools.iter().map(|t| t.def.clone()).collect()));
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -210,20 +152,16 @@ impl ServerHandler for WardenServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
         Ok(ListPromptsResult::with_all_items(self.exported(|c| {
-            c.prompts.iter().map(|(p, _)| p.clone()).collect()
+            c.prompts.iter().map(|p| p.def.clone()).collect()
         })))
     }
 
     async fn get_prompt(
         &self,
         mut request: GetPromptRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
-        let found = self.runtime.tools.servers().find_map(|server| {
-            let downstream = server.catalog().prompt(&request.name)?.to_string();
-            Some((server.clone(), downstream))
-        });
-        let Some((server, downstream)) = found else {
+        let Some(target) = self.runtime.tools.route_prompt(&request.name) else {
             return Err(McpError::invalid_params(
                 format!(
                     "unknown prompt `{}`; prompts/list shows the prompts",
@@ -232,13 +170,13 @@ impl ServerHandler for WardenServer {
                 Some(json!({"field": "name", "value": request.name})),
             ));
         };
-        request.name = downstream;
-        let link = running_link(&server)?;
-        // Boxed, like every forwarded request: rmcp spawns one future type
-        // for every request, as large as its largest branch, and copies it.
-        Box::pin(link.get_prompt(request, server.spec.timeout))
-            .await
-            .map_err(|e| McpError::internal_error(e.text(), Some(e.to_json())))
+        request.name = target.name.to_string();
+        let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(request));
+        match self.forward(target.entry, request, &context).await? {
+            ServerResult::GetPromptResult(r) => Ok(r.into()),
+            ServerResult::InputRequiredResult(r) => Ok(r.into()),
+            _ => Err(unexpected_answer(target.entry, "prompts/get")),
+        }
     }
 
     async fn list_resources(
@@ -246,9 +184,9 @@ impl ServerHandler for WardenServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        Ok(ListResourcesResult::with_all_items(
-            self.exported(|c| c.resources.clone()),
-        ))
+        Ok(ListResourcesResult::with_all_items(self.exported(|c| {
+            c.resources.iter().map(|r| r.def.clone()).collect()
+        })))
     }
 
     async fn list_resource_templates(
@@ -256,23 +194,17 @@ impl ServerHandler for WardenServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        Ok(ListResourceTemplatesResult::with_all_items(
-            self.exported(|c| c.templates.clone()),
-        ))
+        Ok(ListResourceTemplatesResult::with_all_items(self.exported(
+            |c| c.templates.iter().map(|t| t.def.clone()).collect(),
+        )))
     }
 
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        let Some(server) = self
-            .runtime
-            .tools
-            .servers()
-            .find(|s| s.catalog().serves_uri(&request.uri))
-            .cloned()
-        else {
+        let Some(entry) = self.runtime.tools.route_uri(&request.uri) else {
             return Err(McpError::resource_not_found(
                 format!(
                     "no server offers `{}`; resources/list shows the resources",
@@ -281,10 +213,12 @@ impl ServerHandler for WardenServer {
                 Some(json!({"uri": request.uri})),
             ));
         };
-        let link = running_link(&server)?;
-        Box::pin(link.read_resource(request, server.spec.timeout))
-            .await
-            .map_err(|e| McpError::internal_error(e.text(), Some(e.to_json())))
+        let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request));
+        match self.forward(entry, request, &context).await? {
+            ServerResult::ReadResourceResult(r) => Ok(r.into()),
+            ServerResult::InputRequiredResult(r) => Ok(r.into()),
+            _ => Err(unexpected_answer(entry, "resources/read")),
+        }
     }
 
     async fn set_level(
@@ -292,7 +226,10 @@ impl ServerHandler for WardenServer {
         request: SetLevelRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        tracing::info!(actor = "transport", level = ?request.level, "client set the log level");
+        tracing::info!(actor = names::TRANSPORT, session = self.session.id, level = ?request.level, "client set the log level");
+        if let Some(level) = log_level(request.level) {
+            self.session.set_level(level);
+        }
         Ok(())
     }
 
@@ -308,18 +245,21 @@ impl ServerHandler for WardenServer {
             .meta
             .get_progress_token()
             .map(|token| ProgressSink::new(context.peer.clone(), token));
-        let report = progress.as_ref().map(|p| p.report.clone());
-        let outcome = self
-            .runtime
-            .call(&tool, request.arguments, context.ct.clone(), report)
-            .await;
+        let ctx = CallCtx {
+            session: &self.session,
+            principal: None,
+            cancel: &context.ct,
+            progress: progress.as_ref().map(|p| p.report.clone()),
+        };
+        let outcome = self.runtime.call(&ctx, &tool, request.arguments).await;
         if let Some(progress) = progress {
             progress.finish().await;
         }
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let session = self.session.id;
         match outcome {
             Err(CallError::UnknownTool(name)) => {
-                tracing::warn!(actor = "transport", %request_id, tool = %name, outcome = "unknown_tool", duration_ms, "call");
+                tracing::warn!(actor = names::TRANSPORT, %request_id, tool = %name, outcome = "unknown_tool", duration_ms, session, "call");
                 Err(McpError::invalid_params(
                     format!("unknown tool `{name}`; tools/list shows the tools"),
                     Some(json!({"field": "name", "value": name})),
@@ -328,10 +268,10 @@ impl ServerHandler for WardenServer {
             Ok(result) => {
                 match &result {
                     Ok(_) => {
-                        tracing::info!(actor = "transport", %request_id, %tool, outcome = "ok", duration_ms, "call")
+                        tracing::info!(actor = names::TRANSPORT, %request_id, %tool, outcome = "ok", duration_ms, session, "call")
                     }
                     Err(e) => {
-                        tracing::warn!(actor = "transport", %request_id, %tool, outcome = %e.kind, duration_ms, error = %e.message, "call")
+                        tracing::warn!(actor = names::TRANSPORT, %request_id, %tool, outcome = %e.kind, duration_ms, error = %e.message, session, "call")
                     }
                 }
                 Ok(to_mcp(result).into())
@@ -340,29 +280,49 @@ impl ServerHandler for WardenServer {
     }
 }
 
-/// The live link of an MCP server, or the error a client sees while it is down.
-fn running_link(server: &ToolEntry) -> Result<Arc<Link>, McpError> {
-    match server.actor() {
-        Some(Handle::Server(link)) => Ok(link),
-        _ => {
-            let e = ToolError::unavailable(
-                &server.spec.name,
-                &format!("the MCP server is {}", server.state().name()),
-                None,
-            );
-            Err(McpError::internal_error(e.text(), Some(e.to_json())))
-        }
-    }
+/// The severity of an MCP log level.
+#[allow(deprecated)]
+fn log_level(level: LoggingLevel) -> Option<LogLevel> {
+    serde_json::to_value(level)
+        .ok()
+        .and_then(|v| v.as_str().and_then(LogLevel::parse))
 }
 
-/// Tells the client what changed and what MCP servers logged, in order, by
-/// one task; stops when the client is gone.
+/// A refusal or failure of a forwarded request, as a JSON-RPC error.
+fn forward_error(e: &ToolError) -> McpError {
+    McpError::internal_error(e.text(), Some(e.to_json()))
+}
+
+fn unexpected_answer(entry: &ToolEntry, method: &str) -> McpError {
+    forward_error(&ToolError::internal(format!(
+        "MCP server `{}` answered {method} with another kind of result",
+        entry.spec.name
+    )))
+}
+
+/// Tells the session's client what changed and what MCP servers logged, in
+/// order, by one task; stops when the client is gone. A client that falls
+/// behind loses the oldest notices (counted in the log), never an answer.
 #[allow(deprecated)]
-async fn forward_notices(
-    mut notices: tokio::sync::mpsc::Receiver<Notice>,
-    peer: rmcp::Peer<RoleServer>,
+pub async fn forward_notices(
+    mut notices: broadcast::Receiver<Notice>,
+    peer: Peer<RoleServer>,
+    session: Arc<Session>,
 ) {
-    while let Some(notice) = notices.recv().await {
+    loop {
+        let notice = match notices.recv().await {
+            Ok(n) => n,
+            Err(broadcast::error::RecvError::Lagged(dropped)) => {
+                tracing::warn!(
+                    actor = names::TRANSPORT,
+                    session = session.id,
+                    dropped,
+                    "notices dropped: the client read them too slowly"
+                );
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
         let sent = match notice {
             Notice::ToolsChanged => peer.notify_tool_list_changed().await.is_ok(),
             Notice::PromptsChanged => peer.notify_prompt_list_changed().await.is_ok(),
@@ -372,8 +332,11 @@ async fn forward_notices(
                 logger,
                 data,
             } => {
+                if !session.wants(level) {
+                    continue;
+                }
                 let level: LoggingLevel =
-                    serde_json::from_value(json!(level)).unwrap_or(LoggingLevel::Info);
+                    serde_json::from_value(json!(level.name())).unwrap_or(LoggingLevel::Info);
                 let mut param = LoggingMessageNotificationParam::new(level, data);
                 param.logger = Some(logger);
                 peer.notify_logging_message(param).await.is_ok()
@@ -389,9 +352,13 @@ async fn forward_notices(
 fn to_mcp(result: ToolResult) -> CallToolResult {
     match result {
         Ok(ToolOutput {
-            downstream: Some(result),
+            passthrough: Some(result),
             ..
-        }) => *result,
+        }) => result.downcast::<CallToolResult>().unwrap_or_else(|_| {
+            error_result(&ToolError::internal(
+                "a server's tool result that is not MCP",
+            ))
+        }),
         Ok(out) => {
             let mut content = vec![ContentBlock::text(out.text)];
             content.extend(out.notes.into_iter().map(ContentBlock::text));
@@ -425,7 +392,7 @@ enum SinkMsg {
 }
 
 impl ProgressSink {
-    fn new(peer: rmcp::Peer<RoleServer>, token: rmcp::model::ProgressToken) -> Self {
+    fn new(peer: Peer<RoleServer>, token: rmcp::model::ProgressToken) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<SinkMsg>(PROGRESS_BUFFER);
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {

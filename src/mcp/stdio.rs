@@ -22,14 +22,21 @@ use rmcp::model::{
 };
 use rmcp::service::RoleServer;
 use rmcp::transport::Transport;
+use rmcp::ServiceExt;
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncWrite};
 
+use crate::core::names;
 use crate::core::runtime::Runtime;
+use crate::core::session::Session;
+use crate::mcp::server::{forward_notices, WardenServer};
 use crate::mcp::wire::{answered, Line, LineReader, Outbox};
 
 /// How often the drain checks whether the calls in flight have finished.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// How long the answers of cancelled calls may take to be written before
+/// the session ends without them.
+const CANCELLED_FLUSH: Duration = Duration::from_secs(1);
 /// Requests read but not yet answered, at the most, per `max_in_flight` slot:
 /// past it stdin is not read until answers are written, so a client that does
 /// not read its responses cannot grow warden's memory.
@@ -69,15 +76,55 @@ impl Pending {
     }
 }
 
+/// Serves the client that launched warden, over stdin and stdout, until its
+/// session ends; says why it ended.
+pub async fn serve(runtime: Arc<Runtime>) -> String {
+    let (session, notices) = runtime.open_session();
+    let session = Arc::new(session);
+    // Pipes (how MCP clients launch servers) are driven by the IO reactor;
+    // anything else falls back to tokio's blocking stdio.
+    let (stdin, stdout) = rmcp::transport::stdio_pipes();
+    let transport = StdioTransport::new(
+        tokio::io::BufReader::with_capacity(64 * 1024, stdin),
+        stdout,
+        runtime.clone(),
+        session.clone(),
+    );
+    let reason = match WardenServer::new(runtime, session.clone())
+        .serve(transport)
+        .await
+    {
+        Ok(running) => {
+            let notices = tokio::spawn(forward_notices(
+                notices,
+                running.peer().clone(),
+                session.clone(),
+            ));
+            let reason = match running.waiting().await {
+                Ok(quit) => format!("{quit:?}"),
+                Err(e) => format!("session task failed: {e}"),
+            };
+            notices.abort();
+            reason
+        }
+        Err(e) => format!("no session: {e}"),
+    };
+    session.end();
+    reason
+}
+
 pub struct StdioTransport<R, W> {
     lines: LineReader<R>,
     outbox: Arc<Outbox<W>>,
     runtime: Arc<Runtime>,
+    session: Arc<Session>,
     initialized: bool,
     /// stdin has closed.
     eof: bool,
     /// When the drain began (EOF or SIGTERM).
     drain_started: Option<Instant>,
+    /// When the session's calls were cancelled, at the end of the drain.
+    cancelled_at: Option<Instant>,
     pending: Arc<Pending>,
     max_pending: usize,
 }
@@ -87,16 +134,18 @@ where
     R: AsyncBufRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    pub fn new(reader: R, writer: W, runtime: Arc<Runtime>) -> Self {
+    pub fn new(reader: R, writer: W, runtime: Arc<Runtime>, session: Arc<Session>) -> Self {
         let max_line = runtime.config.server.max_line.0 as usize;
         let max_pending = (runtime.config.server.max_in_flight * PENDING_PER_SLOT).max(64);
         StdioTransport {
             lines: LineReader::new(reader, max_line),
             outbox: Arc::new(Outbox::new(writer)),
             runtime,
+            session,
             initialized: false,
             eof: false,
             drain_started: None,
+            cancelled_at: None,
             pending: Arc::default(),
             max_pending,
         }
@@ -152,7 +201,7 @@ pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
                 .map_or_else(|| "malformed params".to_string(), |e| e.to_string()),
                 _ => "malformed params".to_string(),
             };
-            tracing::warn!(actor = "transport", request_id = %r.id, method = %custom.method, %reason, "answered a malformed request");
+            tracing::warn!(actor = names::TRANSPORT, request_id = %r.id, method = %custom.method, %reason, "answered a malformed request");
             answer(
                 ErrorData::invalid_params(
                     format!("invalid params for `{}`: {reason}", custom.method),
@@ -171,7 +220,7 @@ pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
                     }
                     other => {
                         tracing::warn!(
-                            actor = "transport",
+                            actor = names::TRANSPORT,
                             kind = message_kind(other),
                             "dropped a message that arrived before initialize"
                         );
@@ -188,7 +237,7 @@ pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
                     // Not JSON: invalid UTF-8, a raw control character,
                     // nesting deeper than serde_json's limit, or noise.
                     let id = top_level_id(text);
-                    tracing::warn!(actor = "transport", bytes = text.len(), request_id = ?id, error = %e, "answered a line that is not JSON");
+                    tracing::warn!(actor = names::TRANSPORT, bytes = text.len(), request_id = ?id, error = %e, "answered a line that is not JSON");
                     return answer(
                         ErrorData::parse_error(format!("not valid JSON: {e}"), None),
                         id,
@@ -201,7 +250,7 @@ pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
             let method = value.get("method").and_then(Value::as_str);
             match (id, method) {
                 (Some(id), Some(method)) => {
-                    tracing::warn!(actor = "transport", request_id = %id, %method, error = %parse_error, "answered a malformed request");
+                    tracing::warn!(actor = names::TRANSPORT, request_id = %id, %method, error = %parse_error, "answered a malformed request");
                     answer(
                         ErrorData::invalid_params(
                             format!("invalid params for `{method}`: {parse_error}"),
@@ -213,15 +262,15 @@ pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
                 (Some(id), None)
                     if value.get("result").is_some() || value.get("error").is_some() =>
                 {
-                    tracing::warn!(actor = "transport", request_id = %id, "dropped a response to a request warden never made");
+                    tracing::warn!(actor = names::TRANSPORT, request_id = %id, "dropped a response to a request warden never made");
                     Verdict::Drop
                 }
                 (_, Some(method)) => {
-                    tracing::warn!(actor = "transport", %method, error = %parse_error, "dropped a malformed notification");
+                    tracing::warn!(actor = names::TRANSPORT, %method, error = %parse_error, "dropped a malformed notification");
                     Verdict::Drop
                 }
                 (id, None) => {
-                    tracing::warn!(actor = "transport", error = %parse_error, "answered a line that is JSON but not JSON-RPC");
+                    tracing::warn!(actor = names::TRANSPORT, error = %parse_error, "answered a line that is JSON but not JSON-RPC");
                     answer(
                         ErrorData::invalid_request(
                             format!("not a JSON-RPC 2.0 message: {parse_error}"),
@@ -262,12 +311,14 @@ where
     async fn receive(&mut self) -> Option<ClientJsonRpcMessage> {
         loop {
             // The drain, after EOF or SIGTERM: until every request read has
-            // been answered, or the grace is over. After SIGTERM stdin is still
-            // read and new calls are refused; after EOF nothing new can come.
+            // been answered. After SIGTERM stdin is still read and new calls
+            // are refused, and the root ends the session at its grace; after
+            // EOF nothing new can come, and the session ends its calls itself
+            // at the grace. Either way their answers are written first.
             if self.eof || self.runtime.draining.is_cancelled() {
                 let started = *self.drain_started.get_or_insert_with(|| {
                     tracing::info!(
-                        actor = "transport",
+                        actor = names::TRANSPORT,
                         pending = self.pending.len(),
                         "draining"
                     );
@@ -275,13 +326,23 @@ where
                 });
                 let grace = self.runtime.config.server.shutdown_grace;
                 let left = self.pending.len();
-                if left == 0 || started.elapsed() >= grace {
-                    if left > 0 {
-                        tracing::warn!(actor = "transport", requests = left, grace = %humantime::format_duration(grace), "shutdown grace over; cancelling the calls still running");
-                    }
-                    self.runtime.draining.cancel();
-                    self.runtime.kill_all.cancel();
+                if left == 0 {
                     return None;
+                }
+                if self.eof && started.elapsed() >= grace && !self.session.cancel().is_cancelled() {
+                    tracing::warn!(actor = names::TRANSPORT, requests = left, grace = %humantime::format_duration(grace), "shutdown grace over; cancelling the calls still running");
+                    self.session.end();
+                }
+                if self.session.cancel().is_cancelled() {
+                    let at = *self.cancelled_at.get_or_insert_with(Instant::now);
+                    if at.elapsed() >= CANCELLED_FLUSH {
+                        tracing::warn!(
+                            actor = names::TRANSPORT,
+                            requests = left,
+                            "ending the session with calls unanswered"
+                        );
+                        return None;
+                    }
                 }
             }
             let draining = self.runtime.draining.clone();
@@ -317,7 +378,7 @@ where
                     self.lines.clear();
                     match &msg {
                         Some(ClientJsonRpcMessage::Request(r)) if self.pending.contains(&r.id) => {
-                            tracing::warn!(actor = "transport", request_id = %r.id, "refused a request reusing the id of one in flight");
+                            tracing::warn!(actor = names::TRANSPORT, request_id = %r.id, "refused a request reusing the id of one in flight");
                             let error = ErrorData::invalid_request(
                                 format!("request id {} is already in use by a request that has not been answered; use a new id", r.id),
                                 None,
@@ -344,12 +405,12 @@ where
                     }
                 }
                 Ok(Line::Eof) | Err(_) => {
-                    tracing::info!(actor = "transport", "stdin closed");
+                    tracing::info!(actor = names::TRANSPORT, "stdin closed");
                     self.eof = true;
                 }
                 Ok(Line::Oversized(bytes)) => {
                     tracing::warn!(
-                        actor = "transport",
+                        actor = names::TRANSPORT,
                         bytes,
                         max_line = self.lines.max_line(),
                         "skipped a line longer than server.max_line"

@@ -27,11 +27,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::core::breaker::{self, BreakerMsg, Force};
+use crate::core::breaker::Force;
+use crate::core::names;
 use crate::core::runtime::Runtime;
-
-/// The registered name of the control actor.
-pub const NAME: &str = "control";
 /// The longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 /// How long a connection may sit without sending a request.
@@ -124,12 +122,12 @@ impl Actor for ControlActor {
         // A control socket that cannot be opened must not keep warden from serving.
         match listen(&socket_dir(&setting)) {
             Ok((listener, path)) => {
-                tracing::info!(actor = NAME, socket = %path.display(), "control socket ready");
+                tracing::info!(actor = names::CONTROL, socket = %path.display(), "control socket ready");
                 let accept = tokio::spawn(accept_loop(listener, runtime));
                 Ok(Some(ControlState { path, accept }))
             }
             Err(e) => {
-                tracing::error!(actor = NAME, error = %e, "no control socket; warden status will not see this instance");
+                tracing::error!(actor = names::CONTROL, error = %e, "no control socket; warden status will not see this instance");
                 Ok(None)
             }
         }
@@ -170,7 +168,7 @@ async fn accept_loop(listener: UnixListener, runtime: Arc<Runtime>) {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                tracing::warn!(actor = NAME, error = %e, "accept failed");
+                tracing::warn!(actor = names::CONTROL, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -189,7 +187,7 @@ async fn serve_connection(mut stream: UnixStream, runtime: Arc<Runtime>, own_uid
         Ok(uid) if peer_allowed(uid, own_uid) => {}
         other => {
             let who = other.map_or_else(|e| format!("unknown ({e})"), |u| u.to_string());
-            tracing::warn!(actor = NAME, peer_uid = %who, "refused a control connection from another user");
+            tracing::warn!(actor = names::CONTROL, peer_uid = %who, "refused a control connection from another user");
             let line = json!({"ok": false, "error": format!("permission denied: uid {who} is not warden's user")});
             let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
             return;
@@ -255,10 +253,10 @@ async fn handle(line: &str, runtime: &Arc<Runtime>) -> Value {
         Err(e) => return json!({"ok": false, "error": e}),
     };
     let result = match request {
-        Request::Status {} => Ok(json!({"status": runtime.status()})),
+        Request::Status {} => Ok(json!({ "status": runtime.status() })),
         Request::Metrics {} => Ok(json!({"metrics": runtime.metrics_text()})),
         Request::Kill { actor, signal } => kill(runtime, &actor, signal.as_deref()),
-        Request::Breaker { tool, action } => force_breaker(&tool, &action).await,
+        Request::Breaker { tool, action } => force_breaker(runtime, &tool, &action),
     };
     match result {
         Ok(Value::Object(mut m)) => {
@@ -270,7 +268,7 @@ async fn handle(line: &str, runtime: &Arc<Runtime>) -> Value {
     }
 }
 
-async fn force_breaker(tool: &str, action: &str) -> Result<Value, String> {
+fn force_breaker(runtime: &Runtime, tool: &str, action: &str) -> Result<Value, String> {
     let force = match action {
         "open" => Force::Open,
         "closed" | "close" => Force::Closed,
@@ -281,17 +279,9 @@ async fn force_breaker(tool: &str, action: &str) -> Result<Value, String> {
             ))
         }
     };
-    let actor: ActorRef<BreakerMsg> = ractor::registry::where_is(breaker::NAME)
-        .ok_or("the breaker actor is not running")?
-        .into();
-    let tool = tool.to_string();
-    let answer = ractor::call_t!(
-        actor,
-        |reply| BreakerMsg::Force { tool, force, reply },
-        ACTOR_DEADLINE.as_millis() as u64
-    )
-    .map_err(|e| format!("the breaker actor did not answer: {e}"))?;
-    answer.map(|b| json!({"breaker": b}))
+    runtime
+        .force_breaker(tool, force)
+        .map(|b| json!({ "breaker": b }))
 }
 
 /// Chaos: kills one actor (its supervisor restarts it), or signals the
@@ -311,10 +301,10 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, S
         return Ok(json!({"signalled": n, "signal": format!("{signal:?}")}));
     }
     match actor {
-        crate::mcp::server::NAME => {
+        names::TRANSPORT => {
             return Err("refusing to kill the transport: it would end the client's session".into())
         }
-        crate::supervise::root::NAME => {
+        names::ROOT => {
             return Err("refusing to kill the root supervisor: it would end warden".into())
         }
         _ => {}
@@ -340,7 +330,7 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, S
     }
     let cell = ractor::registry::where_is(actor)
         .ok_or_else(|| format!("no running actor `{actor}` (warden status lists them)"))?;
-    if actor == NAME {
+    if actor == names::CONTROL {
         // Answer first: killing ourselves drops this connection's accept loop.
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;

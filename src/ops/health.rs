@@ -7,126 +7,20 @@
 //! sleeps [`TICK`] and records by how much it overslept. A task that blocks
 //! the thread it runs on makes every tick behind it late by as much.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde::Serialize;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::config::MemoryLimit;
+use crate::core::health::{Child, LagRecorder, Snapshot};
+use crate::core::names;
 use crate::core::runtime::Runtime;
 
-/// The registered name of the health actor.
-pub const NAME: &str = "health";
 /// The period of the lag probe.
 pub const TICK: Duration = Duration::from_millis(50);
-/// How far back the lag percentiles look.
-const LAG_WINDOW: Duration = Duration::from_secs(60);
-
-/// One measurement of the tree, as `status` shows it under `health`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Snapshot {
-    /// Resident memory of warden itself.
-    pub warden_rss: u64,
-    /// Each direct child of warden with its descendants, heaviest first.
-    pub children: Vec<Child>,
-    /// warden plus every descendant.
-    pub total: u64,
-    /// The budget and where it came from ("config", "cgroup" or "ram").
-    pub limit: u64,
-    pub limit_source: &'static str,
-    /// `total / limit`.
-    pub fraction: f64,
-    pub lag: LagStats,
-}
-
-/// A direct child of warden (a process-group leader) and what hangs below it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Child {
-    pub pid: i32,
-    /// The tool it runs for, when warden knows.
-    pub tool: Option<String>,
-    /// Resident memory of the child and all its descendants.
-    pub rss: u64,
-    pub processes: usize,
-}
-
-/// Lag over the last minute, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct LagStats {
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    /// The latest tick's lag.
-    pub last_ms: f64,
-    /// The largest lag of the last few seconds (since about the previous sample).
-    pub recent_max_ms: f64,
-    pub samples: usize,
-}
-
-/// The lag samples of the last minute, written by the probe task.
-#[derive(Default)]
-pub struct LagRecorder {
-    samples: Mutex<VecDeque<(Instant, Duration)>>,
-    /// The running probe task; there is one at a time.
-    probe: Mutex<Option<tokio::task::AbortHandle>>,
-}
-
-impl LagRecorder {
-    /// Registers the running probe; returns the one it replaces.
-    fn set_probe(&self, probe: tokio::task::AbortHandle) -> Option<tokio::task::AbortHandle> {
-        self.probe.lock().unwrap().replace(probe)
-    }
-
-    pub fn record(&self, at: Instant, lag: Duration) {
-        let mut s = self.samples.lock().unwrap();
-        while s
-            .front()
-            .is_some_and(|(t, _)| at.duration_since(*t) > LAG_WINDOW)
-        {
-            s.pop_front();
-        }
-        s.push_back((at, lag));
-    }
-
-    /// The percentiles of the last minute; `recent_max_ms` over the last `recent`.
-    pub fn stats(&self, recent: Duration) -> LagStats {
-        let s = self.samples.lock().unwrap();
-        let last = s.back().map_or(Duration::ZERO, |(_, l)| *l);
-        let recent_max = s
-            .back()
-            .map(|(newest, _)| {
-                s.iter()
-                    .rev()
-                    .take_while(|(t, _)| newest.duration_since(*t) <= recent)
-                    .map(|(_, l)| *l)
-                    .max()
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default();
-        let mut v: Vec<Duration> = s.iter().map(|(_, l)| *l).collect();
-        drop(s);
-        v.sort_unstable();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let pct = |p: f64| {
-            if v.is_empty() {
-                0.0
-            } else {
-                ms(v[((v.len() - 1) as f64 * p).round() as usize])
-            }
-        };
-        LagStats {
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-            max_ms: v.last().copied().map_or(0.0, ms),
-            last_ms: ms(last),
-            recent_max_ms: ms(recent_max),
-            samples: v.len(),
-        }
-    }
-}
 
 /// Runs the lag probe until the task is aborted: sleep one tick, record how
 /// late the wake-up came. After a late tick the next one is scheduled from
@@ -140,7 +34,7 @@ pub async fn probe_lag(recorder: Arc<LagRecorder>, warn: Duration) {
         recorder.record(now.into_std(), lag);
         if lag > warn {
             tracing::warn!(
-                actor = NAME,
+                actor = names::HEALTH,
                 lag_ms = lag.as_millis() as u64,
                 warn_ms = warn.as_millis() as u64,
                 "event loop lag: a task held a runtime thread"
@@ -256,14 +150,17 @@ impl Actor for HealthActor {
         let mut system = System::new()?;
         let limit = budget(runtime.config.memory.limit, &mut system);
         tracing::info!(
-            actor = NAME,
+            actor = names::HEALTH,
             limit_bytes = limit.0,
             source = limit.1,
             "memory budget"
         );
-        let probe = tokio::spawn(probe_lag(runtime.lag.clone(), runtime.config.lag.warn));
+        let probe = tokio::spawn(probe_lag(
+            runtime.health.lag.clone(),
+            runtime.config.lag.warn,
+        ));
         // A killed health actor never ran `post_stop`: end its probe here.
-        if let Some(old) = runtime.lag.set_probe(probe.abort_handle()) {
+        if let Some(old) = runtime.health.lag.set_probe(probe.abort_handle()) {
             old.abort();
         }
         let _ = myself.cast(HealthMsg::Sample);
@@ -307,11 +204,11 @@ impl Actor for HealthActor {
             limit,
             limit_source,
             fraction: total as f64 / limit.max(1) as f64,
-            lag: state.runtime.lag.stats(every * 2),
+            lag: state.runtime.health.lag.stats(every * 2),
             children,
         });
         state.runtime.publish_health(snapshot.clone());
-        if let Some(recovery) = ractor::registry::where_is(crate::ops::recovery::NAME) {
+        if let Some(recovery) = ractor::registry::where_is(names::RECOVERY) {
             let _ = recovery.send_message(crate::ops::recovery::RecoveryMsg::Snapshot(snapshot));
         }
         myself.send_after(every, || HealthMsg::Sample);
@@ -322,26 +219,6 @@ impl Actor for HealthActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lag_percentiles_over_the_window() {
-        let r = LagRecorder::default();
-        let t0 = Instant::now();
-        for i in 0..100u64 {
-            r.record(t0 + Duration::from_millis(i), Duration::from_millis(i));
-        }
-        let s = r.stats(Duration::from_millis(10));
-        assert_eq!(s.samples, 100);
-        assert_eq!(s.recent_max_ms, 99.0);
-        assert_eq!(s.max_ms, 99.0);
-        assert_eq!(s.last_ms, 99.0);
-        assert!((49.0..=50.0).contains(&s.p50_ms), "{s:?}");
-        assert_eq!(s.p99_ms, 98.0);
-        // A minute later the old samples are gone.
-        r.record(t0 + Duration::from_secs(61), Duration::from_millis(1));
-        let s = r.stats(Duration::from_millis(10));
-        assert_eq!((s.samples, s.max_ms, s.recent_max_ms), (1, 1.0, 1.0));
-    }
 
     #[test]
     fn measures_a_child_and_its_descendants() {

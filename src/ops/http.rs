@@ -15,13 +15,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::runtime::Runtime;
+use crate::core::status;
 
 /// The `actor` field of this module's log events.
 const ACTOR: &str = "http";
@@ -319,12 +320,12 @@ fn respond(req: &Request<'_>, runtime: &Runtime) -> Response {
             body: runtime.metrics_text(),
         },
         "/health" => {
-            let (status, body) = health(&runtime.status());
-            Response::json(status, &body)
+            let (health, body) = status::health(&runtime.status());
+            Response::json(health.http_status(), &body)
         }
         _ => {
-            let (status, body) = readiness(&runtime.status());
-            Response::json(status, &body)
+            let (ready, body) = status::readiness(&runtime.status());
+            Response::json(if ready { 200 } else { 503 }, &body)
         }
     }
 }
@@ -389,169 +390,10 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// A component's health, worst last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Health {
-    Healthy,
-    Degraded,
-    Unhealthy,
-}
-
-impl Health {
-    fn name(self) -> &'static str {
-        match self {
-            Health::Healthy => "healthy",
-            Health::Degraded => "degraded",
-            Health::Unhealthy => "unhealthy",
-        }
-    }
-
-    fn status(self) -> u16 {
-        match self {
-            Health::Healthy => 200,
-            Health::Degraded => 207,
-            Health::Unhealthy => 503,
-        }
-    }
-}
-
-/// The actors of a `Runtime::status` value.
-fn actors(status: &Value) -> &[Value] {
-    status["actors"].as_array().map_or(&[], Vec::as_slice)
-}
-
-fn actor<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    actors(status).iter().find(|a| a["name"] == name)
-}
-
-/// The tools' lines of a `Runtime::status` value.
-fn tools(status: &Value) -> &[Value] {
-    actor(status, crate::supervise::tools::NAME)
-        .and_then(|a| a["children"].as_array())
-        .map_or(&[], Vec::as_slice)
-}
-
-/// `/health` from a `Runtime::status` value: the status code and the body.
-///
-/// Unhealthy (503): warden is draining, or the tools supervisor or the
-/// transport is not running. Degraded (207): the breaker actor is not running,
-/// or a tool is not running (starting, restarting, failed, unavailable) or its
-/// breaker is not closed (open, half-open, forced open). Else healthy (200).
-pub fn health(status: &Value) -> (u16, Value) {
-    let mut components = Map::new();
-    let mut overall = Health::Healthy;
-    let mut add = |name: String, health: Health, detail: Value| {
-        overall = overall.max(health);
-        let mut entry = Map::new();
-        entry.insert("status".into(), json!(health.name()));
-        if let Value::Object(detail) = detail {
-            entry.extend(detail);
-        }
-        components.insert(name, Value::Object(entry));
-    };
-
-    let state = status["warden"]["state"].as_str().unwrap_or("unknown");
-    let warden = if state == "running" {
-        Health::Healthy
-    } else {
-        Health::Unhealthy
-    };
-    add("warden".into(), warden, json!({ "state": state }));
-
-    for (name, when_down) in [
-        (crate::mcp::server::NAME, Health::Unhealthy),
-        (crate::supervise::tools::NAME, Health::Unhealthy),
-        (crate::core::breaker::NAME, Health::Degraded),
-        (crate::ops::health::NAME, Health::Degraded),
-        (crate::ops::recovery::NAME, Health::Degraded),
-    ] {
-        let state = actor(status, name)
-            .and_then(|a| a["state"].as_str())
-            .unwrap_or("stopped");
-        let health = if state == "running" {
-            Health::Healthy
-        } else {
-            when_down
-        };
-        add(name.into(), health, json!({ "state": state }));
-    }
-
-    // Memory: shedding load is degraded; event-loop lag past `lag.alert` is unhealthy.
-    let level = status["health"]["recovery"]["level"]
-        .as_str()
-        .unwrap_or("normal");
-    let memory = match level {
-        "degrade" | "restart" => Health::Degraded,
-        _ => Health::Healthy,
-    };
-    add(
-        "memory".into(),
-        memory,
-        json!({ "level": level, "fraction": status["health"]["memory"]["fraction"] }),
-    );
-    let lag = if status["health"]["lag_alert"] == json!(true) {
-        Health::Unhealthy
-    } else {
-        Health::Healthy
-    };
-    add(
-        "lag".into(),
-        lag,
-        json!({ "recent_max_ms": status["health"]["lag"]["recent_max_ms"], "p99_ms": status["health"]["lag"]["p99_ms"] }),
-    );
-
-    for tool in tools(status) {
-        let name = tool["tool"].as_str().unwrap_or("?");
-        let state = tool["state"].as_str().unwrap_or("unknown");
-        let breaker = tool["breaker"]["state"].as_str().unwrap_or("unknown");
-        let health = if state == "running" && matches!(breaker, "closed" | "forced_closed") {
-            Health::Healthy
-        } else {
-            Health::Degraded
-        };
-        let mut detail = json!({
-            "state": state,
-            "breaker": breaker,
-            "restarts": tool["restarts"],
-        });
-        if let Some(reason) = tool["reason"].as_str() {
-            detail["reason"] = json!(reason);
-        }
-        add(format!("tool:{name}"), health, detail);
-    }
-
-    (
-        overall.status(),
-        json!({ "status": overall.name(), "components": components }),
-    )
-}
-
-/// `/ready` from a `Runtime::status` value: ready unless warden is draining or
-/// a tool is still starting.
-fn readiness(status: &Value) -> (u16, Value) {
-    if status["warden"]["state"] != "running" {
-        return (
-            503,
-            json!({ "ready": false, "reason": "warden is draining" }),
-        );
-    }
-    let starting: Vec<&Value> = tools(status)
-        .iter()
-        .filter(|t| t["state"] == "starting")
-        .map(|t| &t["tool"])
-        .collect();
-    if !starting.is_empty() {
-        return (
-            503,
-            json!({ "ready": false, "reason": "tools are starting", "starting": starting }),
-        );
-    }
-    (200, json!({ "ready": true }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn request_lines_parse() {
@@ -627,181 +469,6 @@ mod tests {
         assert!(text.contains("Content-Type: application/json\r\n"));
         assert!(text.contains(&format!("Content-Length: {}\r\n", r.body.len())));
         assert!(!text.contains("Allow"));
-    }
-
-    /// A `Runtime::status` value with the given warden state, actor states
-    /// and tools (name, state, breaker state).
-    fn status(warden: &str, actor_states: [&str; 3], tools: &[(&str, &str, &str)]) -> Value {
-        let children: Vec<Value> = tools
-            .iter()
-            .map(|(name, state, breaker)| {
-                let mut t = json!({
-                    "name": format!("tool:{name}"),
-                    "tool": name,
-                    "state": state,
-                    "restarts": 0,
-                    "last_error": null,
-                    "breaker": {"state": breaker, "failure_rate": 0.0},
-                });
-                if *state == "failed" {
-                    t["reason"] = json!("restart budget spent");
-                }
-                t
-            })
-            .collect();
-        json!({
-            "warden": {"state": warden, "in_flight": 0},
-            "actors": [
-                {"name": "warden", "state": "running"},
-                {"name": "transport", "state": actor_states[0]},
-                {"name": "breaker", "state": actor_states[1]},
-                {"name": "health", "state": "running"},
-                {"name": "recovery", "state": "running"},
-                {"name": "tools", "state": actor_states[2], "children": children},
-            ],
-            "health": {
-                "memory": {"fraction": 0.2},
-                "lag": {"recent_max_ms": 1.0, "p99_ms": 1.0},
-                "lag_alert": false,
-                "recovery": {"level": "normal"},
-            }
-        })
-    }
-
-    #[test]
-    fn lag_past_alert_is_unhealthy_and_shedding_memory_is_degraded() {
-        let mut s = status("running", UP, &[("echo", "running", "closed")]);
-        s["health"]["recovery"]["level"] = json!("trim");
-        assert_eq!(health(&s).0, 200, "trimming is business as usual");
-        s["health"]["recovery"]["level"] = json!("degrade");
-        let (code, body) = health(&s);
-        assert_eq!(code, 207, "{body}");
-        assert_eq!(body["components"]["memory"]["status"], "degraded");
-        s["health"]["lag_alert"] = json!(true);
-        let (code, body) = health(&s);
-        assert_eq!(code, 503, "{body}");
-        assert_eq!(body["components"]["lag"]["status"], "unhealthy");
-    }
-
-    const UP: [&str; 3] = ["running", "running", "running"];
-
-    #[test]
-    fn all_running_is_healthy() {
-        let s = status(
-            "running",
-            UP,
-            &[
-                ("echo", "running", "closed"),
-                ("x", "running", "forced_closed"),
-            ],
-        );
-        let (code, body) = health(&s);
-        assert_eq!(code, 200, "{body}");
-        assert_eq!(body["status"], "healthy");
-        assert_eq!(
-            body["components"]["tool:echo"],
-            json!({"status": "healthy", "state": "running", "breaker": "closed", "restarts": 0})
-        );
-        for c in [
-            "warden",
-            "transport",
-            "tools",
-            "breaker",
-            "health",
-            "recovery",
-            "memory",
-            "lag",
-            "tool:x",
-        ] {
-            assert_eq!(body["components"][c]["status"], "healthy", "{c}: {body}");
-        }
-        assert_eq!(readiness(&s), (200, json!({"ready": true})));
-    }
-
-    #[test]
-    fn a_tool_not_running_or_with_an_open_breaker_is_degraded() {
-        for (state, breaker) in [
-            ("failed", "closed"),
-            ("unavailable", "closed"),
-            ("restarting", "closed"),
-            ("starting", "closed"),
-            ("running", "open"),
-            ("running", "half_open"),
-            ("running", "forced_open"),
-        ] {
-            let s = status(
-                "running",
-                UP,
-                &[("echo", "running", "closed"), ("bad", state, breaker)],
-            );
-            let (code, body) = health(&s);
-            assert_eq!(code, 207, "{state}/{breaker}: {body}");
-            assert_eq!(body["status"], "degraded");
-            assert_eq!(body["components"]["tool:bad"]["status"], "degraded");
-            assert_eq!(body["components"]["tool:bad"]["state"], state);
-            assert_eq!(body["components"]["tool:bad"]["breaker"], breaker);
-            assert_eq!(body["components"]["tool:echo"]["status"], "healthy");
-        }
-        let s = status("running", UP, &[("bad", "failed", "closed")]);
-        assert_eq!(
-            health(&s).1["components"]["tool:bad"]["reason"],
-            "restart budget spent"
-        );
-        // A lost breaker actor is degraded too (the root restarts it).
-        let (code, body) = health(&status("running", ["running", "stopped", "running"], &[]));
-        assert_eq!(code, 207, "{body}");
-        assert_eq!(body["components"]["breaker"]["status"], "degraded");
-    }
-
-    #[test]
-    fn draining_or_a_lost_supervisor_is_unhealthy() {
-        let tools = [("echo", "failed", "open")];
-        let (code, body) = health(&status("draining", UP, &tools));
-        assert_eq!(code, 503, "{body}");
-        assert_eq!(body["status"], "unhealthy");
-        assert_eq!(body["components"]["warden"]["status"], "unhealthy");
-        assert_eq!(body["components"]["warden"]["state"], "draining");
-
-        for actors in [
-            ["running", "running", "stopped"],
-            ["running", "running", "starting"],
-            ["stopped", "running", "running"],
-        ] {
-            let (code, body) = health(&status("running", actors, &tools));
-            assert_eq!(code, 503, "{actors:?}: {body}");
-            assert_eq!(body["status"], "unhealthy");
-        }
-        // An actor missing from the value counts as stopped.
-        let mut s = status("running", UP, &[]);
-        s["actors"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|a| a["name"] != "tools");
-        let (code, body) = health(&s);
-        assert_eq!(code, 503);
-        assert_eq!(body["components"]["tools"]["state"], "stopped");
-        assert_eq!(health(&json!({})).0, 503);
-    }
-
-    #[test]
-    fn ready_unless_draining_or_a_tool_is_starting() {
-        let (code, body) = readiness(&status("draining", UP, &[("echo", "running", "closed")]));
-        assert_eq!(code, 503);
-        assert_eq!(body["ready"], false);
-        let (code, body) = readiness(&status(
-            "running",
-            UP,
-            &[("echo", "starting", "closed"), ("x", "running", "closed")],
-        ));
-        assert_eq!(code, 503);
-        assert_eq!(body["starting"], json!(["echo"]));
-        // Failed tools do not make warden unready: it answers their calls.
-        let (code, _) = readiness(&status(
-            "running",
-            UP,
-            &[("echo", "failed", "open"), ("x", "restarting", "closed")],
-        ));
-        assert_eq!(code, 200);
     }
 
     /// The listener end to end against a runtime with no actors started.

@@ -17,139 +17,18 @@
 //! before and after figures, counted, and kept for `status`. The transport is
 //! never touched.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde::Serialize;
-use serde_json::{json, Value};
 
-use crate::config::{MemoryConfig, Priority};
+use crate::config::Priority;
+use crate::core::health::{Action, Snapshot, KEPT_ACTIONS};
+use crate::core::levels::{Level, Thresholds};
+use crate::core::names;
+use crate::core::registry::ToolEntry;
 use crate::core::runtime::Runtime;
-use crate::ops::health::Snapshot;
-
-/// The registered name of the recovery actor.
-pub const NAME: &str = "recovery";
-/// How far below a level's threshold the tree must fall to leave it.
-pub const HYSTERESIS: f64 = 0.05;
-/// Actions kept for `status`.
-const KEPT_ACTIONS: usize = 20;
-
-/// How hard the memory policy is acting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Normal = 0,
-    Trim = 1,
-    Degrade = 2,
-    Restart = 3,
-}
-
-impl Level {
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::Normal => "normal",
-            Level::Trim => "trim",
-            Level::Degrade => "degrade",
-            Level::Restart => "restart",
-        }
-    }
-
-    pub fn from_u8(n: u8) -> Level {
-        match n {
-            0 => Level::Normal,
-            1 => Level::Trim,
-            2 => Level::Degrade,
-            _ => Level::Restart,
-        }
-    }
-
-    fn below(self) -> Level {
-        Level::from_u8((self as u8).saturating_sub(1))
-    }
-}
-
-/// The thresholds of the levels, as fractions of a budget.
-#[derive(Debug, Clone, Copy)]
-pub struct Thresholds {
-    pub trim: f64,
-    pub degrade: f64,
-    pub restart: f64,
-}
-
-impl Thresholds {
-    pub fn of(m: &MemoryConfig) -> Self {
-        Thresholds {
-            trim: m.trim_at,
-            degrade: m.degrade_at,
-            restart: m.restart_at,
-        }
-    }
-
-    fn enter_at(&self, level: Level) -> f64 {
-        match level {
-            Level::Normal => 0.0,
-            Level::Trim => self.trim,
-            Level::Degrade => self.degrade,
-            Level::Restart => self.restart,
-        }
-    }
-
-    /// The level after measuring `fraction` at level `current`: up at once to
-    /// the highest threshold reached; down one level at a time, each only
-    /// once the fraction is [`HYSTERESIS`] below the threshold of the level left.
-    pub fn next(&self, current: Level, fraction: f64) -> Level {
-        let reached = [Level::Restart, Level::Degrade, Level::Trim]
-            .into_iter()
-            .find(|&l| fraction >= self.enter_at(l))
-            .unwrap_or(Level::Normal);
-        if reached >= current {
-            return reached;
-        }
-        let mut level = current;
-        while level > reached && fraction < self.enter_at(level) - HYSTERESIS {
-            level = level.below();
-        }
-        level
-    }
-}
-
-/// One thing the policy did, as `status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Action {
-    pub at_unix_ms: u64,
-    /// trim, degrade, restore, restart or lag_restart.
-    pub action: &'static str,
-    /// What it acted on: "warden", a tool, or a child ("tool:<name> pid <n>").
-    pub target: String,
-    pub reason: String,
-    pub before_bytes: u64,
-    pub before_fraction: f64,
-    /// The tree at the next sample after the action.
-    pub after_bytes: Option<u64>,
-    pub after_fraction: Option<f64>,
-}
-
-/// What the policy has done, shared with `status`.
-#[derive(Default)]
-pub struct RecoveryView {
-    pub level: Option<(Level, Instant)>,
-    pub actions: VecDeque<Action>,
-    pub counts: HashMap<&'static str, u64>,
-}
-
-impl RecoveryView {
-    pub fn to_json(&self) -> Value {
-        let (level, since) = self.level.unwrap_or((Level::Normal, Instant::now()));
-        json!({
-            "level": level.name(),
-            "level_for_s": since.elapsed().as_secs(),
-            "actions": self.actions,
-            "counts": self.counts,
-        })
-    }
-}
 
 pub struct RecoveryActor;
 
@@ -226,7 +105,7 @@ fn release_free_memory() {
 impl RecoveryState {
     fn record(&mut self, s: &Snapshot, action: &'static str, target: String, reason: String) {
         tracing::warn!(
-            actor = NAME,
+            actor = names::RECOVERY,
             action,
             %target,
             %reason,
@@ -237,11 +116,11 @@ impl RecoveryState {
         self.runtime
             .metrics
             .recovery_action(action, metric_target(&target));
-        let mut view = self.runtime.recovery.lock().unwrap();
-        *view.counts.entry(action).or_default() += 1;
+        let mut view = self.runtime.health.recovery.lock().unwrap();
+        *view.counts.entry(action.to_string()).or_default() += 1;
         view.actions.push_back(Action {
             at_unix_ms: unix_ms(),
-            action,
+            action: action.to_string(),
             target,
             reason,
             before_bytes: s.total,
@@ -260,13 +139,13 @@ impl RecoveryState {
         if self.awaiting_after == 0 {
             return;
         }
-        let mut view = self.runtime.recovery.lock().unwrap();
+        let mut view = self.runtime.health.recovery.lock().unwrap();
         for a in view.actions.iter_mut().rev().take(self.awaiting_after) {
             a.after_bytes = Some(s.total);
             a.after_fraction = Some(s.fraction);
             tracing::info!(
-                actor = NAME,
-                action = a.action,
+                actor = names::RECOVERY,
+                action = %a.action,
                 target = %a.target,
                 before_bytes = a.before_bytes,
                 after_bytes = s.total,
@@ -279,7 +158,7 @@ impl RecoveryState {
 
     /// The whole tree against the budget.
     fn memory_policy(&mut self, s: &Snapshot) {
-        let before = self.runtime.level();
+        let before = self.runtime.health.level();
         let level = self.thresholds.next(before, s.fraction);
         if level != before {
             let line = format!(
@@ -292,7 +171,7 @@ impl RecoveryState {
             );
             if level > before {
                 tracing::warn!(
-                    actor = NAME,
+                    actor = names::RECOVERY,
                     from = before.name(),
                     to = level.name(),
                     total_bytes = s.total,
@@ -301,7 +180,7 @@ impl RecoveryState {
                 );
             } else {
                 tracing::info!(
-                    actor = NAME,
+                    actor = names::RECOVERY,
                     from = before.name(),
                     to = level.name(),
                     total_bytes = s.total,
@@ -331,7 +210,7 @@ impl RecoveryState {
             if !self.said_nothing_to_restart {
                 self.said_nothing_to_restart = true;
                 tracing::error!(
-                    actor = NAME,
+                    actor = names::RECOVERY,
                     warden_bytes = s.warden_rss,
                     "memory at the restart level and no child process to restart: warden itself holds {}",
                     mib(s.warden_rss)
@@ -393,7 +272,7 @@ impl RecoveryState {
             let level = self.thresholds.next(before, fraction).min(Level::Degrade);
             if level != before {
                 tracing::info!(
-                    actor = NAME,
+                    actor = names::RECOVERY,
                     tool = name,
                     from = before.name(),
                     to = level.name(),
@@ -407,12 +286,12 @@ impl RecoveryState {
     /// `normal` tools at or above `degrade` run at half concurrency; the
     /// others get their full concurrency back.
     fn apply_degrade(&mut self, s: &Snapshot) {
-        let global = self.runtime.level();
+        let global = self.runtime.health.level();
         let runtime = self.runtime.clone();
         for entry in runtime.tools.iter() {
             let level = global.max(entry.own_level());
             let reduce = level >= Level::Degrade && entry.spec.priority == Priority::Normal;
-            if entry.set_reduced(reduce) {
+            if entry.gate.set_reduced(reduce) {
                 let (action, reason) = if reduce {
                     (
                         "degrade",
@@ -438,9 +317,9 @@ impl RecoveryState {
         }
         let runtime = self.runtime.clone();
         for entry in runtime.tools.iter().filter(|e| overdue(e, Instant::now())) {
-            let deadline = entry.spec.timeout + entry.spec.grace;
-            if let Some(actor) = entry.actor() {
-                actor.cell().kill();
+            let deadline = entry.spec.deadline();
+            if let Some(actor) = ractor::registry::where_is(entry.spec.actor_name()) {
+                actor.kill();
                 self.record(
                     s,
                     "lag_restart",
@@ -458,11 +337,11 @@ impl RecoveryState {
 }
 
 /// Whether a tool has a call running past its deadline and grace at `now`.
-fn overdue(entry: &crate::supervise::tools::ToolEntry, now: Instant) -> bool {
-    let deadline = entry.spec.timeout + entry.spec.grace;
+fn overdue(entry: &ToolEntry, now: Instant) -> bool {
     entry
-        .oldest_call()
-        .is_some_and(|started| now.saturating_duration_since(started) > deadline)
+        .gate
+        .oldest()
+        .is_some_and(|started| now.saturating_duration_since(started) > entry.spec.deadline())
 }
 
 /// The metric's `target` label: the actor, without the pid that the log and
@@ -476,27 +355,17 @@ fn metric_target(target: &str) -> &str {
     }
 }
 
-fn child_name(runtime: &Runtime, c: &crate::ops::health::Child) -> String {
+fn child_name(runtime: &Runtime, c: &crate::core::health::Child) -> String {
     match c.tool.as_deref().and_then(|t| runtime.tools.get(t)) {
         Some(entry) => format!("{} pid {}", entry.spec.actor_name(), c.pid),
         None => format!("pid {}", c.pid),
     }
 }
 
-/// How long a `degraded` answer suggests waiting: about two samples.
-pub fn degraded_retry(sample_every: Duration) -> Duration {
-    (sample_every * 2).max(Duration::from_secs(1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const T: Thresholds = Thresholds {
-        trim: 0.70,
-        degrade: 0.90,
-        restart: 0.95,
-    };
+    use std::time::Duration;
 
     #[test]
     fn metric_targets_carry_no_pid() {
@@ -506,46 +375,8 @@ mod tests {
         assert_eq!(metric_target("warden"), "warden");
     }
 
-    #[test]
-    fn levels_rise_at_once_to_the_highest_threshold_reached() {
-        assert_eq!(T.next(Level::Normal, 0.69), Level::Normal);
-        assert_eq!(T.next(Level::Normal, 0.70), Level::Trim);
-        assert_eq!(T.next(Level::Normal, 0.91), Level::Degrade);
-        assert_eq!(T.next(Level::Normal, 0.99), Level::Restart);
-        assert_eq!(T.next(Level::Trim, 0.95), Level::Restart);
-    }
-
-    #[test]
-    fn levels_fall_only_five_points_below_their_threshold() {
-        // Restart is held until below 90 %.
-        assert_eq!(T.next(Level::Restart, 0.94), Level::Restart);
-        assert_eq!(T.next(Level::Restart, 0.9001), Level::Restart);
-        assert_eq!(T.next(Level::Restart, 0.899), Level::Degrade);
-        // Degrade is held until below 85 %, trim until below 65 %.
-        assert_eq!(T.next(Level::Degrade, 0.86), Level::Degrade);
-        assert_eq!(T.next(Level::Degrade, 0.84), Level::Trim);
-        assert_eq!(T.next(Level::Trim, 0.66), Level::Trim);
-        assert_eq!(T.next(Level::Trim, 0.64), Level::Normal);
-        // A big drop passes every level it is far enough below.
-        assert_eq!(T.next(Level::Restart, 0.30), Level::Normal);
-        assert_eq!(T.next(Level::Restart, 0.80), Level::Trim);
-    }
-
-    #[test]
-    fn a_fraction_hovering_at_a_threshold_does_not_flap() {
-        let mut level = Level::Normal;
-        let mut changes = 0;
-        for i in 0..100 {
-            let f = if i % 2 == 0 { 0.91 } else { 0.88 };
-            let next = T.next(level, f);
-            changes += usize::from(next != level);
-            level = next;
-        }
-        assert_eq!((level, changes), (Level::Degrade, 1));
-    }
-
-    #[test]
-    fn a_tool_is_overdue_only_while_a_call_runs_past_deadline_and_grace() {
+    #[tokio::test]
+    async fn a_tool_is_overdue_only_while_a_call_runs_past_deadline_and_grace() {
         let (_dir, runtime) = crate::core::runtime::test_runtime(
             "[defaults]\ntimeout = \"100ms\"\ngrace = \"50ms\"\n",
             &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")],
@@ -556,7 +387,8 @@ mod tests {
             !overdue(entry, now + Duration::from_secs(60)),
             "no call running"
         );
-        let call = entry.call_started();
+        let ticket = entry.gate.enter().unwrap();
+        let call = ticket.lane().await;
         assert!(!overdue(entry, now + Duration::from_millis(140)));
         assert!(overdue(entry, now + Duration::from_millis(200)));
         drop(call);
@@ -564,12 +396,5 @@ mod tests {
             !overdue(entry, now + Duration::from_millis(200)),
             "the call ended"
         );
-    }
-
-    #[test]
-    fn level_round_trips_through_its_number() {
-        for l in [Level::Normal, Level::Trim, Level::Degrade, Level::Restart] {
-            assert_eq!(Level::from_u8(l as u8), l);
-        }
     }
 }

@@ -13,16 +13,17 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::core::breaker::BreakerActor;
+use crate::core::names;
 use crate::core::runtime::Runtime;
-use crate::mcp::server::{TransportActor, TransportArgs};
+use crate::ops::breaker::BreakerActor;
 use crate::ops::control::ControlActor;
 use crate::ops::health::HealthActor;
 use crate::ops::recovery::RecoveryActor;
 use crate::supervise::tools::ToolsSupervisor;
+use crate::supervise::transport::{TransportActor, TransportArgs};
 
 /// The registered name of the root supervisor.
-pub const NAME: &str = "warden";
+pub const NAME: &str = names::ROOT;
 /// How long children get to stop before they are killed.
 const STOP_CHILDREN_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -57,12 +58,12 @@ impl Child {
 
     fn name(self) -> &'static str {
         match self {
-            Child::Breaker => crate::core::breaker::NAME,
-            Child::Tools => crate::supervise::tools::NAME,
-            Child::Recovery => crate::ops::recovery::NAME,
-            Child::Health => crate::ops::health::NAME,
-            Child::Control => crate::ops::control::NAME,
-            Child::Transport => crate::mcp::server::NAME,
+            Child::Breaker => names::BREAKER,
+            Child::Tools => names::TOOLS,
+            Child::Recovery => names::RECOVERY,
+            Child::Health => names::HEALTH,
+            Child::Control => names::CONTROL,
+            Child::Transport => names::TRANSPORT,
         }
     }
 }
@@ -89,6 +90,7 @@ impl Actor for Root {
             children: Vec::new(),
             http: None,
         };
+        state.runtime.set_actor(NAME, "running");
         for child in Child::START_ORDER {
             state.start(&myself, child).await?;
         }
@@ -155,6 +157,7 @@ impl Actor for Root {
             return Ok(());
         };
         let (child, _) = state.children.remove(i);
+        state.runtime.set_actor(child.name(), "stopped");
         state.restart_child(&myself, child, &why).await;
         Ok(())
     }
@@ -227,6 +230,7 @@ impl RootState {
             }
         };
         self.children.push((child, cell));
+        self.runtime.set_actor(child.name(), "running");
         Ok(())
     }
 
@@ -299,15 +303,24 @@ pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
     }));
     let (_root, handle) = Actor::spawn(Some(NAME.into()), Root, runtime.clone()).await?;
     let signals = tokio::spawn(on_signals(runtime.draining.clone(), runtime.groups.clone()));
-    // Every wait has a deadline, shutdown too: a client that stops reading its
-    // stdout must not keep warden alive. Past grace + this, warden just exits.
-    let deadline = runtime.config.server.shutdown_grace + SHUTDOWN_DEADLINE_EXTRA;
-    let draining = runtime.draining.clone();
+    // The drain: from the first signal, calls in flight have `shutdown_grace`
+    // to finish; then every session ends, its calls cancelled. Every wait has
+    // a deadline, shutdown too: a client that stops reading its stdout must
+    // not keep warden alive. Past grace + this, warden just exits.
+    let grace = runtime.config.server.shutdown_grace;
+    let drain = async {
+        runtime.draining.cancelled().await;
+        tokio::time::sleep(grace).await;
+        if !runtime.kill_all.is_cancelled() {
+            tracing::warn!(actor = NAME, in_flight = runtime.in_flight(), grace = %humantime::format_duration(grace), "shutdown grace over; ending the sessions and their calls");
+            runtime.kill_all.cancel();
+        }
+        tokio::time::sleep(SHUTDOWN_DEADLINE_EXTRA).await;
+    };
     tokio::select! {
         _ = handle => {}
-        _ = async { draining.cancelled().await; tokio::time::sleep(deadline).await } => {
-            tracing::error!(actor = NAME, deadline = %humantime::format_duration(deadline), "shutdown did not finish in time; exiting anyway");
-            runtime.kill_all.cancel();
+        _ = drain => {
+            tracing::error!(actor = NAME, deadline = %humantime::format_duration(grace + SHUTDOWN_DEADLINE_EXTRA), "shutdown did not finish in time; exiting anyway");
         }
     }
     signals.abort();

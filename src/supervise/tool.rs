@@ -1,288 +1,291 @@
-//! A tool actor: a ractor factory of `concurrency` workers in front of a
-//! bounded queue of `queue` jobs.
+//! A command or builtin tool's actor, `tool:<name>`: the supervisor of its
+//! `concurrency` workers, one per lane of the tool's gate.
 //!
-//! The queue bound is what bounds a tool's concurrency: a job that finds the
-//! queue full is discarded (`DiscardMode::Newest`) and its caller answered
-//! `busy` at once by [`AnswerBusy`]. A worker runs one call at a time under the
-//! call's deadline; a worker that panics is replaced by the factory, and the
-//! caller of its call sees its reply port dropped.
+//! The gate (`core::gate`) is the tool's bounded mailbox: `concurrency`
+//! calls running, `queue` waiting, beyond that `busy`. A call that holds
+//! lane `i` is sent to worker `i`, whose own mailbox therefore never holds
+//! more than the one call it runs. A worker runs it on its own task, so the
+//! watchdog on the caller's side answers even when a call holds its thread.
+//! A worker that panics, is killed, or held a call past its deadline is
+//! replaced at once and the replacement counts against the tool's restart
+//! budget; the caller of its call is answered `internal`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use ractor::factory::{
-    queues::DefaultQueue, routing::QueuerRouting, DiscardHandler, DiscardMode, DiscardReason,
-    DiscardSettings, Factory, FactoryArguments, FactoryMessage, Job, Worker, WorkerBuilder,
-    WorkerId,
-};
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
-use rmcp::model::CallToolResult;
-use serde_json::{Map, Value};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::{oneshot, watch};
 
 use crate::backends::{builtin, command};
-use crate::config::{ToolKindSpec, ToolSpec};
+use crate::config::{Builtin, CommandSpec, ToolSpec};
+use crate::core::call::{Backend, BoxFuture, Call, ToolResult};
 use crate::core::error::ToolError;
+use crate::core::registry::ToolEntry;
 use crate::core::runtime::Runtime;
-use crate::supervise::tools::ToolEntry;
+use crate::supervise::tools::{child_ended, ToolsSupervisorMsg};
 
-/// One progress report of a running call.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    pub progress: f64,
-    pub total: Option<f64>,
-    pub message: Option<String>,
+/// How long a call waits for a replacement worker on its lane.
+const REPLACEMENT_WAIT: Duration = Duration::from_secs(1);
+
+pub struct ToolActor;
+
+pub struct ToolArgs {
+    pub entry: Arc<ToolEntry>,
+    pub runtime: Arc<Runtime>,
+    pub work: Work,
+    /// The tool's backend, whose lanes this actor's workers fill.
+    pub lanes: Arc<Workers>,
+    pub supervisor: ActorRef<ToolsSupervisorMsg>,
 }
 
-/// Where a worker sends progress; the transport maps it onto the client's token.
-pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
-
-/// What a successful call produced.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ToolOutput {
-    pub text: String,
-    /// Extra lines for the reader, such as a truncation notice.
-    pub notes: Vec<String>,
-    /// A downstream MCP server's whole result (every content type, `isError`,
-    /// `structuredContent`), passed on unchanged instead of `text`.
-    pub downstream: Option<Box<CallToolResult>>,
+/// What a tool's workers run.
+pub enum Work {
+    /// A command tool, its program resolved.
+    Command(CommandSpec, PathBuf),
+    Builtin(Builtin),
 }
 
-impl ToolOutput {
-    pub fn text(text: impl Into<String>) -> Self {
-        ToolOutput {
-            text: text.into(),
-            notes: Vec::new(),
-            downstream: None,
-        }
-    }
-
-    pub fn downstream(result: CallToolResult) -> Self {
-        ToolOutput {
-            text: String::new(),
-            notes: Vec::new(),
-            downstream: Some(Box::new(result)),
-        }
-    }
+pub struct ToolActorState {
+    worker: Arc<Worker>,
+    lanes: Arc<Workers>,
+    /// Which lane each live worker serves.
+    by_id: std::collections::HashMap<ActorId, usize>,
+    supervisor: ActorRef<ToolsSupervisorMsg>,
 }
 
-pub type ToolResult = Result<ToolOutput, ToolError>;
+pub enum ToolMsg {}
 
-/// One call, as a job in a tool's queue.
-pub struct Call {
-    /// The arguments, already validated against the tool's schema.
-    pub args: Map<String, Value>,
-    /// Cancelled when the client cancels, the deadline passes, or warden shuts down.
-    pub cancel: CancellationToken,
-    pub progress: Option<ProgressFn>,
-    /// Taken by whoever answers: the worker, or the discard handler.
-    pub reply: Option<RpcReplyPort<ToolResult>>,
-}
-
-pub type ToolMsg = FactoryMessage<(), Call>;
-pub type ToolRef = ActorRef<ToolMsg>;
-type ToolFactory =
-    Factory<(), Call, (), ToolWorker, QueuerRouting<(), Call>, DefaultQueue<(), Call>>;
-
-/// The registered name of a tool's actor.
-pub fn actor_name(tool: &str) -> String {
-    format!("tool:{tool}")
-}
-
-/// Spawns the tool's factory under `supervisor`.
-pub async fn spawn(
-    entry: Arc<ToolEntry>,
-    runtime: Arc<Runtime>,
-    program: Option<PathBuf>,
-    supervisor: ActorCell,
-) -> Result<(ToolRef, JoinHandle<()>), SpawnErr> {
-    let spec = entry.spec.clone();
-    let builder = ToolWorkerBuilder {
-        worker: Arc::new(ToolWorker {
-            spec: spec.clone(),
-            entry: entry.clone(),
-            runtime,
-            program,
-            started: Arc::default(),
-        }),
-    };
-    let args = FactoryArguments::builder()
-        .worker_builder(Box::new(builder))
-        .queue(Default::default())
-        .router(Default::default())
-        .num_initial_workers(spec.concurrency)
-        .discard_settings(DiscardSettings::Static {
-            limit: spec.queue,
-            mode: DiscardMode::Newest,
-        })
-        .discard_handler(Arc::new(AnswerBusy {
-            tool: spec.name.clone(),
-        }))
-        .build();
-    Actor::spawn_linked(
-        Some(actor_name(&spec.name)),
-        ToolFactory::default(),
-        args,
-        supervisor,
-    )
-    .await
-}
-
-/// Answers a discarded job `busy` instead of dropping it silently.
-struct AnswerBusy {
-    tool: String,
-}
-
-impl DiscardHandler<(), Call> for AnswerBusy {
-    fn discard(&self, reason: DiscardReason, job: &mut Job<(), Call>) {
-        if let Some(reply) = job.msg.reply.take() {
-            let what = format!("Tool `{}`", self.tool);
-            let error = match reason {
-                DiscardReason::Shutdown => {
-                    ToolError::unavailable(&self.tool, "it is stopping", None)
-                }
-                _ => ToolError::busy(&what),
-            };
-            let _ = reply.send(Err(error));
-        }
-    }
-}
-
-struct ToolWorkerBuilder {
-    worker: Arc<ToolWorker>,
-}
-
-impl WorkerBuilder<ToolWorker, ()> for ToolWorkerBuilder {
-    fn build(&mut self, _wid: WorkerId) -> (ToolWorker, ()) {
-        (ToolWorker::clone(&self.worker), ())
-    }
-}
-
-/// Runs calls of one tool, one at a time.
-#[derive(Clone)]
-pub struct ToolWorker {
-    spec: Arc<ToolSpec>,
-    entry: Arc<ToolEntry>,
-    runtime: Arc<Runtime>,
-    /// The resolved program of a command tool.
-    program: Option<PathBuf>,
-    /// Worker ids this factory has started: a second start of an id is the
-    /// factory replacing a worker that died.
-    started: Arc<std::sync::Mutex<std::collections::HashSet<WorkerId>>>,
-}
-
-impl Worker for ToolWorker {
-    type Key = ();
-    type Message = Call;
-    type State = ();
-    type Arguments = ();
+impl Actor for ToolActor {
+    type Msg = ToolMsg;
+    type State = ToolActorState;
+    type Arguments = ToolArgs;
 
     async fn pre_start(
         &self,
-        wid: WorkerId,
-        _factory: &ActorRef<FactoryMessage<(), Call>>,
-        _args: (),
-    ) -> Result<(), ActorProcessingErr> {
-        let replacement = !self.started.lock().unwrap().insert(wid);
-        if replacement {
-            // Counted here, at the one place every replacement passes through
-            // (a panic, a kill), and charged to the tool's restart budget.
-            if let Some(sup) = ractor::registry::where_is(crate::supervise::tools::NAME) {
-                let _ =
-                    sup.send_message(crate::supervise::tools::ToolsSupervisorMsg::WorkerCrashed(
-                        self.spec.name.clone(),
-                    ));
-            }
+        myself: ActorRef<ToolMsg>,
+        args: ToolArgs,
+    ) -> Result<ToolActorState, ActorProcessingErr> {
+        let spec = args.entry.spec.clone();
+        let worker = Arc::new(Worker {
+            spec: spec.clone(),
+            runtime: args.runtime,
+            work: args.work,
+        });
+        let mut state = ToolActorState {
+            worker,
+            lanes: args.lanes,
+            by_id: Default::default(),
+            supervisor: args.supervisor,
+        };
+        for lane in 0..spec.concurrency {
+            state.start_worker(&myself, lane).await?;
         }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<ToolMsg>,
+        _state: &mut ToolActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        myself
+            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await;
         Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ToolMsg>,
+        event: SupervisionEvent,
+        state: &mut ToolActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some((cell, why)) = child_ended(event) else {
+            return Ok(());
+        };
+        let Some(lane) = state.by_id.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if state.worker.runtime.draining.is_cancelled() {
+            return Ok(());
+        }
+        let reason = match why.strip_prefix("failed: ") {
+            Some(failure) => format!("a worker failed and was replaced: {failure}"),
+            None => "a worker was killed and was replaced".to_string(),
+        };
+        // A worker that cannot be replaced takes its tool down: the tools
+        // supervisor restarts the whole actor.
+        state.start_worker(&myself, lane).await?;
+        let _ = state.supervisor.cast(ToolsSupervisorMsg::WorkerReplaced(
+            state.worker.spec.name.clone(),
+            reason,
+        ));
+        Ok(())
+    }
+}
+
+/// However the tool actor ends (a killed actor skips `post_stop`), its
+/// lanes close: calls on them, and calls still waiting for them, are
+/// answered at once instead of waiting for workers that will not come.
+impl Drop for ToolActorState {
+    fn drop(&mut self) {
+        for lane in &self.lanes.lanes {
+            lane.send_replace(None);
+        }
+    }
+}
+
+impl ToolActorState {
+    async fn start_worker(
+        &mut self,
+        myself: &ActorRef<ToolMsg>,
+        lane: usize,
+    ) -> Result<(), ActorProcessingErr> {
+        let (worker, _) =
+            Actor::spawn_linked(None, WorkerActor, self.worker.clone(), myself.get_cell()).await?;
+        self.by_id.insert(worker.get_id(), lane);
+        self.lanes.lanes[lane].send_replace(Some(worker));
+        Ok(())
+    }
+}
+
+/// The backend of a command or builtin tool: each lane's worker.
+pub struct Workers {
+    tool: String,
+    lanes: Vec<watch::Sender<Option<ActorRef<WorkerMsg>>>>,
+}
+
+impl Workers {
+    /// Lanes with no workers yet: the tool's actor starts them.
+    pub fn new(spec: &ToolSpec) -> Arc<Workers> {
+        Arc::new(Workers {
+            tool: spec.name.clone(),
+            lanes: (0..spec.concurrency)
+                .map(|_| watch::channel(None).0)
+                .collect(),
+        })
+    }
+}
+
+impl Backend for Workers {
+    fn call(&self, call: Call) -> BoxFuture<'_, ToolResult> {
+        Box::pin(async move {
+            let lane = &self.lanes[call.lane];
+            let mut replaced = lane.subscribe();
+            let (reply, answer) = oneshot::channel();
+            let mut msg = WorkerMsg::Run(call, reply);
+            loop {
+                let worker = replaced.borrow_and_update().clone();
+                match worker.map(|w| w.cast(msg)) {
+                    Some(Ok(())) => break,
+                    // Its worker is being replaced: wait for the new one.
+                    Some(Err(ractor::MessagingErr::SendErr(back))) => msg = back,
+                    _ => return Err(self.lost()),
+                }
+                let waited = tokio::time::timeout(REPLACEMENT_WAIT, replaced.changed()).await;
+                if !matches!(waited, Ok(Ok(()))) {
+                    return Err(self.lost());
+                }
+            }
+            // A dropped reply: the worker died with this call. Its replacement
+            // is counted by the tools supervisor; answer now.
+            answer.await.unwrap_or_else(|_| Err(self.lost()))
+        })
+    }
+}
+
+impl Workers {
+    fn lost(&self) -> ToolError {
+        ToolError::internal(format!(
+            "The worker running this call of `{}` crashed; it has been replaced.",
+            self.tool
+        ))
+        .retry_after(Duration::from_millis(100))
+    }
+}
+
+/// Runs one call at a time, for one lane of one tool.
+struct WorkerActor;
+
+/// What every worker of a tool shares.
+struct Worker {
+    spec: Arc<ToolSpec>,
+    runtime: Arc<Runtime>,
+    work: Work,
+}
+
+pub enum WorkerMsg {
+    /// Run this call; answer on the sender.
+    Run(Call, oneshot::Sender<ToolResult>),
+}
+
+impl Actor for WorkerActor {
+    type Msg = WorkerMsg;
+    type State = Arc<Worker>;
+    type Arguments = Arc<Worker>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<WorkerMsg>,
+        worker: Arc<Worker>,
+    ) -> Result<Arc<Worker>, ActorProcessingErr> {
+        Ok(worker)
     }
 
     async fn handle(
         &self,
-        _wid: WorkerId,
-        _factory: &ActorRef<FactoryMessage<(), Call>>,
-        Job { msg, key, .. }: Job<(), Call>,
-        _state: &mut (),
+        _myself: ActorRef<WorkerMsg>,
+        WorkerMsg::Run(call, reply): WorkerMsg,
+        w: &mut Arc<Worker>,
     ) -> Result<(), ActorProcessingErr> {
-        let Call {
-            args,
-            cancel,
-            progress,
-            reply,
-        } = msg;
-        let Some(reply) = reply else { return Ok(key) };
-        // Cancelled (by the client, the watchdog or shutdown) while it waited.
-        let cancelled = || {
-            Err(ToolError::cancelled(
-                "The call was cancelled before it started.",
-            ))
-        };
-        if cancel.is_cancelled() {
-            let _ = reply.send(cancelled());
-            return Ok(key);
-        }
-        // A permit of the tool's gate: all are free unless the memory policy
-        // runs the tool at half concurrency.
-        let _permit = tokio::select! {
-            permit = self.entry.gate.acquire() => permit,
-            _ = cancel.cancelled() => {
-                let _ = reply.send(cancelled());
-                return Ok(key);
-            }
-        };
-        let _call = self.entry.call_started();
-        let started = std::time::Instant::now();
-        let work = async {
-            match &self.spec.kind {
-                ToolKindSpec::Command(cmd) => match &self.program {
-                    None => Err(ToolError::internal("command tool without a program")),
-                    Some(program) => {
-                        command::call(
-                            &self.spec,
-                            cmd,
-                            program,
-                            &self.runtime.groups,
-                            &args,
-                            &cancel,
-                            progress.as_ref(),
-                        )
-                        .await
-                    }
-                },
-                ToolKindSpec::Builtin(b) => builtin::run(*b, &args, &self.runtime, &cancel).await,
-                ToolKindSpec::Mcp(_) => Err(ToolError::internal(
-                    "an MCP server's calls are forwarded, not run by a worker",
-                )),
-            }
-        };
+        let started = Instant::now();
+        let cancel = call.cancel.clone();
         // A call honours its cancellation within the grace (exec kills and
         // reaps the group); one that does not is dropped here, so a future
         // that ignores cancellation cannot hold the worker.
         let result = tokio::select! {
-            result = work => result,
-            _ = async { cancel.cancelled().await; tokio::time::sleep(self.spec.grace).await } => {
+            result = w.run(&call) => result,
+            _ = async { cancel.cancelled().await; tokio::time::sleep(w.spec.grace).await } => {
                 Err(ToolError::cancelled("The call was cancelled and did not stop within the grace; it was dropped."))
             }
         };
         let _ = reply.send(result);
-        let deadline = self.spec.timeout + self.spec.grace;
+        let deadline = w.spec.deadline();
         if started.elapsed() > deadline {
-            // Only a call that held the thread gets here: the watchdog in
-            // `Runtime::dispatch` answered its caller `timeout` long ago. A
-            // worker that blocked once is not trusted again: failing makes the
-            // factory replace it, and the supervisor counts the restart.
+            // Only a call that held the thread gets here: the watchdog
+            // answered its caller `timeout` long ago. A worker that blocked
+            // once is not trusted again: failing makes the tool actor replace
+            // it, and the supervisor counts the replacement.
+            let held = Duration::from_millis(started.elapsed().as_millis() as u64);
             let why = format!(
-                "a call held its worker for {} (deadline and grace {}); the worker was replaced",
-                humantime::format_duration(std::time::Duration::from_millis(
-                    started.elapsed().as_millis() as u64
-                )),
+                "a call held its worker for {} (deadline and grace {})",
+                humantime::format_duration(held),
                 humantime::format_duration(deadline)
             );
-            self.entry.set_last_error(why.clone());
-            tracing::warn!(actor = %actor_name(&self.spec.name), "{why}");
+            tracing::warn!(actor = %w.spec.actor_name(), "{why}; the worker is replaced");
             return Err(why.into());
         }
-        Ok(key)
+        Ok(())
+    }
+}
+
+impl Worker {
+    async fn run(&self, call: &Call) -> ToolResult {
+        match &self.work {
+            Work::Command(cmd, program) => {
+                command::call(
+                    &self.spec,
+                    cmd,
+                    program,
+                    &self.runtime.groups,
+                    &call.args,
+                    &call.cancel,
+                    call.progress.as_ref(),
+                )
+                .await
+            }
+            Work::Builtin(b) => builtin::run(*b, &call.args, &self.runtime).await,
+        }
     }
 }

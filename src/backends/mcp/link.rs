@@ -1,0 +1,332 @@
+//! The live connection to a running MCP server: what its calls are sent
+//! through, and what it sends back unasked.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+#[allow(deprecated)]
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest,
+    GetExtensions, Implementation, LoggingMessageNotificationParam, ProgressNotificationParam,
+    ProgressToken, ProtocolVersion, ServerResult,
+};
+use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RoleClient, ServiceError};
+use rmcp::ClientHandler;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::pipe::WithoutProgress;
+use super::server::ServerMsg;
+use crate::core::call::{
+    Backend, BoxFuture, Call, Payload, Progress, ProgressFn, ToolOutput, ToolResult,
+};
+use crate::core::error::{ErrorKind, ToolError};
+use crate::core::runtime::Runtime;
+use crate::core::session::{LogLevel, Notice};
+use crate::core::status::ServerLive;
+
+/// How long a call whose connection closed waits for the child's exit
+/// status, so its answer can say how the server ended.
+pub(super) const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
+/// How long sending a cancellation downstream may take before it is given up.
+const CANCEL_SEND_DEADLINE: Duration = Duration::from_millis(200);
+
+/// Progress tokens warden put on its downstream requests, mapped back to the
+/// callers' progress sinks (which carry the callers' own tokens).
+pub(super) type ProgressRoutes = Arc<Mutex<HashMap<ProgressToken, ProgressFn>>>;
+
+/// Removes a progress route when the call ends, however it ends.
+struct Route<'a>(&'a ProgressRoutes, Option<ProgressToken>);
+
+impl Drop for Route<'_> {
+    fn drop(&mut self) {
+        if let Some(token) = self.1.take() {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&token);
+        }
+    }
+}
+
+/// The backend of a running MCP server.
+pub struct Link {
+    pub(super) server: String,
+    pub(super) peer: Peer<RoleClient>,
+    pub(super) progress: ProgressRoutes,
+    pub(super) pid: i32,
+    /// A call's deadline downstream: the tool's `timeout`.
+    pub(super) timeout: Duration,
+    /// How the child ended, once it has (set before the calls learn of it).
+    pub(super) ended: watch::Receiver<Option<String>>,
+    pub(super) started: Instant,
+    /// The server's name, version and protocol.
+    pub(super) info: Value,
+    pub(super) missed_pings: AtomicU32,
+    pub(super) last_ping_us: AtomicU64,
+}
+
+impl Backend for Link {
+    fn call(&self, call: Call) -> BoxFuture<'_, ToolResult> {
+        // Boxed in any case: forwarding holds rmcp's request machinery, and
+        // the call path's future stays small (tokio copies it into a task).
+        Box::pin(self.call_tool(call))
+    }
+
+    fn forward(
+        &self,
+        request: Payload,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<Payload, ToolError>> {
+        Box::pin(async move {
+            let request = request
+                .downcast::<ClientRequest>()
+                .map_err(|_| ToolError::internal("a forwarded request that is not MCP"))?;
+            let what = match &request {
+                ClientRequest::GetPromptRequest(_) => "the prompt request",
+                ClientRequest::ReadResourceRequest(_) => "the resource request",
+                _ => "the request",
+            };
+            let mut handle = match self
+                .peer
+                .send_request_with_option(request, PeerRequestOptions::no_options())
+                .await
+            {
+                Ok(h) => h,
+                Err(_) => return Err(self.gone().await),
+            };
+            let timeout = self.timeout;
+            let answer = tokio::select! {
+                answer = &mut handle.rx => answer,
+                _ = cancel.cancelled() => {
+                    let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, handle.cancel(Some("cancelled by warden's client".into()))).await;
+                    return Err(ToolError::cancelled(format!("The request was cancelled; `{}` was told to stop it.", self.server)));
+                }
+                _ = tokio::time::sleep(timeout) => {
+                    let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, handle.cancel(Some("timeout".into()))).await;
+                    return Err(ToolError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "MCP server `{}` did not answer {what} within {}.",
+                            self.server,
+                            humantime::format_duration(timeout)
+                        ),
+                        "Retry later; `warden status` shows the server.",
+                    ));
+                }
+            };
+            match answer {
+                Ok(Ok(result)) => Ok(Payload::new(result)),
+                Ok(Err(e)) => Err(self.failed(e, what).await),
+                Err(_) => Err(self.gone().await),
+            }
+        })
+    }
+
+    fn server(&self) -> Option<ServerLive> {
+        Some(ServerLive {
+            pid: self.pid,
+            up_s: self.started.elapsed().as_secs(),
+            server: self.info.clone(),
+            missed_pings: self.missed_pings.load(Ordering::Relaxed),
+            last_ping_ms: self.last_ping_us.load(Ordering::Relaxed) as f64 / 1e3,
+        })
+    }
+}
+
+impl Link {
+    /// Forwards one `tools/call` and waits for its result; cancellation and
+    /// the timeout are forwarded downstream with the request id warden used.
+    async fn call_tool(&self, call: Call) -> ToolResult {
+        let Call {
+            tool,
+            args,
+            cancel,
+            progress,
+            ..
+        } = call;
+        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
+        let mut request = CallToolRequest::new(params);
+        if progress.is_none() {
+            request.extensions_mut().insert(WithoutProgress);
+        }
+        let request = ClientRequest::CallToolRequest(request);
+        let mut handle = match self
+            .peer
+            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .await
+        {
+            Ok(h) => h,
+            Err(_) => return Err(self.gone().await),
+        };
+        let _route = Route(
+            &self.progress,
+            progress.map(|sink| {
+                let token = handle.progress_token.clone();
+                self.progress
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(token.clone(), sink);
+                token
+            }),
+        );
+        let timeout = self.timeout;
+        let answer = tokio::select! {
+            answer = &mut handle.rx => answer,
+            _ = cancel.cancelled() => {
+                let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, handle.cancel(Some("cancelled by warden's client".into()))).await;
+                return Err(ToolError::cancelled(format!(
+                    "The call was cancelled; `{}` was told to stop it.",
+                    self.server
+                )));
+            }
+            _ = tokio::time::sleep(timeout) => {
+                let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, handle.cancel(Some("timeout".into()))).await;
+                return Err(ToolError::new(
+                    ErrorKind::Timeout,
+                    format!("MCP server `{}` did not answer `{tool}` within {}; the call was cancelled downstream.", self.server, humantime::format_duration(timeout)),
+                    "Retry with a narrower request, or ask the operator to raise this tool's timeout.",
+                ).detail("timeout_ms", timeout.as_millis() as u64));
+            }
+        };
+        match answer {
+            Ok(Ok(ServerResult::CallToolResult(result))) => {
+                Ok(ToolOutput::passthrough(Payload::new(result)))
+            }
+            Ok(Ok(_)) => Err(ToolError::new(
+                ErrorKind::ExecutionFailed,
+                format!("MCP server `{}` answered `{tool}` with something other than a tool result (a task or an input request, which warden does not relay).", self.server),
+                "Use the server directly for this tool, or ask its author for a plain result.",
+            )),
+            Ok(Err(e)) => Err(self.failed(e, &format!("`{tool}`")).await),
+            Err(_) => Err(self.gone().await),
+        }
+    }
+
+    /// A request that got no result: the server's JSON-RPC error (bad
+    /// parameters are a `validation` error), or the server's end.
+    async fn failed(&self, e: ServiceError, what: &str) -> ToolError {
+        match e {
+            ServiceError::McpError(e) => {
+                let kind = if e.code == rmcp::model::ErrorCode::INVALID_PARAMS {
+                    ErrorKind::Validation
+                } else {
+                    ErrorKind::ExecutionFailed
+                };
+                ToolError::new(
+                    kind,
+                    format!("MCP server `{}` refused {what}: {}", self.server, e.message),
+                    "Check the arguments against the server's schema (tools/list shows it); the message says what it objected to.",
+                )
+                .detail("code", e.code.0)
+                .detail("data", e.data.unwrap_or(Value::Null))
+            }
+            ServiceError::TransportClosed | ServiceError::TransportSend(_) => self.gone().await,
+            other => ToolError::internal(format!("MCP server `{}`: {other}", self.server)),
+        }
+    }
+
+    /// The answer for a call whose connection closed under it: the server
+    /// ended. Waits briefly for the exit status so the answer can say how.
+    async fn gone(&self) -> ToolError {
+        let mut ended = self.ended.clone();
+        let how = tokio::time::timeout(EXIT_STATUS_WAIT, ended.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|v| v.clone()))
+            .unwrap_or_else(|| "its connection closed".to_string());
+        // `unavailable`, not a tool failure: the crash is the supervisor's
+        // business (restart budget), and counting every call it took down
+        // would open the breaker on the restarted server.
+        ToolError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "MCP server `{}` ended during the call: {how}.",
+                self.server
+            ),
+            "Retry shortly (`warden status` shows when the server is back); if it keeps happening, ask the operator to check the server's log.",
+        )
+        .retry_after(Duration::from_millis(500))
+        .detail("server_exited", true)
+    }
+}
+
+/// warden as the client of one downstream server: what the server sends
+/// unasked goes to the callers' progress sinks, to every session, or to the
+/// server's actor.
+#[derive(Clone)]
+pub struct Downstream {
+    pub(super) actor_name: String,
+    pub(super) prefix: String,
+    pub(super) progress: ProgressRoutes,
+    pub(super) actor: ActorRef<ServerMsg>,
+    pub(super) runtime: Arc<Runtime>,
+}
+
+#[allow(deprecated)]
+impl ClientHandler for Downstream {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("warden", env!("CARGO_PKG_VERSION")),
+        )
+        .with_protocol_version(ProtocolVersion::V_2025_11_25)
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let sink = self
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&params.progress_token)
+            .cloned();
+        if let Some(sink) = sink {
+            sink(Progress {
+                progress: params.progress,
+                total: params.total,
+                message: params.message,
+            });
+        }
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let level = serde_json::to_value(params.level)
+            .ok()
+            .and_then(|v| v.as_str().and_then(LogLevel::parse))
+            .unwrap_or(LogLevel::Info);
+        let logger = match &params.logger {
+            Some(l) => format!("{}/{l}", self.prefix),
+            None => self.prefix.clone(),
+        };
+        tracing::info!(actor = %self.actor_name, level = level.name(), %logger, data = %params.data, "server log message");
+        self.runtime.notify(Notice::Log {
+            level,
+            logger,
+            data: params.data,
+        });
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.actor.cast(ServerMsg::Refresh);
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.actor.cast(ServerMsg::Refresh);
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.actor.cast(ServerMsg::Refresh);
+    }
+}

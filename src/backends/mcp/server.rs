@@ -1,0 +1,515 @@
+//! `server:<name>`: the actor that owns one downstream MCP server process.
+//!
+//! It launches the server (own session, PDEATHSIG, its group registered),
+//! logs its stderr (rate limited, secrets blanked), and runs the rmcp client
+//! handshake and first listing in a task under `start_timeout`, so that
+//! `pre_start` returns at once. Once started it publishes the catalog into
+//! the tool's entry, registers the [`Link`] as the tool's backend and pings
+//! the server. The actor stops when the child ends (exit watcher), a ping is
+//! missed twice (it kills the group, saying why), or it is killed; the
+//! tools supervisor decides on a restart by the server's `restart` type.
+//!
+//! **Architecture Invariant:** every call in flight on the link gets one
+//! answer when the server ends; the server's process group never outlives
+//! its actor.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rmcp::model::{ClientRequest, PingRequest};
+use rmcp::service::{RoleClient, RunningService, ServiceError};
+use rmcp::ServiceExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt};
+use tokio::sync::watch;
+
+use super::catalog::list_everything;
+use super::link::{Downstream, Link, ProgressRoutes, EXIT_STATUS_WAIT};
+use super::pipe::ChildTransport;
+use crate::config::{McpSpec, Rate, RateLimit};
+use crate::core::catalog::Catalog;
+use crate::core::ratelimit::TokenBucket;
+use crate::core::registry::{ToolEntry, ToolState};
+use crate::core::runtime::Runtime;
+use crate::core::session::Notice;
+use crate::exec::{self, Exit, GroupGuard};
+
+/// Lines of a server's stderr logged per second, after a burst of
+/// [`STDERR_BURST`]; the rest are counted and dropped, so a flood cannot
+/// fill the disk or hold the runtime.
+const STDERR_LINES_PER_SECOND: f64 = 50.0;
+const STDERR_BURST: u32 = 200;
+/// A longer stderr line is cut to this many bytes in the log.
+const STDERR_LINE_MAX: usize = 2048;
+/// Pings missed in a row before a server counts as wedged and is restarted.
+const MISSED_PINGS_WEDGED: u32 = 2;
+/// How long a server stopped by warden gets to exit on its own after its
+/// stdin is closed, before its group is killed.
+const STOP_GRACE: Duration = Duration::from_millis(1000);
+
+/// The actor that owns one downstream server process.
+pub struct ServerActor;
+
+pub enum ServerMsg {
+    /// The handshake and the first listing are done.
+    Started(Box<(RunningService<RoleClient, Downstream>, Catalog)>),
+    /// The server did not finish starting; why.
+    StartFailed(String),
+    /// The child process ended: how, and whether it was a clean exit (status 0).
+    Exited(String, bool),
+    /// The server said one of its lists changed: list again.
+    Refresh,
+    /// Pings went unanswered: the server is wedged.
+    Wedged(String),
+}
+
+pub struct ServerArgs {
+    pub entry: Arc<ToolEntry>,
+    pub spec: McpSpec,
+    pub runtime: Arc<Runtime>,
+    pub program: PathBuf,
+}
+
+pub struct ServerState {
+    entry: Arc<ToolEntry>,
+    spec: McpSpec,
+    runtime: Arc<Runtime>,
+    pid: i32,
+    /// Set once started (the link itself lives in the tool's entry).
+    service: Option<RunningService<RoleClient, Downstream>>,
+    progress: ProgressRoutes,
+    ended: watch::Receiver<Option<String>>,
+    /// How the child ended, once the exit watcher said so.
+    exit: Option<(String, bool)>,
+    started: Instant,
+    /// Kills the child's whole group when the actor ends, however it ends.
+    group: GroupGuard,
+    /// The stderr reader, the exit watcher, the starter and the pinger.
+    tasks: AbortOnDrop,
+}
+
+/// Tasks that must not outlive the actor (a killed actor skips `post_stop`).
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl Actor for ServerActor {
+    type Msg = ServerMsg;
+    type State = ServerState;
+    type Arguments = ServerArgs;
+
+    /// Launches the child and returns at once; the handshake runs in a task
+    /// (under `start_timeout`), so a slow or broken server delays nothing else.
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ServerMsg>,
+        ServerArgs {
+            entry,
+            spec,
+            runtime,
+            program,
+        }: ServerArgs,
+    ) -> Result<ServerState, ActorProcessingErr> {
+        let name = entry.spec.name.clone();
+        let me = entry.spec.actor_name();
+
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&spec.args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&spec.cwd)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        exec::isolate(&mut cmd, spec.limits.clone());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start `{}`: {e}", exec::program_name(&spec.program)))?;
+        let pid = child.id().map_or(0, |p| p as i32);
+        let group = runtime.groups.register(pid, &name);
+        let (stdin, stdout, stderr) = (
+            child.stdin.take().ok_or("no stdin pipe")?,
+            child.stdout.take().ok_or("no stdout pipe")?,
+            child.stderr.take().ok_or("no stderr pipe")?,
+        );
+        let stderr_task = tokio::spawn(log_stderr(stderr, me.clone(), redactor(&spec)));
+        let (ended_tx, ended) = watch::channel(None);
+        let watcher = {
+            let myself = myself.clone();
+            let groups = runtime.groups.clone();
+            tokio::spawn(async move {
+                let status = child.wait().await;
+                let (how, clean) = describe_exit(status, groups.kill_reason(pid));
+                let _ = ended_tx.send(Some(how.clone()));
+                let _ = myself.cast(ServerMsg::Exited(how, clean));
+            })
+        };
+        tracing::info!(actor = %me, pid, program = %spec.program, "MCP server launched");
+
+        let progress: ProgressRoutes = Arc::default();
+        let handler = Downstream {
+            actor_name: me.clone(),
+            prefix: spec.prefix.clone(),
+            progress: progress.clone(),
+            actor: myself.clone(),
+            runtime: runtime.clone(),
+        };
+        let starter = {
+            let myself = myself.clone();
+            let prefix = spec.prefix.clone();
+            let start_timeout = spec.start_timeout;
+            let max_line = runtime.config.server.max_line.0 as usize;
+            tokio::spawn(async move {
+                let start = async {
+                    let stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
+                    let service = handler
+                        .serve(ChildTransport::new(stdout, stdin, max_line))
+                        .await
+                        .map_err(|e| format!("the MCP handshake failed: {e}"))?;
+                    let catalog = list_everything(service.peer(), &prefix).await?;
+                    Ok::<_, String>((service, catalog))
+                };
+                let msg = match tokio::time::timeout(start_timeout, start).await {
+                    Ok(Ok(started)) => ServerMsg::Started(Box::new(started)),
+                    Ok(Err(why)) => ServerMsg::StartFailed(why),
+                    Err(_) => ServerMsg::StartFailed(format!(
+                        "it did not finish starting (initialize and listing) within {}",
+                        humantime::format_duration(start_timeout)
+                    )),
+                };
+                let _ = myself.cast(msg);
+            })
+        };
+        Ok(ServerState {
+            entry,
+            spec,
+            runtime,
+            pid,
+            service: None,
+            progress,
+            ended,
+            exit: None,
+            started: Instant::now(),
+            group,
+            tasks: AbortOnDrop(vec![
+                stderr_task.abort_handle(),
+                watcher.abort_handle(),
+                starter.abort_handle(),
+            ]),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ServerMsg>,
+        msg: ServerMsg,
+        state: &mut ServerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let me = state.entry.spec.actor_name();
+        match msg {
+            ServerMsg::Started(started) => {
+                if let Some((how, clean)) = state.exit.clone() {
+                    // It ended between its handshake and now.
+                    state.ended_after_start(&myself, how, clean);
+                    return Ok(());
+                }
+                let (service, catalog) = *started;
+                state.ready(&myself, service, catalog);
+            }
+            ServerMsg::StartFailed(why) => {
+                // Ended while starting: say how, not just that the pipe closed.
+                let how = tokio::time::timeout(EXIT_STATUS_WAIT, wait_ended(state.ended.clone()))
+                    .await
+                    .ok()
+                    .and_then(|_| state.ended.borrow().clone());
+                let why = match how {
+                    Some(how) => format!("{why} (it {how})"),
+                    None => why,
+                };
+                tracing::error!(actor = %me, pid = state.pid, reason = %why, "MCP server failed to start");
+                state.entry.set_last_error(format!("start failed: {why}"));
+                myself.stop(Some(why));
+            }
+            ServerMsg::Exited(how, clean) => {
+                state.exit = Some((how.clone(), clean));
+                // Still starting: the starter's report comes next and says it.
+                if state.service.is_some() {
+                    state.ended_after_start(&myself, how, clean);
+                }
+            }
+            ServerMsg::Wedged(why) => {
+                tracing::error!(actor = %me, reason = %why, "MCP server is wedged; restarting it");
+                if !state.runtime.groups.kill_because(state.pid, why.clone()) {
+                    myself.stop(Some(why));
+                }
+            }
+            ServerMsg::Refresh => {
+                let Some(service) = &state.service else {
+                    return Ok(());
+                };
+                let spec = &state.spec;
+                let listed = tokio::time::timeout(
+                    spec.ping_timeout.max(Duration::from_secs(5)),
+                    list_everything(service.peer(), &spec.prefix),
+                )
+                .await;
+                match listed {
+                    Ok(Ok(catalog)) => publish(&state.entry, &state.runtime, catalog),
+                    Ok(Err(e)) => {
+                        tracing::warn!(actor = %me, error = %e, "listing the server's tools again failed")
+                    }
+                    Err(_) => {
+                        tracing::warn!(actor = %me, "listing the server's tools again timed out")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ServerMsg>,
+        state: &mut ServerState,
+    ) -> Result<(), ActorProcessingErr> {
+        // As the MCP spec asks of a client: close the server's stdin and give
+        // it a moment to exit on its own; then its whole group is killed.
+        // Calls still waiting on the link are answered at once either way.
+        if let Some(service) = &state.service {
+            service.cancellation_token().cancel();
+            if state.exit.is_none() {
+                let _ = tokio::time::timeout(STOP_GRACE, wait_ended(state.ended.clone())).await;
+            }
+        }
+        state.group.kill();
+        Ok(())
+    }
+}
+
+impl ServerState {
+    fn ended_after_start(&self, myself: &ActorRef<ServerMsg>, how: String, clean: bool) {
+        let me = self.entry.spec.actor_name();
+        if clean {
+            tracing::info!(actor = %me, reason = %how, "MCP server exited");
+        } else {
+            tracing::error!(actor = %me, reason = %how, "MCP server ended");
+        }
+        self.entry.set_last_error(format!("server {how}"));
+        self.entry.set_clean_exit(clean);
+        myself.stop(Some(how));
+    }
+
+    /// The handshake is done: publish the catalog, open the link to calls, start pinging.
+    fn ready(
+        &mut self,
+        myself: &ActorRef<ServerMsg>,
+        service: RunningService<RoleClient, Downstream>,
+        catalog: Catalog,
+    ) {
+        let spec = &self.spec;
+        let peer = service.peer().clone();
+        let info = match peer.peer_info() {
+            Some(i) => json!({
+                "name": i.server_info.as_ref().map(|s| s.name.clone()),
+                "version": i.server_info.as_ref().map(|s| s.version.clone()),
+                "protocol_version": i.protocol_version.to_string(),
+            }),
+            None => Value::Null,
+        };
+        let link = Arc::new(Link {
+            server: self.entry.spec.name.clone(),
+            peer,
+            progress: self.progress.clone(),
+            pid: self.pid,
+            timeout: self.entry.spec.timeout,
+            ended: self.ended.clone(),
+            started: self.started,
+            info,
+            missed_pings: AtomicU32::new(0),
+            last_ping_us: AtomicU64::new(0),
+        });
+        tracing::info!(
+            actor = %self.entry.spec.actor_name(), pid = self.pid,
+            tools = catalog.tools.len(), prompts = catalog.prompts.len(), resources = catalog.resources.len(),
+            start_ms = self.started.elapsed().as_millis() as u64,
+            "MCP server ready"
+        );
+        publish(&self.entry, &self.runtime, catalog);
+        let pinger = tokio::spawn(ping(
+            link.clone(),
+            myself.clone(),
+            spec.ping_every,
+            spec.ping_timeout,
+        ));
+        self.tasks.0.push(pinger.abort_handle());
+        self.entry.set(ToolState::Running, Some(link));
+        self.service = Some(service);
+    }
+}
+
+async fn wait_ended(mut ended: watch::Receiver<Option<String>>) {
+    let _ = ended.wait_for(Option::is_some).await;
+}
+
+/// Stores a server's catalog in its entry and tells the client what changed.
+fn publish(entry: &ToolEntry, runtime: &Runtime, catalog: Catalog) {
+    for s in &catalog.skipped {
+        tracing::warn!(actor = %entry.spec.actor_name(), skipped = %s, "not exported");
+    }
+    let changes = catalog.changes(&entry.catalog());
+    entry.set_catalog(catalog);
+    if changes.tools {
+        runtime.notify(Notice::ToolsChanged);
+    }
+    if changes.prompts {
+        runtime.notify(Notice::PromptsChanged);
+    }
+    if changes.resources {
+        runtime.notify(Notice::ResourcesChanged);
+    }
+}
+
+/// Pings every `every`; two misses in a row and the actor hears the server is wedged.
+async fn ping(link: Arc<Link>, actor: ActorRef<ServerMsg>, every: Duration, timeout: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let sent = Instant::now();
+        let request = ClientRequest::PingRequest(PingRequest::default());
+        match tokio::time::timeout(timeout, link.peer.send_request(request)).await {
+            Ok(Ok(_)) => {
+                link.missed_pings.store(0, Ordering::Relaxed);
+                link.last_ping_us
+                    .store(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            // The connection is gone; the exit watcher reports it.
+            Ok(Err(ServiceError::TransportClosed)) => return,
+            // An error answer is still an answer: the server is alive.
+            Ok(Err(_)) => link.missed_pings.store(0, Ordering::Relaxed),
+            Err(_) => {
+                let missed = link.missed_pings.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(actor = %format!("server:{}", link.server), missed, timeout_ms = timeout.as_millis() as u64, "MCP server missed a ping");
+                if missed >= MISSED_PINGS_WEDGED {
+                    let _ = actor.cast(ServerMsg::Wedged(format!(
+                        "it missed {missed} pings in a row ({} each), so it was restarted as wedged",
+                        humantime::format_duration(timeout)
+                    )));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How the child ended, and whether that was a clean exit.
+fn describe_exit(
+    status: std::io::Result<std::process::ExitStatus>,
+    killed_because: Option<String>,
+) -> (String, bool) {
+    if let Some(reason) = killed_because {
+        return (format!("killed by warden: {reason}"), false);
+    }
+    match status {
+        Ok(s) => (Exit::from(s).to_string(), s.success()),
+        Err(e) => (format!("could not be waited for: {e}"), false),
+    }
+}
+
+/// Blanks the values of secret-looking environment variables out of a line.
+fn redactor(spec: &McpSpec) -> impl Fn(&str) -> String + Send + 'static {
+    let secrets: Vec<String> = spec.secrets().into_iter().map(str::to_string).collect();
+    move |line: &str| {
+        let mut out = line.to_string();
+        for s in &secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "[redacted]");
+            }
+        }
+        out
+    }
+}
+
+/// The server's stderr into warden's log, tagged with the server, rate
+/// limited; lines are cut at [`STDERR_LINE_MAX`] and secrets blanked.
+async fn log_stderr(
+    stderr: impl AsyncRead + Unpin,
+    actor: String,
+    redact: impl Fn(&str) -> String,
+) {
+    let mut bucket = TokenBucket::new(
+        RateLimit {
+            rate: Rate {
+                per_second: STDERR_LINES_PER_SECOND,
+            },
+            burst: STDERR_BURST,
+        },
+        Instant::now(),
+    );
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut dropped: u64 = 0;
+    // The count of dropped lines goes to the log once a second, flood or not.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        line.clear();
+        // Bounded: a line without a newline is read in pieces, not buffered whole.
+        let mut limited = (&mut reader).take(STDERR_LINE_MAX as u64);
+        let read = limited.read_until(b'\n', &mut line);
+        tokio::pin!(read);
+        let n = loop {
+            tokio::select! {
+                n = &mut read => break n,
+                _ = tick.tick() => {
+                    if dropped > 0 {
+                        tracing::warn!(actor = %actor, dropped, "server stderr lines dropped (over {STDERR_LINES_PER_SECOND}/s)");
+                        dropped = 0;
+                    }
+                }
+            }
+        };
+        match n {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if bucket.try_take(Instant::now()).is_err() {
+            dropped += 1;
+            continue;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = redact(text.trim_end());
+        tracing::info!(actor = %actor, stderr = %text, "server stderr");
+    }
+    if dropped > 0 {
+        tracing::warn!(actor = %actor, dropped, "server stderr lines dropped (over {STDERR_LINES_PER_SECOND}/s)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_are_described_and_only_status_zero_is_clean() {
+        use std::os::unix::process::ExitStatusExt;
+        let ok = std::process::ExitStatus::from_raw(0);
+        let code3 = std::process::ExitStatus::from_raw(3 << 8);
+        let killed = std::process::ExitStatus::from_raw(9);
+        assert_eq!(
+            describe_exit(Ok(ok), None),
+            ("exited with status 0".into(), true)
+        );
+        assert_eq!(describe_exit(Ok(code3), None).0, "exited with status 3");
+        assert_eq!(describe_exit(Ok(killed), None).0, "was killed by signal 9");
+        let (how, clean) = describe_exit(Ok(killed), Some("wedged".into()));
+        assert_eq!((how.as_str(), clean), ("killed by warden: wedged", false));
+    }
+}

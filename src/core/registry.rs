@@ -1,0 +1,345 @@
+//! The tools: one live record per actor file, and the routing of a client's
+//! names to them.
+//!
+//! The set of tools and MCP servers is fixed at start-up; the tools a server
+//! exports change with it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::config::ToolSpec;
+use crate::core::breaker::CircuitBreaker;
+use crate::core::call::Backend;
+use crate::core::catalog::Catalog;
+use crate::core::error::ToolError;
+use crate::core::gate::Gate;
+use crate::core::levels::Level;
+use crate::core::ratelimit::TokenBucket;
+use crate::core::status::{ProcessLine, ServerLine, ToolLine};
+use crate::exec::Groups;
+
+/// Where a tool is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolState {
+    Starting,
+    Running,
+    /// Waiting out its backoff before the next start.
+    Restarting {
+        until: Instant,
+    },
+    /// Past its restart budget; tried again with a fresh budget at `retry_at`.
+    Failed {
+        reason: String,
+        retry_at: Instant,
+    },
+    /// Cannot run at all (its program is missing).
+    Unavailable {
+        reason: String,
+    },
+    /// Ended, and its restart type says it stays down (an MCP server that is
+    /// `temporary`, or `transient` and exited cleanly).
+    Stopped {
+        reason: String,
+    },
+}
+
+impl ToolState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ToolState::Starting => "starting",
+            ToolState::Running => "running",
+            ToolState::Restarting { .. } => "restarting",
+            ToolState::Failed { .. } => "failed",
+            ToolState::Unavailable { .. } => "unavailable",
+            ToolState::Stopped { .. } => "stopped",
+        }
+    }
+}
+
+/// A tool's state and what runs its calls, changed together under one lock
+/// so that no reader sees `Running` without a backend.
+struct Life {
+    state: ToolState,
+    backend: Option<Arc<dyn Backend>>,
+    since: Instant,
+}
+
+/// The shared, live record of one tool: written by its supervisor, its actor
+/// and the call path, read by `status`.
+pub struct ToolEntry {
+    pub spec: Arc<ToolSpec>,
+    /// The name a backend calls a command or builtin tool by.
+    name: Arc<str>,
+    pub validator: jsonschema::Validator,
+    life: Mutex<Life>,
+    pub restarts: AtomicU32,
+    last_error: Mutex<Option<String>>,
+    /// The tool's circuit breaker; its clock is driven by the breaker actor.
+    breaker: Mutex<CircuitBreaker>,
+    bucket: Option<Mutex<TokenBucket>>,
+    /// `concurrency` running, `queue` waiting, beyond that busy.
+    pub gate: Gate,
+    /// This tool's own memory level (from its `memory` budget), as a `Level` number.
+    own_level: AtomicU8,
+    /// An MCP server's exports, as last listed; kept while it restarts so
+    /// the client's lists stay put.
+    catalog: RwLock<Arc<Catalog>>,
+    /// Set by an MCP server's actor when its child exited with status 0.
+    clean_exit: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these leaves usable data: keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ToolEntry {
+    pub fn new(spec: ToolSpec) -> Result<Self, String> {
+        let validator = jsonschema::validator_for(&Value::Object(spec.input_schema.clone()))
+            .map_err(|e| e.to_string())?;
+        Ok(ToolEntry {
+            name: Arc::from(spec.name.as_str()),
+            validator,
+            life: Mutex::new(Life {
+                state: ToolState::Starting,
+                backend: None,
+                since: Instant::now(),
+            }),
+            restarts: AtomicU32::new(0),
+            last_error: Mutex::new(None),
+            breaker: Mutex::new(CircuitBreaker::new(spec.breaker.clone())),
+            bucket: spec
+                .rate_limit
+                .map(|limit| Mutex::new(TokenBucket::new(limit, Instant::now()))),
+            gate: Gate::new(spec.concurrency, spec.queue),
+            own_level: AtomicU8::new(0),
+            catalog: Default::default(),
+            clean_exit: AtomicBool::new(false),
+            spec: Arc::new(spec),
+        })
+    }
+
+    /// "Tool `x`" or "MCP server `x`", as answers name it.
+    pub fn what(&self) -> String {
+        match self.spec.mcp() {
+            Some(_) => format!("MCP server `{}`", self.spec.name),
+            None => format!("Tool `{}`", self.spec.name),
+        }
+    }
+
+    /// The tool's breaker, locked. Hold it for a decision, never across an await.
+    pub fn breaker(&self) -> MutexGuard<'_, CircuitBreaker> {
+        lock(&self.breaker)
+    }
+
+    /// A token of the tool's rate limit, or how long until there is one.
+    pub fn take_token(&self, now: Instant) -> Result<(), Duration> {
+        match &self.bucket {
+            Some(bucket) => lock(bucket).try_take(now),
+            None => Ok(()),
+        }
+    }
+
+    pub fn state(&self) -> ToolState {
+        lock(&self.life).state.clone()
+    }
+
+    /// The state and, while running, what runs the calls: read together.
+    pub fn life(&self) -> (ToolState, Option<Arc<dyn Backend>>) {
+        let life = lock(&self.life);
+        (life.state.clone(), life.backend.clone())
+    }
+
+    /// How long the tool has been in its state.
+    pub fn in_state_for(&self) -> Duration {
+        lock(&self.life).since.elapsed()
+    }
+
+    pub fn set(&self, state: ToolState, backend: Option<Arc<dyn Backend>>) {
+        *lock(&self.life) = Life {
+            state,
+            backend,
+            since: Instant::now(),
+        };
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_catalog(&self, catalog: Catalog) {
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
+    }
+
+    pub fn set_clean_exit(&self, clean: bool) {
+        self.clean_exit.store(clean, Ordering::Relaxed);
+    }
+
+    pub fn take_clean_exit(&self) -> bool {
+        self.clean_exit.swap(false, Ordering::Relaxed)
+    }
+
+    pub fn own_level(&self) -> Level {
+        Level::from_u8(self.own_level.load(Ordering::Relaxed))
+    }
+
+    pub fn set_own_level(&self, level: Level) {
+        self.own_level.store(level as u8, Ordering::Relaxed);
+    }
+
+    pub fn set_last_error(&self, e: impl Into<String>) {
+        *lock(&self.last_error) = Some(e.into());
+    }
+
+    /// A call's answer, with a failure of the tool remembered as its last error.
+    pub fn noted<T>(&self, result: Result<T, ToolError>) -> Result<T, ToolError> {
+        if let Err(e) = &result {
+            if e.kind.is_tool_failure() {
+                self.set_last_error(e.message.clone());
+            }
+        }
+        result
+    }
+
+    /// This tool's line in `status`.
+    pub fn status(&self, groups: &Groups) -> ToolLine {
+        let (state, backend) = self.life();
+        let now = Instant::now();
+        let spec = &self.spec;
+        let ms = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
+        let running = self.gate.running();
+        let in_flight = self.gate.in_flight();
+        ToolLine {
+            name: spec.actor_name(),
+            tool: spec.name.clone(),
+            state: state.name().to_string(),
+            uptime_s: self.in_state_for().as_secs(),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            workers: spec.concurrency,
+            priority: spec.priority.name().to_string(),
+            memory_budget_bytes: spec.memory,
+            memory_level: self.own_level(),
+            half_concurrency: self.gate.is_reduced(),
+            running,
+            in_flight,
+            queue_depth: in_flight.saturating_sub(running),
+            queue_capacity: spec.queue,
+            last_error: lock(&self.last_error).clone(),
+            breaker: self.breaker().snapshot(now),
+            processes: groups
+                .of(&spec.name)
+                .into_iter()
+                .map(|pid| ProcessLine {
+                    pid,
+                    rss_bytes: crate::exec::rss_bytes(pid),
+                })
+                .collect(),
+            restart_in_ms: match state {
+                ToolState::Restarting { until } => Some(ms(until)),
+                _ => None,
+            },
+            reason: match &state {
+                ToolState::Failed { reason, .. }
+                | ToolState::Unavailable { reason }
+                | ToolState::Stopped { reason } => Some(reason.clone()),
+                _ => None,
+            },
+            retry_in_ms: match state {
+                ToolState::Failed { retry_at, .. } => Some(ms(retry_at)),
+                _ => None,
+            },
+            server: spec.mcp().map(|m| ServerLine {
+                live: backend.and_then(|b| b.server()),
+                prefix: m.prefix.clone(),
+                restart: format!("{:?}", m.restart).to_lowercase(),
+                exports: self.catalog().summary(),
+            }),
+        }
+    }
+}
+
+/// Every tool and MCP server, by name.
+pub struct Registry {
+    entries: Vec<Arc<ToolEntry>>,
+    by_name: HashMap<String, usize>,
+}
+
+/// Where a call to a client's tool name goes.
+pub struct Target<'a> {
+    pub entry: &'a Arc<ToolEntry>,
+    /// The name its backend calls it by: its own, or its name on its server.
+    pub name: Arc<str>,
+}
+
+impl Registry {
+    pub fn new(specs: Vec<ToolSpec>) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        let mut by_name = HashMap::new();
+        for spec in specs {
+            by_name.insert(spec.name.clone(), entries.len());
+            let name = spec.name.clone();
+            entries.push(Arc::new(
+                ToolEntry::new(spec).map_err(|e| format!("{name}: {e}"))?,
+            ));
+        }
+        Ok(Registry { entries, by_name })
+    }
+
+    /// A tool, or an MCP server, by its own name.
+    pub fn get(&self, name: &str) -> Option<&Arc<ToolEntry>> {
+        self.by_name.get(name).map(|&i| &self.entries[i])
+    }
+
+    /// What a client's tool name calls: a command or builtin tool, or a tool
+    /// an MCP server exports (its prefix is unique: `warden check` sees to it).
+    pub fn route(&self, name: &str) -> Option<Target<'_>> {
+        if let Some(entry) = self.get(name).filter(|e| e.spec.mcp().is_none()) {
+            return Some(Target {
+                entry,
+                name: entry.name.clone(),
+            });
+        }
+        self.servers().find_map(|entry| {
+            let m = entry.spec.mcp()?;
+            let rest = name.strip_prefix(m.prefix.as_str())?.strip_prefix('_')?;
+            let name = match entry.catalog().tool(name) {
+                Some(d) => d.clone(),
+                // While the server is down its list may be stale or not yet
+                // known: the call is answered `unavailable` with a retry.
+                None if entry.state() != ToolState::Running => Arc::from(rest),
+                // A tool the running server does not list is unknown.
+                None => return None,
+            };
+            Some(Target { entry, name })
+        })
+    }
+
+    /// The server exporting a prompt, and the prompt's name there.
+    pub fn route_prompt(&self, name: &str) -> Option<Target<'_>> {
+        self.servers().find_map(|entry| {
+            let name = entry.catalog().prompt(name)?.clone();
+            Some(Target { entry, name })
+        })
+    }
+
+    /// The server a resource URI belongs to.
+    pub fn route_uri(&self, uri: &str) -> Option<&Arc<ToolEntry>> {
+        self.servers().find(|s| s.catalog().serves_uri(uri))
+    }
+
+    /// The MCP servers.
+    pub fn servers(&self) -> impl Iterator<Item = &Arc<ToolEntry>> {
+        self.entries.iter().filter(|e| e.spec.mcp().is_some())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ToolEntry>> {
+        self.entries.iter()
+    }
+}

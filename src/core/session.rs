@@ -1,0 +1,186 @@
+//! Sessions: one per connected MCP client, and what they hear unasked.
+//!
+//! A session owns a cancellation token, a child of the runtime's: ending the
+//! session cancels its calls and nothing else, and the end of warden ends
+//! every session. It has its own subscription to the runtime's notices (a
+//! broadcast: every session hears every list change), and its client's
+//! logging level for the server log messages it forwards.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Notices buffered per session before a slow one starts losing them.
+pub const NOTICE_BUFFER: usize = 256;
+
+/// Something a client should hear about without asking.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    ToolsChanged,
+    PromptsChanged,
+    ResourcesChanged,
+    /// A log message of an MCP server.
+    Log {
+        level: LogLevel,
+        logger: String,
+        data: Value,
+    },
+}
+
+/// The syslog severities MCP log messages carry, least severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Notice,
+    Warning,
+    Error,
+    Critical,
+    Alert,
+    Emergency,
+}
+
+impl LogLevel {
+    const ALL: [LogLevel; 8] = [
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Notice,
+        LogLevel::Warning,
+        LogLevel::Error,
+        LogLevel::Critical,
+        LogLevel::Alert,
+        LogLevel::Emergency,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Notice => "notice",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+            LogLevel::Critical => "critical",
+            LogLevel::Alert => "alert",
+            LogLevel::Emergency => "emergency",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<LogLevel> {
+        Self::ALL.into_iter().find(|l| l.name() == name)
+    }
+}
+
+/// The runtime's side of the notices: one sender, a receiver per session.
+pub struct Notices {
+    tx: broadcast::Sender<Notice>,
+}
+
+impl Notices {
+    pub fn new() -> Notices {
+        Notices {
+            tx: broadcast::channel(NOTICE_BUFFER).0,
+        }
+    }
+
+    /// Tells every open session; with none open, nobody hears it.
+    pub fn send(&self, notice: Notice) {
+        let _ = self.tx.send(notice);
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.tx.subscribe()
+    }
+}
+
+impl Default for Notices {
+    fn default() -> Self {
+        Notices::new()
+    }
+}
+
+/// One connected client.
+pub struct Session {
+    pub id: u64,
+    cancel: CancellationToken,
+    /// The client's `logging/setLevel`, as a `LogLevel` number; none set: every message.
+    level: AtomicU8,
+}
+
+/// No `logging/setLevel` yet.
+const LEVEL_UNSET: u8 = u8::MAX;
+
+impl Session {
+    /// Opens session `id` under `parent` (the runtime's token), subscribed
+    /// to `notices`.
+    pub fn open(
+        id: u64,
+        parent: &CancellationToken,
+        notices: &Notices,
+    ) -> (Session, broadcast::Receiver<Notice>) {
+        let session = Session {
+            id,
+            cancel: parent.child_token(),
+            level: AtomicU8::new(LEVEL_UNSET),
+        };
+        (session, notices.subscribe())
+    }
+
+    /// Cancelled when the session ends, or warden does.
+    pub fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Ends the session: its calls are cancelled.
+    pub fn end(&self) {
+        self.cancel.cancel();
+    }
+
+    pub fn set_level(&self, level: LogLevel) {
+        self.level.store(level as u8, Ordering::Relaxed);
+    }
+
+    /// Whether the client wants server log messages of `level`.
+    pub fn wants(&self, level: LogLevel) -> bool {
+        match self.level.load(Ordering::Relaxed) {
+            LEVEL_UNSET => true,
+            min => level as u8 >= min,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_session_hears_a_notice_and_ending_one_cancels_only_it() {
+        let root = CancellationToken::new();
+        let notices = Notices::new();
+        let (a, mut a_rx) = Session::open(1, &root, &notices);
+        let (b, mut b_rx) = Session::open(2, &root, &notices);
+        assert_ne!(a.id, b.id);
+        notices.send(Notice::ToolsChanged);
+        assert!(matches!(a_rx.recv().await, Ok(Notice::ToolsChanged)));
+        assert!(matches!(b_rx.recv().await, Ok(Notice::ToolsChanged)));
+        a.end();
+        assert!(a.cancel().is_cancelled() && !b.cancel().is_cancelled());
+        root.cancel();
+        assert!(
+            b.cancel().is_cancelled(),
+            "the end of warden ends every session"
+        );
+    }
+
+    #[test]
+    fn a_level_filters_log_messages_below_it() {
+        let (s, _rx) = Session::open(1, &CancellationToken::new(), &Notices::new());
+        assert!(s.wants(LogLevel::Debug), "no level set: everything");
+        s.set_level(LogLevel::Warning);
+        assert!(!s.wants(LogLevel::Info));
+        assert!(s.wants(LogLevel::Error));
+        assert_eq!(LogLevel::parse("notice"), Some(LogLevel::Notice));
+    }
+}
