@@ -174,10 +174,13 @@ async fn start_http(runtime: &Arc<Runtime>) -> Option<tokio_util::sync::DropGuar
         Ok(listener) => {
             tracing::info!(actor = NAME, %listen, "HTTP listener ready: /metrics, /health, /ready");
             let stop = tokio_util::sync::CancellationToken::new();
+            let limits = crate::ops::http::LIMITS;
+            let router = crate::ops::http::router(runtime.clone(), limits);
             tokio::spawn(crate::ops::http::serve(
                 listener,
-                runtime.clone(),
+                router,
                 stop.clone(),
+                limits,
             ));
             Some(stop.drop_guard())
         }
