@@ -68,7 +68,10 @@ impl Target {
                 format!("cannot connect to {}: {e}", instance.socket.display()),
             )
         })?;
-        client.request(&request).await.map_err(|e| Failure(1, e))
+        client
+            .request(&request)
+            .await
+            .map_err(|e| Failure(1, e.to_string()))
     }
 }
 

@@ -742,7 +742,7 @@ fn command_spec(
                 }
                 args.push(template);
             }
-            Err(e) => bad(&format!("args[{i}]"), e),
+            Err(e) => bad(&format!("args[{i}]"), e.to_string()),
         }
     }
     for (i, name) in c.paths.iter().enumerate() {

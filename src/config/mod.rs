@@ -24,8 +24,8 @@ pub use actor::{
 };
 pub use builtin::Builtin;
 pub use runtime::*;
-pub use template::{ArgTemplate, Piece};
-pub use units::{ByteSize, MemoryLimit, Rate, RateLimit};
+pub use template::{ArgTemplate, Piece, TemplateError};
+pub use units::{ByteSize, MemoryLimit, Rate, RateLimit, UnitError};
 
 use actor::{actors_from_texts, load_actors};
 

@@ -3,6 +3,17 @@
 
 use std::fmt;
 
+/// Why an argv element is not a template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("unclosed `{{` in `{0}`")]
+    Unclosed(String),
+    #[error("`{{{0}}}` is not a placeholder (use letters, digits and _)")]
+    BadName(String),
+    #[error("stray `}}` in `{0}` (write `}}}}` for a literal brace)")]
+    Stray(String),
+}
+
 /// One argv element of a command tool, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArgTemplate {
@@ -20,7 +31,7 @@ pub enum Piece {
 
 impl ArgTemplate {
     /// Parses one element; the error names what is wrong with it.
-    pub fn parse(template: &str) -> Result<Self, String> {
+    pub fn parse(template: &str) -> Result<Self, TemplateError> {
         let mut pieces: Vec<Piece> = Vec::new();
         let text = |pieces: &mut Vec<Piece>, t: &str| match pieces.last_mut() {
             Some(Piece::Text(s)) => s.push_str(t),
@@ -37,20 +48,16 @@ impl ArgTemplate {
             } else if let Some(r) = rest.strip_prefix('{') {
                 let end = r
                     .find('}')
-                    .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?;
+                    .ok_or_else(|| TemplateError::Unclosed(template.to_string()))?;
                 let name = &r[..end];
                 if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 {
-                    return Err(format!(
-                        "`{{{name}}}` is not a placeholder (use letters, digits and _)"
-                    ));
+                    return Err(TemplateError::BadName(name.to_string()));
                 }
                 pieces.push(Piece::Field(name.to_string()));
                 rest = &r[end + 1..];
             } else if rest.starts_with('}') {
-                return Err(format!(
-                    "stray `}}` in `{template}` (write `}}}}` for a literal brace)"
-                ));
+                return Err(TemplateError::Stray(template.to_string()));
             } else {
                 let end = rest.find(['{', '}']).unwrap_or(rest.len());
                 text(&mut pieces, &rest[..end]);
@@ -91,7 +98,7 @@ impl fmt::Display for ArgTemplate {
 mod tests {
     use super::*;
 
-    fn fields(t: &str) -> Result<Vec<String>, String> {
+    fn fields(t: &str) -> Result<Vec<String>, TemplateError> {
         ArgTemplate::parse(t).map(|t| t.fields().map(str::to_string).collect())
     }
 

@@ -5,18 +5,37 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
+/// Why a size or a rate cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("`{0}` is not a size (write it like \"1MiB\" or \"64KiB\")")]
+    NotASize(String),
+    #[error("unknown size unit `{0}` (use B, KiB, MiB, GiB, KB, MB or GB)")]
+    SizeUnit(String),
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+    #[error("`{0}` is not a rate (write it like \"10/s\")")]
+    NotARate(String),
+    #[error("`{rate}`: `{count}` is not a number")]
+    NotANumber { rate: String, count: String },
+    #[error("`{rate}`: unknown unit `{unit}` (use s, m or h)")]
+    RateUnit { rate: String, unit: String },
+    #[error("`{0}`: the count must be above 0")]
+    NotPositive(String),
+}
+
 /// A size in bytes, written in config as "1MiB", "512KiB", "64MB" or "4096".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnitError> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (digits, unit) = s.split_at(split);
         let n: u64 = digits
             .parse()
-            .map_err(|_| format!("`{s}` is not a size (write it like \"1MiB\" or \"64KiB\")"))?;
+            .map_err(|_| UnitError::NotASize(s.to_string()))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" => 1 << 10,
@@ -25,15 +44,11 @@ impl ByteSize {
             "KB" | "kB" => 1_000,
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
-            other => {
-                return Err(format!(
-                    "unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)"
-                ))
-            }
+            other => return Err(UnitError::SizeUnit(other.to_string())),
         };
         n.checked_mul(mult)
             .map(ByteSize)
-            .ok_or_else(|| format!("`{s}` is too large"))
+            .ok_or_else(|| UnitError::TooLarge(s.to_string()))
     }
 }
 
@@ -100,22 +115,27 @@ pub struct Rate {
 }
 
 impl Rate {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnitError> {
         let (n, unit) = s
             .split_once('/')
-            .ok_or_else(|| format!("`{s}` is not a rate (write it like \"10/s\")"))?;
-        let n: f64 = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}`: `{n}` is not a number"))?;
+            .ok_or_else(|| UnitError::NotARate(s.to_string()))?;
+        let n: f64 = n.trim().parse().map_err(|_| UnitError::NotANumber {
+            rate: s.to_string(),
+            count: n.to_string(),
+        })?;
         let secs = match unit.trim() {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            other => return Err(format!("`{s}`: unknown unit `{other}` (use s, m or h)")),
+            other => {
+                return Err(UnitError::RateUnit {
+                    rate: s.to_string(),
+                    unit: other.to_string(),
+                })
+            }
         };
         if !(n > 0.0 && n.is_finite()) {
-            return Err(format!("`{s}`: the count must be above 0"));
+            return Err(UnitError::NotPositive(s.to_string()));
         }
         Ok(Rate {
             per_second: n / secs,

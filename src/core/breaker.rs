@@ -581,6 +581,7 @@ mod tests {
         assert!(runtime
             .force_breaker("nope", Force::Reset)
             .unwrap_err()
+            .to_string()
             .contains("unknown tool"));
         let m = runtime.metrics.render();
         assert!(m.contains("warden_breaker_transitions_total{from=\"closed\",to=\"forced_open\",tool=\"echo\"} 1"), "{m}");

@@ -22,6 +22,19 @@ use crate::core::ratelimit::TokenBucket;
 use crate::core::status::{ProcessLine, ServerLine, ToolLine};
 use crate::exec::Groups;
 
+/// A tool the registry does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown tool `{0}`")]
+pub struct UnknownTool(pub String);
+
+/// A tool whose input schema does not compile (config checks it first).
+#[derive(Debug, thiserror::Error)]
+#[error("{tool}: its input schema does not compile: {reason}")]
+pub struct BadSchema {
+    pub tool: String,
+    pub reason: String,
+}
+
 /// Where a tool is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolState {
@@ -98,9 +111,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ToolEntry {
-    pub fn new(spec: ToolSpec) -> Result<Self, String> {
+    pub fn new(spec: ToolSpec) -> Result<Self, BadSchema> {
         let validator = jsonschema::validator_for(&Value::Object(spec.input_schema.clone()))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| BadSchema {
+                tool: spec.name.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(ToolEntry {
             name: Arc::from(spec.name.as_str()),
             validator,
@@ -279,15 +295,12 @@ pub struct Target<'a> {
 }
 
 impl Registry {
-    pub fn new(specs: Vec<ToolSpec>) -> Result<Self, String> {
+    pub fn new(specs: Vec<ToolSpec>) -> Result<Self, BadSchema> {
         let mut entries = Vec::new();
         let mut by_name = HashMap::new();
         for spec in specs {
             by_name.insert(spec.name.clone(), entries.len());
-            let name = spec.name.clone();
-            entries.push(Arc::new(
-                ToolEntry::new(spec).map_err(|e| format!("{name}: {e}"))?,
-            ));
+            entries.push(Arc::new(ToolEntry::new(spec)?));
         }
         Ok(Registry { entries, by_name })
     }

@@ -14,7 +14,7 @@ use crate::core::health::{HealthView, Snapshot};
 use crate::core::levels::Level;
 use crate::core::metrics::Metrics;
 use crate::core::names;
-use crate::core::registry::Registry;
+use crate::core::registry::{BadSchema, Registry, UnknownTool};
 use crate::core::session::{Notice, Notices, Session};
 use crate::core::status::{
     ActorLine, BreakerLine, HealthLine, MemoryLine, RecoveryLine, Status, WardenLine,
@@ -50,7 +50,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(loaded: Loaded, groups: Arc<Groups>) -> Result<Arc<Self>, String> {
+    pub fn new(loaded: Loaded, groups: Arc<Groups>) -> Result<Arc<Self>, BadSchema> {
         let tools = Registry::new(loaded.tools)?;
         let metrics = Metrics::new();
         for t in tools.iter() {
@@ -192,11 +192,11 @@ impl Runtime {
     }
 
     /// The operator forces a breaker open or closed, or resets it.
-    pub fn force_breaker(&self, tool: &str, force: Force) -> Result<BreakerLine, String> {
+    pub fn force_breaker(&self, tool: &str, force: Force) -> Result<BreakerLine, UnknownTool> {
         let entry = self
             .tools
             .get(tool)
-            .ok_or_else(|| format!("unknown tool `{tool}`"))?;
+            .ok_or_else(|| UnknownTool(tool.to_string()))?;
         let t = {
             let mut b = entry.breaker();
             match force {

@@ -28,8 +28,17 @@ use crate::config::Limits;
 
 pub use groups::{GroupGuard, Groups};
 
+/// Why a tool's program cannot be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProgramError {
+    #[error("`{0}` does not exist or is not executable")]
+    NotExecutable(String),
+    #[error("`{program}` was not found in PATH ({path})")]
+    NotInPath { program: String, path: String },
+}
+
 /// Finds the program: a path is taken as it is, a bare name is looked up in `path`.
-pub fn resolve_program(program: &str, path: &str) -> Result<PathBuf, String> {
+pub fn resolve_program(program: &str, path: &str) -> Result<PathBuf, ProgramError> {
     let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
@@ -38,14 +47,17 @@ pub fn resolve_program(program: &str, path: &str) -> Result<PathBuf, String> {
         return if executable(&p) {
             Ok(p)
         } else {
-            Err(format!("`{program}` does not exist or is not executable"))
+            Err(ProgramError::NotExecutable(program.to_string()))
         };
     }
     path.split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(program))
         .find(|p| executable(p))
-        .ok_or_else(|| format!("`{program}` was not found in PATH ({path})"))
+        .ok_or_else(|| ProgramError::NotInPath {
+            program: program.to_string(),
+            path: path.to_string(),
+        })
 }
 
 /// Makes a program warden launches its own session and process group (so the

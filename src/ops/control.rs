@@ -55,33 +55,71 @@ pub fn socket_path(dir: &Path, pid: u32) -> PathBuf {
     dir.join(format!("{pid}.sock"))
 }
 
+/// Why the socket directory, or a socket in it, cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("cannot create {}: {source}", .dir.display())]
+    Create {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", .dir.display())]
+    Read {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{} belongs to another user", .0.display())]
+    NotOurs(PathBuf),
+    #[error("{} is open to other users (mode {mode:o}); it must be 0700", .dir.display())]
+    Open { dir: PathBuf, mode: u32 },
+    #[error("cannot bind {}: {source}", .path.display())]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot chmod {}: {source}", .path.display())]
+    Chmod {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Creates the directory 0700 (not its parents), or takes an existing one;
 /// either way it must then be a real directory, ours, and private.
-pub fn prepare_dir(dir: &Path) -> Result<(), String> {
+pub fn prepare_dir(dir: &Path) -> Result<(), DirError> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+        Err(source) => {
+            return Err(DirError::Create {
+                dir: dir.to_path_buf(),
+                source,
+            })
+        }
     }
     check_dir(dir)
 }
 
 /// The socket directory is trusted only if it is a directory (not a link),
 /// owned by this user, and closed to everyone else.
-pub fn check_dir(dir: &Path) -> Result<(), String> {
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn check_dir(dir: &Path) -> Result<(), DirError> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| DirError::Read {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     if !meta.is_dir() {
-        return Err(format!("{} is not a directory", dir.display()));
+        return Err(DirError::NotADirectory(dir.to_path_buf()));
     }
     if meta.uid() != nix::unistd::getuid().as_raw() {
-        return Err(format!("{} belongs to another user", dir.display()));
+        return Err(DirError::NotOurs(dir.to_path_buf()));
     }
     if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "{} is open to other users (mode {:o}); it must be 0700",
-            dir.display(),
-            meta.mode() & 0o777
-        ));
+        return Err(DirError::Open {
+            dir: dir.to_path_buf(),
+            mode: meta.mode() & 0o777,
+        });
     }
     Ok(())
 }
@@ -146,15 +184,21 @@ impl Actor for ControlActor {
     }
 }
 
-fn listen(dir: &Path) -> Result<(UnixListener, PathBuf), String> {
+fn listen(dir: &Path) -> Result<(UnixListener, PathBuf), DirError> {
     prepare_dir(dir)?;
     let path = socket_path(dir, std::process::id());
     // A socket of ours from a dead process with our pid: gone with that process.
     let _ = std::fs::remove_file(&path);
-    let listener =
-        UnixListener::bind(&path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(&path).map_err(|source| DirError::Bind {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        DirError::Chmod {
+            path: path.clone(),
+            source,
+        }
+    })?;
     Ok((listener, path))
 }
 
@@ -242,15 +286,40 @@ pub enum Request {
     },
 }
 
+/// Why a control request was refused; the operator reads the message.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("bad request: {0}")]
+    BadRequest(#[from] serde_json::Error),
+    #[error("unknown tool `{0}`")]
+    UnknownTool(String),
+    #[error("unknown breaker action `{0}` (open, closed, reset)")]
+    UnknownAction(String),
+    #[error("unknown signal `{0}` (for example TERM, KILL, STOP)")]
+    UnknownSignal(String),
+    #[error("refusing to kill the transport: it would end the client's session")]
+    Transport,
+    #[error("refusing to kill the root supervisor: it would end warden")]
+    Root,
+    #[error("`{0}` has no workers (only tool:NAME has)")]
+    NoWorkers(String),
+    #[error("`{0}` is not a worker number")]
+    NotAWorker(String),
+    #[error("`{tool}` has {workers} workers")]
+    NoSuchWorker { tool: String, workers: usize },
+    #[error("no running actor `{0}` (warden status lists them)")]
+    NoActor(String),
+}
+
 /// Reads one request line. Public for the fuzz targets.
-pub fn parse_request(line: &str) -> Result<Request, String> {
-    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+pub fn parse_request(line: &str) -> Result<Request, ControlError> {
+    Ok(serde_json::from_str(line)?)
 }
 
 async fn handle(line: &str, runtime: &Arc<Runtime>) -> Value {
     let request = match parse_request(line) {
         Ok(r) => r,
-        Err(e) => return json!({"ok": false, "error": e}),
+        Err(e) => return json!({"ok": false, "error": e.to_string()}),
     };
     let result = match request {
         Request::Status {} => Ok(json!({ "status": runtime.status() })),
@@ -264,29 +333,26 @@ async fn handle(line: &str, runtime: &Arc<Runtime>) -> Value {
             Value::Object(m)
         }
         Ok(other) => json!({"ok": true, "result": other}),
-        Err(e) => json!({"ok": false, "error": e}),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
     }
 }
 
-fn force_breaker(runtime: &Runtime, tool: &str, action: &str) -> Result<Value, String> {
+fn force_breaker(runtime: &Runtime, tool: &str, action: &str) -> Result<Value, ControlError> {
     let force = match action {
         "open" => Force::Open,
         "closed" | "close" => Force::Closed,
         "reset" => Force::Reset,
-        other => {
-            return Err(format!(
-                "unknown breaker action `{other}` (open, closed, reset)"
-            ))
-        }
+        other => return Err(ControlError::UnknownAction(other.to_string())),
     };
-    runtime
+    let breaker = runtime
         .force_breaker(tool, force)
-        .map(|b| json!({ "breaker": b }))
+        .map_err(|e| ControlError::UnknownTool(e.0))?;
+    Ok(json!({ "breaker": breaker }))
 }
 
 /// Chaos: kills one actor (its supervisor restarts it), or signals the
 /// processes of a tool's running calls.
-fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, String> {
+fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, ControlError> {
     if let Some(sig) = signal {
         let tool = actor
             .strip_prefix("tool:")
@@ -295,41 +361,40 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, S
         runtime
             .tools
             .get(tool)
-            .ok_or_else(|| format!("unknown tool `{tool}`"))?;
+            .ok_or_else(|| ControlError::UnknownTool(tool.to_string()))?;
         let signal = parse_signal(sig)?;
         let n = runtime.groups.signal(tool, signal);
         return Ok(json!({"signalled": n, "signal": format!("{signal:?}")}));
     }
     match actor {
-        names::TRANSPORT => {
-            return Err("refusing to kill the transport: it would end the client's session".into())
-        }
-        names::ROOT => {
-            return Err("refusing to kill the root supervisor: it would end warden".into())
-        }
+        names::TRANSPORT => return Err(ControlError::Transport),
+        names::ROOT => return Err(ControlError::Root),
         _ => {}
     }
     if let Some((tool, worker)) = actor.split_once("/worker:") {
         // Only a tool has workers: `warden/worker:0` would reach the root's
         // children, the transport among them.
         if !tool.starts_with("tool:") {
-            return Err(format!("`{tool}` has no workers (only tool:NAME has)"));
+            return Err(ControlError::NoWorkers(tool.to_string()));
         }
         let index: usize = worker
             .parse()
-            .map_err(|_| format!("`{worker}` is not a worker number"))?;
-        let cell =
-            ractor::registry::where_is(tool).ok_or_else(|| format!("no running actor `{tool}`"))?;
+            .map_err(|_| ControlError::NotAWorker(worker.to_string()))?;
+        let cell = ractor::registry::where_is(tool)
+            .ok_or_else(|| ControlError::NoActor(tool.to_string()))?;
         let mut workers = cell.get_children();
         workers.sort_by_key(|c| c.get_id().pid());
         let w = workers
             .get(index)
-            .ok_or_else(|| format!("`{tool}` has {} workers", workers.len()))?;
+            .ok_or_else(|| ControlError::NoSuchWorker {
+                tool: tool.to_string(),
+                workers: workers.len(),
+            })?;
         w.kill();
         return Ok(json!({"killed": actor}));
     }
     let cell = ractor::registry::where_is(actor)
-        .ok_or_else(|| format!("no running actor `{actor}` (warden status lists them)"))?;
+        .ok_or_else(|| ControlError::NoActor(actor.to_string()))?;
     if actor == names::CONTROL {
         // Answer first: killing ourselves drops this connection's accept loop.
         tokio::spawn(async move {
@@ -343,7 +408,7 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, S
 }
 
 /// A signal by name, with or without `SIG`. Public for the fuzz targets.
-pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
+pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, ControlError> {
     let name = s.trim().to_ascii_uppercase();
     let name = if name.starts_with("SIG") {
         name
@@ -351,7 +416,25 @@ pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
         format!("SIG{name}")
     };
     name.parse()
-        .map_err(|_| format!("unknown signal `{s}` (for example TERM, KILL, STOP)"))
+        .map_err(|_| ControlError::UnknownSignal(s.to_string()))
+}
+
+/// Why a request over the control socket got no answer, or was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("cannot send: {0}")]
+    Send(#[source] std::io::Error),
+    #[error("no answer from warden within 10s")]
+    NoAnswer,
+    #[error("cannot read the answer: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("warden closed the connection")]
+    Closed,
+    #[error("bad answer: {0}")]
+    BadAnswer(#[source] serde_json::Error),
+    /// warden's own reason.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A client of one instance's control socket.
@@ -375,25 +458,25 @@ impl Client {
     }
 
     /// Sends one request and waits (with a deadline) for its response.
-    pub async fn request(&mut self, request: &Value) -> Result<Value, String> {
+    pub async fn request(&mut self, request: &Value) -> Result<Value, RequestError> {
         let mut line = request.to_string();
         line.push('\n');
         self.writer
             .write_all(line.as_bytes())
             .await
-            .map_err(|e| format!("cannot send: {e}"))?;
+            .map_err(RequestError::Send)?;
         let mut answer = String::new();
         match tokio::time::timeout(ACTOR_DEADLINE * 2, self.reader.read_line(&mut answer)).await {
-            Err(_) => Err("no answer from warden within 10s".into()),
-            Ok(Err(e)) => Err(format!("cannot read the answer: {e}")),
-            Ok(Ok(0)) => Err("warden closed the connection".into()),
+            Err(_) => Err(RequestError::NoAnswer),
+            Ok(Err(e)) => Err(RequestError::Read(e)),
+            Ok(Ok(0)) => Err(RequestError::Closed),
             Ok(Ok(_)) => {
-                let v: Value =
-                    serde_json::from_str(&answer).map_err(|e| format!("bad answer: {e}"))?;
+                let v: Value = serde_json::from_str(&answer).map_err(RequestError::BadAnswer)?;
                 if v["ok"] == json!(true) {
                     Ok(v)
                 } else {
-                    Err(v["error"].as_str().unwrap_or("unknown error").to_string())
+                    let why = v["error"].as_str().unwrap_or("unknown error");
+                    Err(RequestError::Refused(why.to_string()))
                 }
             }
         }
@@ -409,7 +492,7 @@ pub struct Instance {
 
 /// The instances with a live socket in `dir`; sockets of dead processes are
 /// removed. A directory that is not private to this user is refused.
-pub async fn discover(dir: &Path) -> Result<Vec<Instance>, String> {
+pub async fn discover(dir: &Path) -> Result<Vec<Instance>, DirError> {
     let mut found = Vec::new();
     if !dir.exists() {
         return Ok(found);
@@ -466,10 +549,14 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(prepare_dir(&dir)
             .unwrap_err()
+            .to_string()
             .contains("open to other users"));
         let file = base.path().join("file");
         std::fs::write(&file, "").unwrap();
-        assert!(prepare_dir(&file).unwrap_err().contains("not a directory"));
+        assert!(prepare_dir(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::core::names;
 use crate::core::registry::{ToolEntry, ToolState};
 use crate::core::restart::{backoff_delay, jitter_unit, RestartBudget};
 use crate::core::runtime::Runtime;
+use crate::exec::ProgramError;
 use crate::supervise::tool::{ToolActor, ToolArgs, Work, Workers};
 
 pub struct ToolsSupervisor;
@@ -187,7 +188,8 @@ impl ToolsSupervisorState {
         };
         let launch = match launch {
             Ok(launch) => launch,
-            Err(reason) => {
+            Err(e) => {
+                let reason = e.to_string();
                 tracing::error!(actor = names::TOOLS, tool = %name, %reason, "tool is unavailable: its program is missing");
                 entry.set_last_error(reason.clone());
                 entry.set(ToolState::Unavailable { reason }, None);
@@ -324,7 +326,7 @@ enum Launch {
 }
 
 /// A tool's program in the `PATH` its environment gives it.
-fn resolve(program: &str, env: &[(String, String)]) -> Result<PathBuf, String> {
+fn resolve(program: &str, env: &[(String, String)]) -> Result<PathBuf, ProgramError> {
     let path = env
         .iter()
         .find(|(k, _)| k == "PATH")

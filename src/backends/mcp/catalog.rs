@@ -53,22 +53,27 @@ pub fn build(
     c
 }
 
+/// A list request the server did not answer with its list.
+#[derive(Debug, thiserror::Error)]
+#[error("{list}/list failed: {source}")]
+pub struct ListError {
+    list: &'static str,
+    source: rmcp::service::ServiceError,
+}
+
 /// Lists the server's tools, and its prompts, resources and templates when
 /// its capabilities say it has them.
-pub async fn list_everything(peer: &Peer<RoleClient>, prefix: &str) -> Result<Catalog, String> {
+pub async fn list_everything(peer: &Peer<RoleClient>, prefix: &str) -> Result<Catalog, ListError> {
+    let failed = |list| move |source| ListError { list, source };
     let caps = peer.peer_info().map(|i| i.capabilities.clone());
     let has = |f: fn(&rmcp::model::ServerCapabilities) -> bool| caps.as_ref().is_some_and(f);
     let tools = if has(|c| c.tools.is_some()) {
-        peer.list_all_tools()
-            .await
-            .map_err(|e| format!("tools/list failed: {e}"))?
+        peer.list_all_tools().await.map_err(failed("tools"))?
     } else {
         Vec::new()
     };
     let prompts = if has(|c| c.prompts.is_some()) {
-        peer.list_all_prompts()
-            .await
-            .map_err(|e| format!("prompts/list failed: {e}"))?
+        peer.list_all_prompts().await.map_err(failed("prompts"))?
     } else {
         Vec::new()
     };
@@ -76,10 +81,10 @@ pub async fn list_everything(peer: &Peer<RoleClient>, prefix: &str) -> Result<Ca
         (
             peer.list_all_resources()
                 .await
-                .map_err(|e| format!("resources/list failed: {e}"))?,
+                .map_err(failed("resources"))?,
             peer.list_all_resource_templates()
                 .await
-                .map_err(|e| format!("resources/templates/list failed: {e}"))?,
+                .map_err(failed("resources/templates"))?,
         )
     } else {
         (Vec::new(), Vec::new())

@@ -176,7 +176,9 @@ impl Actor for ServerActor {
                         .serve(ChildTransport::new(stdout, stdin, max_line))
                         .await
                         .map_err(|e| format!("the MCP handshake failed: {e}"))?;
-                    let catalog = list_everything(service.peer(), &prefix).await?;
+                    let catalog = list_everything(service.peer(), &prefix)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     Ok::<_, String>((service, catalog))
                 };
                 let msg = match tokio::time::timeout(start_timeout, start).await {
