@@ -10,6 +10,7 @@ mod everything;
 mod gateway;
 mod hostile;
 mod http;
+mod layers;
 mod logs;
 mod operator;
 mod protocol;
