@@ -91,39 +91,8 @@ impl Backend for Link {
                 ClientRequest::ReadResourceRequest(_) => "the resource request",
                 _ => "the request",
             };
-            let mut handle = match self
-                .peer
-                .send_request_with_option(request, PeerRequestOptions::no_options())
-                .await
-            {
-                Ok(h) => h,
-                Err(_) => return Err(self.gone().await),
-            };
-            let timeout = self.timeout;
-            let answer = tokio::select! {
-                answer = &mut handle.rx => answer,
-                _ = cancel.cancelled() => {
-                    let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, handle.cancel(Some("cancelled by warden's client".into()))).await;
-                    return Err(ToolError::cancelled(format!("The request was cancelled; `{}` was told to stop it.", self.server)));
-                }
-                _ = tokio::time::sleep(timeout) => {
-                    let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, handle.cancel(Some("timeout".into()))).await;
-                    return Err(ToolError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "MCP server `{}` did not answer {what} within {}.",
-                            self.server,
-                            humantime::format_duration(timeout)
-                        ),
-                        "Retry later; `warden status` shows the server.",
-                    ));
-                }
-            };
-            match answer {
-                Ok(Ok(result)) => Ok(Payload::new(result)),
-                Ok(Err(e)) => Err(self.failed(e, what).await),
-                Err(_) => Err(self.gone().await),
-            }
+            let answer = self.exchange(request, &cancel, None, what).await?;
+            Ok(Payload::new(answer))
         })
     }
 
@@ -139,8 +108,7 @@ impl Backend for Link {
 }
 
 impl Link {
-    /// Forwards one `tools/call` and waits for its result; cancellation and
-    /// the timeout are forwarded downstream with the request id warden used.
+    /// Forwards one `tools/call` and waits for its result.
     async fn call_tool(&self, call: Call) -> ToolResult {
         let Call {
             tool,
@@ -155,6 +123,30 @@ impl Link {
             request.extensions_mut().insert(WithoutProgress);
         }
         let request = ClientRequest::CallToolRequest(request);
+        let what = format!("`{tool}`");
+        match self.exchange(request, &cancel, progress, &what).await? {
+            ServerResult::CallToolResult(result) => {
+                Ok(ToolOutput::passthrough(Payload::new(result)))
+            }
+            _ => Err(ToolError::new(
+                ErrorKind::ExecutionFailed,
+                format!("MCP server `{}` answered `{tool}` with something other than a tool result (a task or an input request, which warden does not relay).", self.server),
+                "Use the server directly for this tool, or ask its author for a plain result.",
+            )),
+        }
+    }
+
+    /// Sends one request and waits for its answer, under the tool's timeout;
+    /// a cancellation or the timeout is passed on downstream, with the
+    /// request id warden used. `progress` hears the server's reports on the
+    /// token warden put on the request.
+    async fn exchange(
+        &self,
+        request: ClientRequest,
+        cancel: &CancellationToken,
+        progress: Option<ProgressFn>,
+        what: &str,
+    ) -> Result<ServerResult, ToolError> {
         let mut handle = match self
             .peer
             .send_request_with_option(request, PeerRequestOptions::no_options())
@@ -188,21 +180,14 @@ impl Link {
                 let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, handle.cancel(Some("timeout".into()))).await;
                 return Err(ToolError::new(
                     ErrorKind::Timeout,
-                    format!("MCP server `{}` did not answer `{tool}` within {}; the call was cancelled downstream.", self.server, humantime::format_duration(timeout)),
+                    format!("MCP server `{}` did not answer {what} within {}; the call was cancelled downstream.", self.server, humantime::format_duration(timeout)),
                     "Retry with a narrower request, or ask the operator to raise this tool's timeout.",
                 ).detail("timeout_ms", timeout.as_millis() as u64));
             }
         };
         match answer {
-            Ok(Ok(ServerResult::CallToolResult(result))) => {
-                Ok(ToolOutput::passthrough(Payload::new(result)))
-            }
-            Ok(Ok(_)) => Err(ToolError::new(
-                ErrorKind::ExecutionFailed,
-                format!("MCP server `{}` answered `{tool}` with something other than a tool result (a task or an input request, which warden does not relay).", self.server),
-                "Use the server directly for this tool, or ask its author for a plain result.",
-            )),
-            Ok(Err(e)) => Err(self.failed(e, &format!("`{tool}`")).await),
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(e)) => Err(self.failed(e, what).await),
             Err(_) => Err(self.gone().await),
         }
     }
