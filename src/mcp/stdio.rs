@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CallToolRequestParams, ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorData,
-    RequestId, ServerJsonRpcMessage,
+    CallToolRequestParams, ClientJsonRpcMessage, ClientNotification, ClientRequest, CustomRequest,
+    ErrorData, RequestId, ServerJsonRpcMessage,
 };
 use rmcp::service::RoleServer;
 use rmcp::transport::Transport;
@@ -183,16 +183,14 @@ pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
     if text.is_empty() {
         return Verdict::Drop;
     }
-    let answer = |error: ErrorData, id: Option<RequestId>| {
-        Verdict::Answer(ServerJsonRpcMessage::error(error, id))
+    let msg = match serde_json::from_slice::<ClientJsonRpcMessage>(text) {
+        Ok(msg) => msg,
+        Err(parse_error) => return not_a_message(text, parse_error),
     };
-    match serde_json::from_slice::<ClientJsonRpcMessage>(text) {
-        Ok(ClientJsonRpcMessage::Request(r)) if is_standard_method(&r.request) => {
+    if let ClientJsonRpcMessage::Request(r) = &msg {
+        if let Some(custom) = misread_standard(&r.request) {
             // rmcp reads a standard method with malformed params as a custom
             // request and answers "method not found"; the truth is bad params.
-            let ClientRequest::CustomRequest(custom) = &r.request else {
-                unreachable!()
-            };
             let reason = match custom.method.as_str() {
                 "tools/call" => serde_json::from_value::<CallToolRequestParams>(
                     custom.params.clone().unwrap_or(Value::Null),
@@ -202,84 +200,87 @@ pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
                 _ => "malformed params".to_string(),
             };
             tracing::warn!(actor = names::TRANSPORT, request_id = %r.id, method = %custom.method, %reason, "answered a malformed request");
-            answer(
+            return error_verdict(
                 ErrorData::invalid_params(
                     format!("invalid params for `{}`: {reason}", custom.method),
                     None,
                 ),
                 Some(r.id.clone()),
+            );
+        }
+    }
+    if !*initialized {
+        match &msg {
+            ClientJsonRpcMessage::Request(r) => {
+                if matches!(r.request, ClientRequest::InitializeRequest(_)) {
+                    *initialized = true;
+                }
+            }
+            other => {
+                tracing::warn!(
+                    actor = names::TRANSPORT,
+                    kind = message_kind(other),
+                    "dropped a message that arrived before initialize"
+                );
+                return Verdict::Drop;
+            }
+        }
+    }
+    Verdict::Pass(msg)
+}
+
+/// A JSON-RPC error to answer a line with.
+fn error_verdict(error: ErrorData, id: Option<RequestId>) -> Verdict {
+    Verdict::Answer(ServerJsonRpcMessage::error(error, id))
+}
+
+/// What to answer to a line that did not read as a client message.
+fn not_a_message(text: &[u8], parse_error: serde_json::Error) -> Verdict {
+    let value = match serde_json::from_slice::<Value>(text) {
+        Ok(value) => value,
+        Err(e) => {
+            // Not JSON: invalid UTF-8, a raw control character,
+            // nesting deeper than serde_json's limit, or noise.
+            let id = top_level_id(text);
+            tracing::warn!(actor = names::TRANSPORT, bytes = text.len(), request_id = ?id, error = %e, "answered a line that is not JSON");
+            return error_verdict(
+                ErrorData::parse_error(format!("not valid JSON: {e}"), None),
+                id,
+            );
+        }
+    };
+    let id = value
+        .get("id")
+        .and_then(|id| serde_json::from_value::<RequestId>(id.clone()).ok());
+    let method = value.get("method").and_then(Value::as_str);
+    match (id, method) {
+        (Some(id), Some(method)) => {
+            tracing::warn!(actor = names::TRANSPORT, request_id = %id, %method, error = %parse_error, "answered a malformed request");
+            error_verdict(
+                ErrorData::invalid_params(
+                    format!("invalid params for `{method}`: {parse_error}"),
+                    None,
+                ),
+                Some(id),
             )
         }
-        Ok(msg) => {
-            if !*initialized {
-                match &msg {
-                    ClientJsonRpcMessage::Request(r) => {
-                        if matches!(r.request, ClientRequest::InitializeRequest(_)) {
-                            *initialized = true;
-                        }
-                    }
-                    other => {
-                        tracing::warn!(
-                            actor = names::TRANSPORT,
-                            kind = message_kind(other),
-                            "dropped a message that arrived before initialize"
-                        );
-                        return Verdict::Drop;
-                    }
-                }
-            }
-            Verdict::Pass(msg)
+        (Some(id), None) if value.get("result").is_some() || value.get("error").is_some() => {
+            tracing::warn!(actor = names::TRANSPORT, request_id = %id, "dropped a response to a request warden never made");
+            Verdict::Drop
         }
-        Err(parse_error) => {
-            let value = match serde_json::from_slice::<Value>(text) {
-                Ok(value) => value,
-                Err(e) => {
-                    // Not JSON: invalid UTF-8, a raw control character,
-                    // nesting deeper than serde_json's limit, or noise.
-                    let id = top_level_id(text);
-                    tracing::warn!(actor = names::TRANSPORT, bytes = text.len(), request_id = ?id, error = %e, "answered a line that is not JSON");
-                    return answer(
-                        ErrorData::parse_error(format!("not valid JSON: {e}"), None),
-                        id,
-                    );
-                }
-            };
-            let id = value
-                .get("id")
-                .and_then(|id| serde_json::from_value::<RequestId>(id.clone()).ok());
-            let method = value.get("method").and_then(Value::as_str);
-            match (id, method) {
-                (Some(id), Some(method)) => {
-                    tracing::warn!(actor = names::TRANSPORT, request_id = %id, %method, error = %parse_error, "answered a malformed request");
-                    answer(
-                        ErrorData::invalid_params(
-                            format!("invalid params for `{method}`: {parse_error}"),
-                            None,
-                        ),
-                        Some(id),
-                    )
-                }
-                (Some(id), None)
-                    if value.get("result").is_some() || value.get("error").is_some() =>
-                {
-                    tracing::warn!(actor = names::TRANSPORT, request_id = %id, "dropped a response to a request warden never made");
-                    Verdict::Drop
-                }
-                (_, Some(method)) => {
-                    tracing::warn!(actor = names::TRANSPORT, %method, error = %parse_error, "dropped a malformed notification");
-                    Verdict::Drop
-                }
-                (id, None) => {
-                    tracing::warn!(actor = names::TRANSPORT, error = %parse_error, "answered a line that is JSON but not JSON-RPC");
-                    answer(
-                        ErrorData::invalid_request(
-                            format!("not a JSON-RPC 2.0 message: {parse_error}"),
-                            None,
-                        ),
-                        id,
-                    )
-                }
-            }
+        (_, Some(method)) => {
+            tracing::warn!(actor = names::TRANSPORT, %method, error = %parse_error, "dropped a malformed notification");
+            Verdict::Drop
+        }
+        (id, None) => {
+            tracing::warn!(actor = names::TRANSPORT, error = %parse_error, "answered a line that is JSON but not JSON-RPC");
+            error_verdict(
+                ErrorData::invalid_request(
+                    format!("not a JSON-RPC 2.0 message: {parse_error}"),
+                    None,
+                ),
+                id,
+            )
         }
     }
 }
@@ -437,12 +438,12 @@ where
 }
 
 /// A request rmcp could not type although its method is one MCP defines.
-fn is_standard_method(request: &ClientRequest) -> bool {
+fn misread_standard(request: &ClientRequest) -> Option<&CustomRequest> {
     let ClientRequest::CustomRequest(custom) = request else {
-        return false;
+        return None;
     };
     let m = custom.method.as_str();
-    ["initialize", "ping"].contains(&m)
+    let standard = ["initialize", "ping"].contains(&m)
         || [
             "tools/",
             "resources/",
@@ -451,7 +452,8 @@ fn is_standard_method(request: &ClientRequest) -> bool {
             "completion/",
         ]
         .iter()
-        .any(|p| m.starts_with(p))
+        .any(|p| m.starts_with(p));
+    standard.then_some(custom)
 }
 
 /// The `id` of a line whose top level is a JSON object, found without
