@@ -297,7 +297,7 @@ where
         item: ServerJsonRpcMessage,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
         let answers = answered(&item).cloned();
-        let write = self.outbox.send_later(&item);
+        let write = self.outbox.send_later(&item, true);
         let pending = self.pending.clone();
         async move {
             let written = write.await;

@@ -142,7 +142,7 @@ where
             }
             _ => {}
         }
-        self.outbox.send_later(&item)
+        self.outbox.send_later(&item, false)
     }
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
