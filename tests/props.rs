@@ -65,6 +65,9 @@ proptest! {
             let v: Value = serde_json::from_str(&text).unwrap();
             prop_assert_eq!(&v["jsonrpc"], "2.0");
             prop_assert!(v["error"]["code"].is_i64());
+            // JSON-RPC 2.0: an error response always has an id, null when
+            // the request's could not be read.
+            prop_assert!(v.get("id").is_some(), "no id member: {}", text);
         }
     }
 

@@ -166,11 +166,14 @@ where
 
 /// What becomes of one line from the client.
 #[derive(Debug)]
+// One per line, moved straight on: boxing the message would cost an
+// allocation per request to save stack space nobody holds.
+#[allow(clippy::large_enum_variant)]
 pub enum Verdict {
     /// A message for rmcp.
     Pass(ClientJsonRpcMessage),
     /// Answered here, without rmcp: the line could not be served.
-    Answer(ServerJsonRpcMessage),
+    Answer(ErrorAnswer),
     /// Nothing to answer: logged and dropped.
     Drop,
 }
@@ -229,9 +232,29 @@ pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
     Verdict::Pass(msg)
 }
 
+/// A JSON-RPC error the transport answers itself. Its `id` is `null`, not
+/// absent, when the line named none: JSON-RPC 2.0 (section 5) requires the
+/// member, and rmcp's message type leaves it out.
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorAnswer {
+    jsonrpc: &'static str,
+    id: Option<RequestId>,
+    error: ErrorData,
+}
+
+impl ErrorAnswer {
+    pub fn new(error: ErrorData, id: Option<RequestId>) -> Self {
+        ErrorAnswer {
+            jsonrpc: "2.0",
+            id,
+            error,
+        }
+    }
+}
+
 /// A JSON-RPC error to answer a line with.
 fn error_verdict(error: ErrorData, id: Option<RequestId>) -> Verdict {
-    Verdict::Answer(ServerJsonRpcMessage::error(error, id))
+    Verdict::Answer(ErrorAnswer::new(error, id))
 }
 
 /// What to answer to a line that did not read as a client message.
@@ -386,7 +409,7 @@ where
                             );
                             let _ = self
                                 .outbox
-                                .send(&ServerJsonRpcMessage::error(error, Some(r.id.clone())))
+                                .send(&ErrorAnswer::new(error, Some(r.id.clone())))
                                 .await;
                             continue;
                         }
@@ -423,10 +446,7 @@ where
                         ),
                         None,
                     );
-                    let _ = self
-                        .outbox
-                        .send(&ServerJsonRpcMessage::error(error, None))
-                        .await;
+                    let _ = self.outbox.send(&ErrorAnswer::new(error, None)).await;
                 }
             }
         }
