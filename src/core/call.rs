@@ -458,14 +458,17 @@ fn validation_error(e: &jsonschema::ValidationError<'_>) -> ToolError {
         .next()
         .unwrap_or("")
         .to_string();
-    let where_ = if field.is_empty() {
-        "the arguments".to_string()
+    let what = if field.is_empty() {
+        "The arguments do not".to_string()
     } else {
-        format!("`{field}`")
+        format!("Argument `{field}` does not")
     };
     ToolError::new(
         ErrorKind::Validation,
-        format!("Invalid {where_}: {} (rule: {rule}).", e.masked()),
+        format!(
+            "{what} match the tool's schema: {} (rule: {rule}).",
+            e.masked()
+        ),
         "Fix the arguments to match the tool's inputSchema (tools/list shows it) and call again.",
     )
     .detail("field", field)

@@ -76,6 +76,18 @@ fn every_error_kind_has_its_documented_shape() {
     let r = s.call_result("echo", json!({"message": 5}));
     assert_shape(&r, "validation", false, &["field", "rule", "schema_path"]);
     assert_eq!(r["structuredContent"]["details"]["field"], "message");
+    // The messages read as sentences, naming the field or the arguments.
+    assert_eq!(
+        r["structuredContent"]["message"],
+        "Argument `message` does not match the tool's schema: value is not of type \"string\" (rule: type).",
+        "{r}"
+    );
+    let r = s.call_result("echo", json!({}));
+    assert_eq!(
+        r["structuredContent"]["message"],
+        "The arguments do not match the tool's schema: \"message\" is a required property (rule: required).",
+        "{r}"
+    );
 
     let r = s.call_result("ghost", json!({}));
     assert_shape(&r, "unavailable", false, &[]);
