@@ -469,7 +469,7 @@ pub(super) fn load_actors(config: &Config, problems: &mut Vec<Problem>) -> Vec<T
             Ok(text) => texts.push((file, text)),
             Err(e) => problems.push(Problem {
                 file,
-                field: "-".into(),
+                field: super::WHOLE_FILE.into(),
                 reason: format!("cannot read: {e}"),
             }),
         }

@@ -33,12 +33,19 @@ use actor::{actors_from_texts, load_actors};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub file: PathBuf,
+    /// The field at fault, or [`WHOLE_FILE`].
     pub field: String,
     pub reason: String,
 }
 
+/// The `field` of a problem with a file as a whole (it cannot be read).
+pub const WHOLE_FILE: &str = "-";
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field == WHOLE_FILE {
+            return write!(f, "{}: {}", self.file.display(), self.reason);
+        }
         write!(
             f,
             "{}: {}: {}",
@@ -60,7 +67,7 @@ pub struct Loaded {
 /// Loads `config.toml`, applies `WARDEN_*` overrides and loads every actor
 /// file. Returns every problem found.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Problem>> {
-    let (config, mut problems) = read_runtime(path, env);
+    let (config, mut problems) = read_runtime(path, env).map_err(|p| vec![p])?;
     let tools = load_actors(&config, &mut problems);
     loaded(path, config, tools, problems)
 }
@@ -89,33 +96,38 @@ pub fn load_runtime(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<Problem>> {
-    match read_runtime(path, env) {
+    match read_runtime(path, env).map_err(|p| vec![p])? {
         (config, problems) if problems.is_empty() => Ok(config),
         (_, problems) => Err(problems),
     }
 }
 
-fn read_runtime(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> (Config, Vec<Problem>) {
+/// The runtime config and its problems; only the one problem when the file
+/// cannot be read (what would follow from it, such as a missing `actors/`
+/// beside it, says nothing more).
+fn read_runtime(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Config, Vec<Problem>), Problem> {
     let mut problems = Vec::new();
     let base = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let mut config = match std::fs::read_to_string(path) {
-        Ok(text) => runtime_from_text(path, &text, &mut problems),
-        Err(e) => {
-            problems.push(Problem {
-                file: path.to_path_buf(),
-                field: "-".into(),
-                reason: format!("cannot read the config file: {e}"),
-            });
-            Config::default()
-        }
-    };
+    let text = std::fs::read_to_string(path).map_err(|e| Problem {
+        file: path.to_path_buf(),
+        field: WHOLE_FILE.into(),
+        reason: if e.kind() == std::io::ErrorKind::NotFound {
+            "no such config file: pass --config FILE or set WARDEN_CONFIG".into()
+        } else {
+            format!("cannot read the config file: {e}")
+        },
+    })?;
+    let mut config = runtime_from_text(path, &text, &mut problems);
     apply_env(&mut config, path, env, &mut problems);
     resolve_relative(&mut config, &base);
     check_config(&config, path, &mut problems);
-    (config, problems)
+    Ok((config, problems))
 }
 
 fn runtime_from_text(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Config {
