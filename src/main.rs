@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -46,13 +46,19 @@ enum Command {
     },
     /// Print warden's JSON log files as readable lines: the last events, filtered; -f follows them.
     ///
+    /// It reads the files of the running instance (found through its control
+    /// socket, like `status`; --pid picks one, and shows only its events),
+    /// else those of --config, else of config.toml here.
+    ///
     /// Example: warden logs -f --level warn --tool echo --since 10m
     Logs {
-        /// The runtime config; its [log] dir holds the files.
-        #[arg(long, default_value = "config.toml", env = "WARDEN_CONFIG")]
-        config: PathBuf,
+        /// Read this config's [log] dir instead of asking a running instance.
+        #[arg(long, env = "WARDEN_CONFIG")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         args: warden::cli::logs::LogsArgs,
+        #[command(flatten)]
+        target: TargetArgs,
     },
     /// Show a running instance: a header, then one line per actor (state,
     /// uptime, restarts, queue, calls in flight, breaker, processes, last error).
@@ -69,11 +75,7 @@ enum Command {
         target: TargetArgs,
     },
     /// Chaos: kill one actor of a running instance; its supervisor restarts it.
-    ///
-    /// ACTOR is a name from `warden status`: tool:NAME, tool:NAME/worker:N,
-    /// tools, breaker, control. With --signal, signals the processes of the
-    /// tool's running calls instead. The transport cannot be killed.
-    /// Example: warden kill tool:echo
+    // The long help, listing every actor name, is made by `names::kill_help`.
     Kill {
         actor: String,
         /// Send this signal (TERM, KILL, ...) to the tool's running programs.
@@ -89,9 +91,18 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
-    /// Internal: the guardian that kills warden's process groups when warden dies.
-    #[command(name = "__guard", hide = true)]
-    Guard,
+    /// Print a completion script for a shell.
+    ///
+    /// Example: warden completions bash > ~/.local/share/bash-completion/completions/warden
+    Completions { shell: clap_complete::Shell },
+    /// Write warden's man pages (warden.1 and one per command) into DIR,
+    /// or print warden.1 alone.
+    ///
+    /// Example: warden man ~/.local/share/man/man1 && man warden-logs
+    Man {
+        /// The directory to write the pages into (created if missing).
+        dir: Option<PathBuf>,
+    },
     /// Force a tool's circuit breaker open or closed, or reset it.
     ///
     /// Example: warden breaker disk_usage reset
@@ -126,8 +137,22 @@ impl TargetArgs {
     }
 }
 
+/// The command line's definition, with the help texts made from the code.
+fn cli_command() -> clap::Command {
+    Cli::command().mut_subcommand("kill", |kill| {
+        kill.long_about(warden::core::names::kill_help())
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The guardian (`warden __guard`) is an internal entry point, not a
+    // command: outside clap, it stays out of the help, completions and man pages.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(warden::exec::guard::SUBCOMMAND))
+    {
+        warden::exec::guard::run();
+    }
+    let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Check { config } => match load(&config) {
             Ok(loaded) => {
@@ -186,7 +211,29 @@ fn main() -> ExitCode {
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
             code
         }
-        Command::Guard => warden::exec::guard::run(),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut cli_command(), "warden", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => {
+            let written = match &dir {
+                Some(dir) => std::fs::create_dir_all(dir)
+                    .and_then(|()| clap_mangen::generate_to(cli_command(), dir)),
+                None => clap_mangen::Man::new(cli_command()).render(&mut std::io::stdout().lock()),
+            };
+            match (written, dir) {
+                (Ok(()), _) => ExitCode::SUCCESS,
+                (Err(e), Some(dir)) => {
+                    eprintln!(
+                        "warden: cannot write the man pages into {}: {e}",
+                        dir.display()
+                    );
+                    ExitCode::from(1)
+                }
+                // A closed pipe (`warden man | head`): nothing to add.
+                (Err(_), None) => ExitCode::from(1),
+            }
+        }
         Command::Call { config, tool, args } => {
             let code = tokio_runtime().block_on(warden::cli::call::run(&config, &tool, &args));
             ExitCode::from(code as u8)
@@ -219,15 +266,20 @@ fn main() -> ExitCode {
             let t = target.target();
             operator_exit(warden::cli::operator::breaker(&t, &tool, &action))
         }
-        Command::Logs { config, args } => {
-            match warden::config::load_runtime(&config, &|k| std::env::var(k).ok()) {
-                Ok(runtime) => ExitCode::from(warden::cli::logs::run(&runtime.log.dir, &args)),
-                Err(problems) => {
-                    for p in &problems {
-                        eprintln!("{p}");
-                    }
-                    eprintln!("warden: {} problem(s) in the config", problems.len());
-                    ExitCode::from(1)
+        Command::Logs {
+            config,
+            args,
+            target,
+        } => {
+            let pid = target.pid;
+            let target = target.target();
+            let located =
+                tokio_runtime().block_on(warden::cli::logs::locate(config.as_deref(), &target));
+            match located {
+                Ok(dir) => ExitCode::from(warden::cli::logs::run(&dir, &args, pid)),
+                Err(warden::cli::operator::Failure(code, msg)) => {
+                    eprintln!("warden: {msg}");
+                    ExitCode::from(code as u8)
                 }
             }
         }

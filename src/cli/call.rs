@@ -33,14 +33,33 @@ pub async fn run(config: &Path, tool: &str, pairs: &[String]) -> i32 {
 }
 
 async fn call(config: &Path, tool: &str, pairs: &[String]) -> Result<i32, String> {
+    // The config is checked here first: its problems are said once, in this
+    // process, rather than as a child's refusal and a failed handshake.
+    if let Err(problems) = crate::config::load(config, &|k| std::env::var(k).ok()) {
+        if let [one] = problems.as_slice() {
+            return Err(one.to_string());
+        }
+        let mut text = String::new();
+        for p in &problems {
+            text.push_str(&format!("{p}\n"));
+        }
+        return Err(format!(
+            "{text}{} problems in the config (`warden check` lists them too)",
+            problems.len()
+        ));
+    }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the warden binary: {e}"))?;
-    // Only problems from the server's log belong on this terminal.
-    let env: &[(&str, &str)] = if std::env::var_os("WARDEN_LOG_STDERR").is_none() {
-        &[("WARDEN_LOG_STDERR", "error")]
-    } else {
-        &[]
-    };
-    let client = Client::start(&exe, config, env)
+    // Only problems from the server's log belong on this terminal, and the
+    // server writes no log files unless asked (WARDEN_LOG_LEVEL): a smoke
+    // test leaves no trace in the logs of the instances it resembles.
+    let mut env: Vec<(&str, &str)> = Vec::new();
+    if std::env::var_os("WARDEN_LOG_STDERR").is_none() {
+        env.push(("WARDEN_LOG_STDERR", "error"));
+    }
+    if std::env::var_os("WARDEN_LOG_LEVEL").is_none() {
+        env.push(("WARDEN_LOG_LEVEL", "off"));
+    }
+    let client = Client::start(&exe, config, &env)
         .await
         .map_err(|e| e.to_string())?;
     let answer = async {

@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
+use crate::cli::operator::{Failure, Target, EXIT_NOT_RUNNING};
+
 /// Default for `--lines`: events printed before following.
 pub const DEFAULT_LINES: usize = 50;
 /// How often `-f` looks for new lines, new files, truncation and replacement.
@@ -33,7 +35,7 @@ const FILE_PREFIX: &str = "warden";
 const FILE_SUFFIX: &str = "log";
 /// Fields a readable line shows in its own columns (or not at all: `target`
 /// when the event names its actor).
-const COLUMNS: &[&str] = &["timestamp", "level", "message", "actor", "target"];
+const COLUMNS: &[&str] = &["timestamp", "level", "pid", "message", "actor", "target"];
 
 /// The options of `warden logs` (the config path is main.rs's).
 #[derive(Debug, Clone, clap::Args)]
@@ -62,8 +64,55 @@ pub struct LogsArgs {
     pub lines: usize,
 }
 
-/// Prints the logs in `dir` as `args` asks; returns the exit code.
-pub fn run(dir: &Path, args: &LogsArgs) -> u8 {
+/// The config `warden logs` falls back to when no instance runs.
+const DEFAULT_CONFIG: &str = "config.toml";
+
+/// Where `warden logs` reads: the log directory of the config it was given;
+/// else the one the running instance reports through its control socket
+/// (`--pid` picks one of several); else, with none running, the one of
+/// `config.toml` here.
+pub async fn locate(config: Option<&Path>, target: &Target) -> Result<PathBuf, Failure> {
+    if let Some(config) = config {
+        return log_dir_of(config);
+    }
+    match target.status().await {
+        Ok(status) => status.warden.log_dir.map(PathBuf::from).ok_or_else(|| {
+            Failure(
+                1,
+                format!(
+                    "warden pid {} writes no log files (its [log] level is off)",
+                    status.warden.pid
+                ),
+            )
+        }),
+        Err(Failure(EXIT_NOT_RUNNING, why)) if target.pid.is_none() => {
+            let here = Path::new(DEFAULT_CONFIG);
+            if here.exists() {
+                log_dir_of(here)
+            } else {
+                Err(Failure(
+                    1,
+                    format!("{why}, and no {DEFAULT_CONFIG} here: pass --config FILE or set WARDEN_CONFIG"),
+                ))
+            }
+        }
+        Err(failure) => Err(failure),
+    }
+}
+
+/// The log directory a config names.
+fn log_dir_of(config: &Path) -> Result<PathBuf, Failure> {
+    crate::config::load_runtime(config, &|k| std::env::var(k).ok())
+        .map(|runtime| runtime.log.dir)
+        .map_err(|problems| {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            Failure(1, text.join("\n"))
+        })
+}
+
+/// Prints the logs in `dir` as `args` asks, only process `pid`'s events if
+/// given; returns the exit code.
+pub fn run(dir: &Path, args: &LogsArgs, pid: Option<u32>) -> u8 {
     let color =
         io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let since = args
@@ -77,6 +126,7 @@ pub fn run(dir: &Path, args: &LogsArgs) -> u8 {
             actor: args.actor.clone(),
             tool: args.tool.clone(),
             since,
+            pid,
         },
     };
     let files = log_files(dir);
@@ -247,6 +297,8 @@ pub struct Filter {
     pub tool: Option<String>,
     /// At this time or later.
     pub since: Option<SystemTime>,
+    /// Written by this process.
+    pub pid: Option<u32>,
 }
 
 impl Filter {
@@ -264,6 +316,11 @@ impl Filter {
                     .is_some_and(|t| t == want || t.rsplit("::").next() == Some(want.as_str())),
             };
             if !ok {
+                return false;
+            }
+        }
+        if let Some(want) = self.pid {
+            if e.get("pid").and_then(Value::as_u64) != Some(u64::from(want)) {
                 return false;
             }
         }
@@ -306,6 +363,10 @@ pub fn format_event(e: &Event, color: bool) -> String {
         _ => s.push_str(&format!("{name:<5}")),
     }
     s.push(' ');
+    // The instance that wrote it (files from before pids were logged have none).
+    if let Some(pid) = e.get("pid").and_then(Value::as_u64) {
+        s.push_str(&format!("{pid:>7} "));
+    }
     s.push_str(&format!("{:<10}", e.who().unwrap_or("-")));
     match e.get("message") {
         Some(Value::String(m)) if !m.is_empty() => {
@@ -793,6 +854,12 @@ mod tests {
             colored.starts_with("2026-11-22T04:41:49.909Z \x1b[32mINFO\x1b[0m  transport  call"),
             "{colored:?}"
         );
+        // The writer's pid is a column of its own, after the level.
+        let with_pid = CALL.replacen('{', r#"{"pid":4242,"#, 1);
+        assert_eq!(
+            format_event(&event(&with_pid), false),
+            "2026-11-22T04:41:49.909Z INFO     4242 transport  call request_id=2 tool=echo outcome=ok duration_ms=0.1"
+        );
         let odd = r#"{"level":"TRACE","message":"two\nlines","empty":"","n":3,"ok":true,"list":[1,"a"],"quote":"say \"hi\"","path":"/a=b"}"#;
         assert_eq!(
             format_event(&event(odd), false),
@@ -847,6 +914,18 @@ mod tests {
         assert!(!since("2026-11-22T04:41:49.909716Z").matches(&call));
         assert!(since("2026-11-22T04:41:50Z").matches(&rmcp));
         assert!(!since("2020-01-01T00:00:00Z").matches(&event(r#"{"level":"INFO"}"#)));
+
+        let pid = |p: u32| Filter {
+            pid: Some(p),
+            ..Filter::default()
+        };
+        let mine = event(r#"{"pid":4242,"level":"INFO"}"#);
+        assert!(pid(4242).matches(&mine));
+        assert!(!pid(4243).matches(&mine));
+        assert!(
+            !pid(4242).matches(&call),
+            "an event without a pid is nobody's"
+        );
     }
 
     #[test]

@@ -60,6 +60,17 @@ impl Target {
         }
     }
 
+    /// The instance's status.
+    pub async fn status(&self) -> Result<Status, Failure> {
+        let mut answer = self.request(json!({"cmd": "status"})).await?;
+        serde_json::from_value(answer["status"].take()).map_err(|e| {
+            Failure(
+                1,
+                format!("warden answered a status this command cannot read: {e}"),
+            )
+        })
+    }
+
     async fn request(&self, request: Value) -> Result<Value, Failure> {
         let instance = self.instance().await?;
         let mut client = Client::connect(&instance.socket).await.map_err(|e| {
@@ -87,25 +98,25 @@ pub async fn run(f: impl std::future::Future<Output = Result<(), Failure>>) -> i
 }
 
 pub async fn status(target: &Target, as_json: bool, watch: bool) -> Result<(), Failure> {
-    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let terminal = std::io::stdout().is_terminal();
+    let color = terminal && std::env::var_os("NO_COLOR").is_none();
+    let mut frames = 0u64;
     loop {
-        let mut answer = target.request(json!({"cmd": "status"})).await?;
-        let status: Status = serde_json::from_value(answer["status"].take()).map_err(|e| {
-            Failure(
-                1,
-                format!("warden answered a status this command cannot read: {e}"),
-            )
-        })?;
+        let status = target.status().await?;
         let text = if as_json {
             serde_json::to_string_pretty(&status).unwrap_or_default()
         } else {
             render(&status, color)
         };
         let mut out = std::io::stdout().lock();
-        if watch {
+        if watch && terminal {
             // Home the cursor and clear, so the table redraws in place.
             let _ = write!(out, "\x1b[H\x1b[2J");
+        } else if frames > 0 && !as_json {
+            // Into a pipe or a file: plain frames, a blank line between.
+            let _ = writeln!(out);
         }
+        frames += 1;
         if writeln!(out, "{text}").is_err() {
             return Ok(());
         }

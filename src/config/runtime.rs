@@ -391,6 +391,13 @@ pub struct LogConfig {
     pub stderr: String,
 }
 
+impl LogConfig {
+    /// Whether events go to files at all: `level = "off"` opens none.
+    pub fn file_logging(&self) -> bool {
+        self.level.trim() != "off"
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {

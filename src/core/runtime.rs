@@ -262,6 +262,11 @@ impl Runtime {
                 rss_bytes: crate::exec::rss_bytes(std::process::id() as i32),
                 in_flight: self.in_flight(),
                 max_in_flight: self.config.server.max_in_flight,
+                log_dir: self
+                    .config
+                    .log
+                    .file_logging()
+                    .then(|| self.config.log.dir.display().to_string()),
             },
             health: HealthLine {
                 memory: snapshot.as_ref().map(|s| MemoryLine {

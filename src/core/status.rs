@@ -31,6 +31,10 @@ pub struct WardenLine {
     pub rss_bytes: Option<u64>,
     pub in_flight: usize,
     pub max_in_flight: usize,
+    /// Where the JSON log files go; absent when file logging is off
+    /// (`warden logs` finds an instance's files through it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -361,6 +365,7 @@ pub mod tests {
                 rss_bytes: Some(11534336),
                 in_flight: 1,
                 max_in_flight: 256,
+                log_dir: Some("/etc/warden/logs".into()),
             },
             health: HealthLine {
                 memory: None,

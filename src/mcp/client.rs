@@ -1,6 +1,7 @@
 //! A one-shot MCP client of a child `warden serve`: what `warden call` uses.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rmcp::model::{CallToolRequestParams, ContentBlock};
@@ -16,6 +17,8 @@ pub enum ClientError {
     Start(#[source] std::io::Error),
     #[error("MCP handshake failed: {0}")]
     Handshake(String),
+    #[error("warden serve refused to start (its reason is above)")]
+    Refused,
     #[error("tools/list failed: {0}")]
     List(String),
     #[error("tools/call failed: {0}")]
@@ -39,6 +42,20 @@ pub struct Client {
     service: RunningService<RoleClient, ()>,
 }
 
+/// How long a server that failed the handshake may take to finish saying why.
+const STDERR_EOF_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Copies the child's stderr to ours until it closes, counting the bytes in `said`.
+async fn relay_stderr(mut stderr: tokio::process::ChildStderr, said: Arc<AtomicUsize>) {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = stderr.read(&mut buf).await {
+        said.fetch_add(n, Ordering::Relaxed);
+        let _ = std::io::stderr().write_all(&buf[..n]);
+    }
+}
+
 impl Client {
     /// Starts `exe serve --config <config>` with `env` and does the handshake.
     pub async fn start(
@@ -49,9 +66,27 @@ impl Client {
         let mut cmd = tokio::process::Command::new(exe);
         cmd.arg("serve").arg("--config").arg(config);
         cmd.envs(env.iter().copied());
-        let child = TokioChildProcess::new(cmd).map_err(ClientError::Start)?;
-        let service = ().serve(child).await.map_err(|e| ClientError::Handshake(e.to_string()))?;
-        Ok(Client { service })
+        let (child, stderr) = TokioChildProcess::builder(cmd)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(ClientError::Start)?;
+        // The server's stderr passes through to ours; whether it said
+        // anything tells a refusal (its reason printed) from a broken pipe.
+        let said = Arc::new(AtomicUsize::new(0));
+        let relay = stderr.map(|stderr| tokio::spawn(relay_stderr(stderr, said.clone())));
+        match ().serve(child).await {
+            Ok(service) => Ok(Client { service }),
+            Err(e) => {
+                if let Some(relay) = relay {
+                    let _ = tokio::time::timeout(STDERR_EOF_WAIT, relay).await;
+                }
+                Err(if said.load(Ordering::Relaxed) > 0 {
+                    ClientError::Refused
+                } else {
+                    ClientError::Handshake(e.to_string())
+                })
+            }
+        }
     }
 
     pub async fn tools(&self) -> Result<Vec<ToolInfo>, ClientError> {

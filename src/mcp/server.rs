@@ -255,7 +255,8 @@ impl ServerHandler for WardenServer {
         if let Some(progress) = progress {
             progress.finish().await;
         }
-        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Whole microseconds: `0.124`, not `0.12375299999999999`.
+        let duration_ms = started.elapsed().as_micros() as f64 / 1000.0;
         let session = self.session.id;
         match outcome {
             Err(CallError::UnknownTool(name)) => {

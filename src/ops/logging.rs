@@ -44,8 +44,10 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
         .with_ansi(false)
         .with_target(false)
         .with_filter(EnvFilter::new(&cfg.stderr));
-    let (file, buffer, problem) = match file_appender(cfg) {
-        Ok(appender) => {
+    // `level = "off"` opens no file at all (what `warden call`'s child runs with).
+    let opened = cfg.file_logging().then(|| file_appender(cfg));
+    let (file, buffer, problem) = match opened {
+        Some(Ok(appender)) => {
             let buffer: FileBuffer =
                 Arc::new(Mutex::new(BufWriter::with_capacity(BUFFER_BYTES, appender)));
             start_flusher(Arc::downgrade(&buffer));
@@ -54,11 +56,15 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
                 .flatten_event(true)
                 .with_current_span(false)
                 .with_span_list(false)
-                .with_writer(SharedFile(buffer.clone()))
+                .with_writer(SharedFile {
+                    buffer: buffer.clone(),
+                    pid: format!("{{\"pid\":{},", std::process::id()).into_bytes(),
+                })
                 .with_filter(EnvFilter::new(&cfg.level));
             (Some(layer), Some(buffer), None)
         }
-        Err(e) => (None, None, Some(e)),
+        Some(Err(e)) => (None, None, Some(e)),
+        None => (None, None, None),
     };
     tracing_subscriber::registry()
         .with(stderr)
@@ -89,18 +95,41 @@ fn lock(buffer: &FileBuffer) -> MutexGuard<'_, BufWriter<RollingFileAppender>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-struct SharedFile(FileBuffer);
+/// The file log's writer. Every event gets this process's `pid` as its
+/// first field: instances sharing a log directory (and `warden call`'s
+/// children, when asked to log) stay apart, and `warden logs --pid` can pick.
+struct SharedFile {
+    buffer: FileBuffer,
+    /// `{"pid":N,`: replaces the `{` that opens each event's JSON object.
+    pid: Vec<u8>,
+}
 
 /// One event's write, under the lock.
-struct SharedFileWriter<'a>(MutexGuard<'a, BufWriter<RollingFileAppender>>);
+struct SharedFileWriter<'a> {
+    file: MutexGuard<'a, BufWriter<RollingFileAppender>>,
+    pid: &'a [u8],
+    /// Nothing of this event written yet.
+    fresh: bool,
+}
 
 impl Write for SharedFileWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        self.write_all(buf)?;
+        Ok(buf.len())
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.0.write_all(buf)
+        // tracing's JSON formatter writes each event whole, in one call.
+        match buf.strip_prefix(b"{") {
+            Some(rest) if std::mem::take(&mut self.fresh) => {
+                self.file.write_all(self.pid)?;
+                self.file.write_all(rest)
+            }
+            _ => {
+                self.fresh = false;
+                self.file.write_all(buf)
+            }
+        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -113,7 +142,11 @@ impl<'a> MakeWriter<'a> for SharedFile {
     type Writer = SharedFileWriter<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        SharedFileWriter(lock(&self.0))
+        SharedFileWriter {
+            file: lock(&self.buffer),
+            pid: &self.pid,
+            fresh: true,
+        }
     }
 }
 

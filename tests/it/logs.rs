@@ -1,6 +1,7 @@
 //! `warden logs`: the tail of a real server's log files, filters, `--json`,
 //! and `-f` following new lines and rotated files.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -92,9 +93,9 @@ impl Drop for Follower {
     }
 }
 
-/// The message of a readable line: `<timestamp> <level> <actor> <message> ...`.
+/// The message of a readable line: `<timestamp> <level> <pid> <actor> <message> ...`.
 fn message(line: &str) -> &str {
-    line.split_whitespace().nth(3).unwrap_or_default()
+    line.split_whitespace().nth(4).unwrap_or_default()
 }
 
 /// `2026-11-22T04:41:49.909Z ...`
@@ -126,7 +127,12 @@ fn the_tail_of_a_real_servers_logs_filtered_readable_and_json() {
     assert_eq!(lines.len(), 3, "{out}");
     for line in &lines {
         assert!(has_millisecond_timestamp(line), "{line:?}");
-        assert!(line.contains(" INFO  transport  call "), "{line:?}");
+        // The level, the writer's pid, the actor, the message.
+        let pid = server.pid().to_string();
+        assert!(
+            line.contains(&format!(" INFO  {pid:>7} transport  call ")),
+            "{line:?}"
+        );
         assert!(line.contains(" tool=echo "), "{line:?}");
         assert!(line.contains(" outcome=ok "), "{line:?}");
         assert!(!line.contains('\x1b'), "no colour into a pipe: {line:?}");
@@ -211,7 +217,7 @@ fn follow_shows_calls_as_they_happen() {
 
 fn event(minute: u32, msg: &str) -> String {
     format!(
-        "{{\"timestamp\":\"2026-01-01T00:{minute:02}:00.123456Z\",\"level\":\"INFO\",\"message\":\"{msg}\",\"actor\":\"transport\",\"tool\":\"echo\",\"target\":\"warden::transport\"}}\n"
+        "{{\"pid\":4242,\"timestamp\":\"2026-01-01T00:{minute:02}:00.123456Z\",\"level\":\"INFO\",\"message\":\"{msg}\",\"actor\":\"transport\",\"tool\":\"echo\",\"target\":\"warden::transport\"}}\n"
     )
 }
 
@@ -239,7 +245,7 @@ fn follow_keeps_going_across_a_rotation() {
     let first = f.next_line();
     assert_eq!(
         first,
-        "2026-01-01T00:00:00.123Z INFO  transport  m1 tool=echo"
+        "2026-01-01T00:00:00.123Z INFO     4242 transport  m1 tool=echo"
     );
     f.expect(&["m2"]);
 
@@ -256,4 +262,88 @@ fn follow_keeps_going_across_a_rotation() {
     f.expect(&["m5", "m6", "m7"]);
     append(&new, &event(1, "m8"));
     f.expect(&["m8"]);
+}
+
+/// `warden logs --json` with no --config, run where there is no config.toml.
+fn logs_outside(cwd: &Path, control: &Path, args: &[&str]) -> (i32, String, String) {
+    let (status, out, err) = run_to_end(
+        Command::new(WARDEN)
+            .args(["logs", "--json"])
+            .args(args)
+            .current_dir(cwd)
+            .env("WARDEN_CONTROL_DIR", control)
+            .env_remove("WARDEN_CONFIG"),
+        TEST_DEADLINE,
+    );
+    (status.code().unwrap_or(-1), out, err)
+}
+
+fn pids_of(out: &str) -> BTreeSet<i64> {
+    out.lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["pid"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn logs_finds_a_running_instance_by_its_socket_and_pid_picks_one() {
+    let shared = tempfile::tempdir().unwrap();
+    let control = shared.path().join("control");
+    let logs = shared.path().join("logs");
+    let env = [
+        ("WARDEN_CONTROL_DIR", control.to_str().unwrap()),
+        ("WARDEN_LOG_DIR", logs.to_str().unwrap()),
+    ];
+    let start = || {
+        let mut s = Setup::new("[log]\nstderr = \"off\"\n")
+            .actor("echo", ECHO)
+            .start_with_env(&env);
+        s.initialize();
+        s.call_result("echo", json!({"message": "logged"}));
+        s
+    };
+    let (mut a, mut b) = (start(), start());
+    let nowhere = tempfile::tempdir().unwrap();
+
+    // Two instances: which one is for --pid to say.
+    let (code, _, err) = logs_outside(nowhere.path(), &control, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&a.pid().to_string()) && err.contains(&b.pid().to_string()),
+        "{err}"
+    );
+
+    // --pid: its files, only its events (the two share one directory).
+    let a_pid = a.pid().to_string();
+    assert!(eventually(TEST_DEADLINE, || {
+        let (code, out, _) = logs_outside(nowhere.path(), &control, &["--pid", &a_pid]);
+        code == 0 && out.lines().any(|l| l.contains("\"message\":\"call\""))
+    }));
+    let (_, out, _) = logs_outside(nowhere.path(), &control, &["--pid", &a_pid, "-n", "1000"]);
+    assert_eq!(pids_of(&out), BTreeSet::from([a.pid() as i64]), "{out}");
+
+    // One left: found without --pid; its directory holds both's events.
+    b.close_stdin();
+    assert!(b.wait_exit(TEST_DEADLINE).success());
+    let (code, out, err) = logs_outside(nowhere.path(), &control, &["-n", "1000"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        pids_of(&out),
+        BTreeSet::from([a.pid() as i64, b.pid() as i64]),
+        "{out}"
+    );
+
+    // None left, and no config.toml here: one line saying what to pass.
+    a.close_stdin();
+    assert!(a.wait_exit(TEST_DEADLINE).success());
+    let (code, out, err) = logs_outside(nowhere.path(), &control, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("no running warden found") && err.contains("--config"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

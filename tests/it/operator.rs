@@ -320,6 +320,44 @@ fn kill_every_actor_kind_while_calls_are_in_flight() {
 }
 
 #[test]
+fn kill_help_lists_every_actor_status_shows() {
+    let (_base, dir, _s) = live();
+    wait_for_control(&dir);
+    let out = ctl(&dir, &["kill", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{help}");
+    let status = status_json(&dir);
+    for actor in status["actors"].as_array().unwrap() {
+        let name = actor["name"].as_str().unwrap();
+        if name == "transport" || name == "warden" {
+            // The two that are refused, said so.
+            assert!(help.contains(&format!("`{name}`")), "{help}");
+        } else {
+            assert!(help.contains(&format!("  {name} ")), "no {name} in {help}");
+        }
+    }
+    for form in ["tool:NAME ", "tool:NAME/worker:N ", "server:NAME "] {
+        assert!(help.contains(form), "no {form} in {help}");
+    }
+}
+
+#[test]
+fn killing_an_idle_worker_says_no_call_was_lost() {
+    let (_base, dir, _s) = live();
+    wait_for_control(&dir);
+    let out = ctl(&dir, &["kill", "tool:sleeper/worker:0"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            tool_line(&status_json(&dir), "sleeper")["last_error"]
+                == "a worker was killed and was replaced"
+        }),
+        "{:#}",
+        tool_line(&status_json(&dir), "sleeper")
+    );
+}
+
+#[test]
 fn kill_with_a_signal_reaches_the_running_program() {
     let (_base, dir, mut s) = live();
     let id = s.start_call("sleeper", json!({"ms": 30000}));
@@ -381,6 +419,39 @@ fn killing_a_tool_actor_mid_call_kills_its_programs_whole_group() {
     assert!(eventually(Duration::from_secs(3), || {
         tool_line(&status_json(&dir), "grouper")["processes"] == json!([])
     }));
+}
+
+#[test]
+fn status_watch_into_a_pipe_writes_plain_frames() {
+    use std::io::Read;
+    let (_base, dir, _s) = live();
+    wait_for_control(&dir);
+    let mut watch = Command::new(WARDEN)
+        .args(["status", "--watch"])
+        .env("WARDEN_CONTROL_DIR", &dir)
+        .env_remove("WARDEN_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = watch.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    // It redraws every second: three frames in 2.5 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    let text = reader.join().unwrap();
+    assert!(!text.contains('\x1b'), "terminal codes in a pipe: {text:?}");
+    // Each frame opens with the `warden <version>  pid ...` line.
+    let frames = text
+        .lines()
+        .filter(|l| l.starts_with("warden ") && l.contains("  pid "))
+        .count();
+    assert!(frames >= 2, "{frames} frames in 2.5 s: {text}");
+    assert_eq!(text.matches("\n\nwarden ").count(), frames - 1, "{text}");
 }
 
 #[test]

@@ -93,7 +93,19 @@ fn every_call_is_logged_as_one_json_line() {
         .unwrap_or_else(|| panic!("no call line in {lines:#?}"));
     assert_eq!(call["outcome"], "ok");
     assert_eq!(call["request_id"], "2");
-    assert!(call["duration_ms"].is_number());
+    // In milliseconds, to the microsecond: at most three decimals.
+    let ms = call["duration_ms"]
+        .as_f64()
+        .expect("duration_ms is a number");
+    assert!(ms >= 0.0, "{call}");
+    let decimals = call["duration_ms"]
+        .to_string()
+        .split('.')
+        .nth(1)
+        .map_or(0, str::len);
+    assert!(decimals <= 3, "{call}");
+    // Every event says which process wrote it.
+    assert_eq!(call["pid"], json!(s.pid()), "{call}");
     assert!(call["timestamp"].is_string());
 }
 

@@ -154,7 +154,7 @@ impl Actor for ServerActor {
                 let _ = myself.cast(ServerMsg::Exited(how, clean));
             })
         };
-        tracing::info!(actor = %me, pid, program = %spec.program, "MCP server launched");
+        tracing::info!(actor = %me, server_pid = pid, program = %spec.program, "MCP server launched");
 
         let progress: ProgressRoutes = Arc::default();
         let handler = Downstream {
@@ -238,7 +238,7 @@ impl Actor for ServerActor {
                     Some(how) => format!("{why} (it {how})"),
                     None => why,
                 };
-                tracing::error!(actor = %me, pid = state.pid, reason = %why, "MCP server failed to start");
+                tracing::error!(actor = %me, server_pid = state.pid, reason = %why, "MCP server failed to start");
                 state.entry.set_last_error(format!("start failed: {why}"));
                 myself.stop(Some(why));
             }
@@ -341,7 +341,7 @@ impl ServerState {
             last_ping_us: AtomicU64::new(0),
         });
         tracing::info!(
-            actor = %self.entry.spec.actor_name(), pid = self.pid,
+            actor = %self.entry.spec.actor_name(), server_pid = self.pid,
             tools = catalog.tools.len(), prompts = catalog.prompts.len(), resources = catalog.resources.len(),
             start_ms = self.started.elapsed().as_millis() as u64,
             "MCP server ready"
