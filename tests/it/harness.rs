@@ -78,15 +78,33 @@ pub struct Server {
 
 impl Server {
     fn spawn(setup: Setup, config: &Path, env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(WARDEN)
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(WARDEN);
+        cmd.args(["serve", "--config"])
             .arg(config)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("warden starts");
+            .stderr(Stdio::piped());
+        // The control socket goes into the test's own directory unless the
+        // config or the test says where: a killed instance leaves nothing
+        // behind in the shared default directory.
+        let names_control = std::fs::read_to_string(config)
+            .unwrap_or_default()
+            .contains("[control]")
+            || env.iter().any(|(k, _)| *k == "WARDEN_CONTROL_DIR");
+        if !names_control {
+            cmd.env("WARDEN_CONTROL_DIR", setup.path().join("control"));
+        }
+        let mut child = cmd.spawn().expect("warden starts");
+        // warden's stderr goes through the test's captured output: shown
+        // when the test fails, not mixed into a passing run's.
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[warden] {line}");
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -169,4 +169,15 @@ fn metrics_health_and_ready_over_http() {
 
     s.close_stdin();
     assert!(s.wait_exit(Duration::from_secs(15)).success());
+    // The listener's start is logged once.
+    let started: Vec<Value> = s
+        .log_lines()
+        .into_iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("HTTP listener ready"))
+        })
+        .collect();
+    assert_eq!(started.len(), 1, "{started:#?}");
 }
