@@ -14,6 +14,7 @@ mod layers;
 mod logs;
 mod operator;
 mod protocol;
+mod readme;
 mod recovery;
 mod shutdown;
 mod tools;
