@@ -23,7 +23,9 @@ pub const STDERR_TAIL: usize = 2048;
 /// to `cwd`, the template rendered. Pure, for the property tests and fuzzing.
 pub fn prepare(cmd: &CommandSpec, args: &Map<String, Value>) -> Result<Vec<String>, ToolError> {
     paths::confine(&cmd.cwd, &cmd.paths, args).map_err(path_error)?;
-    argv::render(&cmd.args, args).map_err(argv_error)
+    let argv = argv::render(&cmd.args, args).map_err(argv_error)?;
+    argv::fits(&cmd.program, &argv, &cmd.env).map_err(argv_error)?;
+    Ok(argv)
 }
 
 /// Runs one call of a command tool to its answer.
@@ -184,6 +186,19 @@ fn argv_error(e: ArgvError) -> ToolError {
                 .detail("field", fields)
                 .detail("rule", "max_arg_len")
         }
+        ArgvError::Inexact { field, .. } => ToolError::new(
+            ErrorKind::Validation,
+            message,
+            "Pass the number as a string if the program takes it as text, or a smaller one.",
+        )
+        .detail("field", field)
+        .detail("rule", "exact_number"),
+        ArgvError::TooBig { .. } => ToolError::new(
+            ErrorKind::Validation,
+            message,
+            "Send less at once: fewer or shorter values.",
+        )
+        .detail("rule", "arg_max"),
     }
 }
 

@@ -226,3 +226,102 @@ fn progress_is_reported_on_the_clients_token() {
         .unwrap()
         .contains("bytes of output"));
 }
+
+#[test]
+fn a_path_longer_than_path_max_cannot_lead_out_of_cwd() {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("root");
+    let outside = base.path().join("outside");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    // 22 directories of 200 characters inside cwd, then a link out of it.
+    let name = "d".repeat(200);
+    let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY;
+    let mut fd = open(&root, flags, Mode::empty()).unwrap();
+    for _ in 0..22 {
+        mkdirat(&fd, name.as_str(), Mode::S_IRWXU).unwrap();
+        fd = openat(&fd, name.as_str(), flags, Mode::empty()).unwrap();
+    }
+    nix::unistd::symlinkat(&outside, &fd, "out").unwrap();
+    let mut s = Setup::new("[log]\nstderr = \"off\"\n")
+        .actor(
+            "mk",
+            &format!(
+                "name = \"mk\"\nkind = \"command\"\ncommand = \"mkdir\"\nargs = [\"-p\", \"--\", \"{{p}}\"]\ncwd = {:?}\npaths = [\"p\"]\n[input]\ntype = \"object\"\nrequired = [\"p\"]\nproperties.p = {{ type = \"string\" }}\n",
+                root.to_str().unwrap()
+            ),
+        )
+        .start();
+    s.initialize();
+    let deep = vec![name.as_str(); 22].join("/");
+    let r = s.call_result("mk", json!({"p": format!("{deep}/out/escaped")}));
+    assert_eq!(kind(&r), "validation", "{r}");
+    assert_eq!(
+        r["structuredContent"]["details"]["rule"], "outside_cwd",
+        "{r}"
+    );
+    assert!(
+        !outside.join("escaped").exists(),
+        "mkdir ran through the link"
+    );
+    // A short path inside still works.
+    let r = s.call_result("mk", json!({"p": "fine"}));
+    assert_ne!(r["isError"], json!(true), "{r}");
+    assert!(root.join("fine").is_dir());
+}
+
+#[test]
+fn numbers_render_exactly_and_too_much_argv_is_a_validation_error() {
+    // printf with one %s per field; 64 fields of almost 128 KiB each (8 MiB)
+    // go past ARG_MAX together (2 MiB with the default 8 MiB stack limit,
+    // at most 6 MiB with an unlimited one).
+    let fields: Vec<String> = (0..64).map(|i| format!("f{i}")).collect();
+    let mut args = vec![format!("{:?}", "%s,".repeat(fields.len()))];
+    args.extend(fields.iter().map(|f| format!("\"{{{f}}}\"")));
+    let props: String = fields
+        .iter()
+        .map(|f| format!("properties.{f} = {{ type = [\"string\", \"number\"] }}\n"))
+        .collect();
+    let actor = format!(
+        "name = \"pf\"\nkind = \"command\"\ncommand = \"printf\"\nargs = [{}]\n[input]\ntype = \"object\"\n{props}[breaker]\nwindow = 4\nmin_calls = 4\n",
+        args.join(", ")
+    );
+    let mut s = Setup::new("[log]\nstderr = \"off\"\n")
+        .actor("pf", &actor)
+        .start();
+    s.initialize();
+    let r = s.call_result(
+        "pf",
+        json!({"f0": 5.0, "f1": 0.5, "f2": 18446744073709551615u64}),
+    );
+    // (printf prints the %s without an argument as empty.)
+    assert_eq!(
+        text(&r).trim_end_matches(','),
+        "5,0.5,18446744073709551615",
+        "{r}"
+    );
+    let r = s.call_result(
+        "pf",
+        serde_json::from_str::<serde_json::Value>(r#"{"f0": 12345678901234567890123}"#).unwrap(),
+    );
+    assert_eq!(kind(&r), "validation", "{r}");
+    assert_eq!(
+        r["structuredContent"]["details"]["rule"], "exact_number",
+        "{r}"
+    );
+
+    let big: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|f| (f.clone(), json!("x".repeat(128 * 1024 - 1))))
+        .collect();
+    for _ in 0..6 {
+        let r = s.call_result("pf", serde_json::Value::Object(big.clone()));
+        assert_eq!(kind(&r), "validation", "{r}");
+        assert_eq!(r["structuredContent"]["details"]["rule"], "arg_max", "{r}");
+    }
+    // Refused before anything ran: the breaker did not count them.
+    let r = s.call_result("pf", json!({"f0": "ok"}));
+    assert_eq!(text(&r).trim_end_matches(','), "ok", "{r}");
+}
