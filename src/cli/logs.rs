@@ -21,6 +21,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::cli::operator::{Failure, Target, EXIT_NOT_RUNNING};
+use crate::core::text;
 
 /// Default for `--lines`: events printed before following.
 pub const DEFAULT_LINES: usize = 50;
@@ -345,7 +346,7 @@ pub fn format_event(e: &Event, color: bool) -> String {
     match e.str("timestamp") {
         Some(t) => match parse_time(t) {
             Some(ts) => s.push_str(&humantime::format_rfc3339_millis(ts).to_string()),
-            None => s.push_str(t),
+            None => s.push_str(&text::printable(t)),
         },
         None => s.push('-'),
     }
@@ -360,28 +361,23 @@ pub fn format_event(e: &Event, color: bool) -> String {
             s.push_str("\x1b[0m");
             s.push_str(&" ".repeat(5usize.saturating_sub(name.len())));
         }
-        _ => s.push_str(&format!("{name:<5}")),
+        _ => s.push_str(&format!("{:<5}", text::printable(name))),
     }
     s.push(' ');
     // The instance that wrote it (files from before pids were logged have none).
     if let Some(pid) = e.get("pid").and_then(Value::as_u64) {
         s.push_str(&format!("{pid:>7} "));
     }
-    s.push_str(&format!("{:<10}", e.who().unwrap_or("-")));
+    s.push_str(&format!("{:<10}", text::printable(e.who().unwrap_or("-"))));
     match e.get("message") {
         Some(Value::String(m)) if !m.is_empty() => {
             s.push(' ');
-            if m.chars().any(char::is_control) {
-                let quoted = Value::String(m.clone()).to_string();
-                s.push_str(&quoted[1..quoted.len() - 1]);
-            } else {
-                s.push_str(m);
-            }
+            s.push_str(&text::printable(m));
         }
         Some(Value::String(_)) | None => {}
         Some(other) => {
             s.push(' ');
-            s.push_str(&other.to_string());
+            s.push_str(&text::printable(&other.to_string()));
         }
     }
     for (k, v) in &e.fields {
@@ -389,7 +385,7 @@ pub fn format_event(e: &Event, color: bool) -> String {
             continue;
         }
         s.push(' ');
-        s.push_str(k);
+        s.push_str(&text::printable(k));
         s.push('=');
         s.push_str(&format_value(v));
     }
@@ -403,14 +399,15 @@ pub fn format_value(v: &Value) -> Cow<'_, str> {
         Value::String(t) => {
             let quote = t.is_empty()
                 || t.chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || c == '"');
+                    .any(|c| c.is_whitespace() || text::is_unsafe(c) || c == '"');
             if quote {
-                Cow::Owned(v.to_string())
+                Cow::Owned(text::quoted(t))
             } else {
                 Cow::Borrowed(t)
             }
         }
-        other => Cow::Owned(other.to_string()),
+        // Arrays and objects are JSON, which leaves C1 and bidi characters raw.
+        other => Cow::Owned(text::printable(&other.to_string()).into_owned()),
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::core::status::Status;
+use crate::core::text::printable;
 use crate::ops::control::{self, Client, Instance};
 
 /// Exit code when no running instance is found (like `systemctl status` of a stopped unit).
@@ -181,11 +182,11 @@ pub fn render(status: &Status, color: bool) -> String {
     let health = crate::core::status::health(status).0.name();
     let mut out = format!(
         "warden {}  pid {}  up {}  config {}\nstate {}  health {}  memory {}  in flight {}/{}\n",
-        w.version,
+        printable(&w.version),
         w.pid,
         duration(w.uptime_s),
-        w.config,
-        paint(&w.state, state_color(&w.state)),
+        printable(&w.config),
+        paint(&printable(&w.state), state_color(&w.state)),
         paint(health, state_color(health)),
         w.rss_bytes.map_or("?".to_string(), mib),
         w.in_flight,
@@ -213,7 +214,9 @@ pub fn render(status: &Status, color: bool) -> String {
         if let Some(a) = h.recovery.actions.last() {
             out.push_str(&format!(
                 "last recovery action: {} {}: {}\n",
-                a.action, a.target, a.reason
+                printable(&a.action),
+                printable(&a.target),
+                printable(&a.reason)
             ));
         }
     }
@@ -232,8 +235,8 @@ pub fn render(status: &Status, color: bool) -> String {
     let mut rows: Vec<[String; 9]> = Vec::new();
     for a in &status.actors {
         rows.push([
-            a.name.clone(),
-            a.state.clone(),
+            printable(&a.name).into_owned(),
+            printable(&a.state).into_owned(),
             String::new(),
             a.restarts.to_string(),
             String::new(),
@@ -245,20 +248,23 @@ pub fn render(status: &Status, color: bool) -> String {
         for t in a.children.iter().flatten() {
             let breaker = match t.breaker.half_open_in_ms {
                 Some(ms) => format!("open ({} to half-open)", duration_ms(ms)),
-                None => t.breaker.state.clone(),
+                None => printable(&t.breaker.state).into_owned(),
             };
             let processes: Vec<String> = t
                 .processes
                 .iter()
                 .map(|p| format!("{} ({})", p.pid, p.rss_bytes.map_or("?".into(), mib)))
                 .collect();
-            let mut last_error = t.last_error.as_deref().unwrap_or("").replace('\n', " ");
+            // A caller's argument can end up here: escaped, so that it
+            // cannot retitle or clear the operator's terminal.
+            let mut last_error =
+                printable(&t.last_error.as_deref().unwrap_or("").replace('\n', " ")).into_owned();
             if last_error.chars().count() > 60 {
                 last_error = last_error.chars().take(59).collect::<String>() + "…";
             }
             rows.push([
-                format!("  {}", t.name),
-                t.state.clone(),
+                format!("  {}", printable(&t.name)),
+                printable(&t.state).into_owned(),
                 duration(t.uptime_s),
                 t.restarts.to_string(),
                 format!("{}/{}", t.queue_depth, t.queue_capacity),
@@ -421,5 +427,25 @@ mod tests {
             assert!(df.contains(want), "{want} missing from {df:?}");
         }
         assert!(render(&status, true).contains("\x1b[31mopen (12s to half-open)\x1b[0m"));
+
+        // A caller's text in last_error reaches the terminal escaped.
+        let tools = status
+            .actors
+            .iter_mut()
+            .find(|a| a.name == "tools")
+            .unwrap();
+        tools.children.as_mut().unwrap()[0].last_error =
+            Some("x\u{1b}]0;pwned\u{7}\u{9b}2J\u{202e}".into());
+        let text = render(&status, false);
+        assert!(
+            !text
+                .chars()
+                .any(|c| c != '\n' && crate::core::text::is_unsafe(c)),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("x\\u001b]0;pwned\\u0007\\u009b2J\\u202e"),
+            "{text}"
+        );
     }
 }

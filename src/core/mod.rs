@@ -22,3 +22,4 @@ pub mod restart;
 pub mod runtime;
 pub mod session;
 pub mod status;
+pub mod text;

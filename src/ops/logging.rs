@@ -40,7 +40,7 @@ impl Drop for LogGuard {
 /// Installs the global subscriber.
 pub fn init(cfg: &LogConfig) -> LogGuard {
     let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(SafeStderr)
         .with_ansi(false)
         .with_target(false)
         .with_filter(EnvFilter::new(&cfg.stderr));
@@ -93,6 +93,52 @@ fn lock(buffer: &FileBuffer) -> MutexGuard<'_, BufWriter<RollingFileAppender>> {
     buffer
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// stderr for readable lines, one event per line whatever its fields hold:
+/// the formatter writes values as they are, so a newline in a tool's name
+/// or an MCP server's message would forge a line (in the file an MCP host
+/// keeps of warden's stderr) and an ESC would reach a terminal. Every
+/// control character but the event's final newline is escaped.
+struct SafeStderr;
+
+struct SafeStderrWriter;
+
+impl Write for SafeStderrWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, "\n"),
+            None => (buf, ""),
+        };
+        use std::borrow::Cow;
+        // Invalid UTF-8 becomes U+FFFD: a stray 0x9b byte is CSI to an 8-bit terminal.
+        let text = String::from_utf8_lossy(body);
+        let valid = matches!(text, Cow::Borrowed(_));
+        match crate::core::text::printable(&text) {
+            // The common case: nothing to escape, the line as it came.
+            Cow::Borrowed(_) if valid => std::io::stderr().lock().write_all(buf),
+            safe => std::io::stderr()
+                .lock()
+                .write_all(format!("{safe}{end}").as_bytes()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for SafeStderr {
+    type Writer = SafeStderrWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        SafeStderrWriter
+    }
 }
 
 /// The file log's writer. Every event gets this process's `pid` as its

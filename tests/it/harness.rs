@@ -74,7 +74,11 @@ pub struct Server {
     /// Messages read but not yet asked for.
     pending: VecDeque<Value>,
     next_id: i64,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+/// Lines of warden's stderr a `Server` keeps for its test to read.
+const STDERR_KEPT: usize = 10_000;
 
 impl Server {
     fn spawn(setup: Setup, config: &Path, env: &[(&str, &str)]) -> Server {
@@ -99,10 +103,16 @@ impl Server {
         // warden's stderr goes through the test's captured output: shown
         // when the test fails, not mixed into a passing run's.
         let stderr = child.stderr.take().unwrap();
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = kept.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[warden] {line}");
+                let mut kept = keep.lock().unwrap();
+                if kept.len() < STDERR_KEPT {
+                    kept.push(line);
+                }
             }
         });
         let stdout = child.stdout.take().unwrap();
@@ -124,7 +134,13 @@ impl Server {
             lines: rx,
             pending: VecDeque::new(),
             next_id: 1,
+            stderr: kept,
         }
+    }
+
+    /// The lines warden wrote to stderr so far (the first `STDERR_KEPT`).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> i32 {

@@ -338,3 +338,32 @@ fn arguments_cannot_reach_the_environment() {
         assert!(!env["PATH"].contains("evil"));
     }
 }
+
+#[test]
+fn a_tool_name_cannot_forge_log_lines_or_reach_a_terminal_raw() {
+    let mut s = echo_setup("[log]\nstderr = \"warn\"\n").start();
+    s.initialize();
+    let forged = "x\nERROR forged line \u{1b}]0;pwned\u{7}\u{9b}2J";
+    let id = s.request("tools/call", json!({"name": forged, "arguments": {}}));
+    assert!(s.response(id).get("error").is_some());
+    assert!(eventually(ANSWER_DEADLINE, || s
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("unknown_tool"))));
+    let lines = s.stderr_lines();
+    for line in &lines {
+        assert!(
+            !line.starts_with("ERROR forged"),
+            "a forged line: {lines:#?}"
+        );
+        assert!(
+            !line.contains(['\u{1b}', '\u{7}', '\u{9b}']),
+            "a raw control character: {line:?}"
+        );
+    }
+    let line = lines.iter().find(|l| l.contains("unknown_tool")).unwrap();
+    assert!(
+        line.contains("x\\nERROR forged line \\u001b]0;pwned"),
+        "{line}"
+    );
+}
