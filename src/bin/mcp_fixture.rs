@@ -17,6 +17,8 @@
 //!                             ends because stdin closed
 //! --grandchild                start `sleep 600` below itself (as `npx` starts
 //!                             `node`) and append its pid to the pidfile too
+//! --endless-tools MODE        tools/list always has a nextCursor: a new one
+//!                             each page (`new`) or the same (`same`)
 //!
 //! Tools:
 //!
@@ -82,6 +84,7 @@ struct Options {
     extra_tool: bool,
     grandchild: bool,
     on_clean_exit: Option<String>,
+    endless_tools: Option<String>,
 }
 
 impl Options {
@@ -102,6 +105,7 @@ impl Options {
                 "--extra-tool" => opts.extra_tool = true,
                 "--grandchild" => opts.grandchild = true,
                 "--on-clean-exit" => opts.on_clean_exit = Some(value()?),
+                "--endless-tools" => opts.endless_tools = Some(value()?),
                 _ => return Err(format!("unknown flag `{flag}`")),
             }
         }
@@ -184,6 +188,7 @@ struct Fixture {
     extra: Arc<Tool>,
     extra_enabled: Arc<AtomicBool>,
     exit_on_initialize: Option<i32>,
+    endless_tools: Option<String>,
 }
 
 impl Fixture {
@@ -304,6 +309,7 @@ impl Fixture {
             )),
             extra_enabled: Arc::new(AtomicBool::new(opts.extra_tool)),
             exit_on_initialize: opts.exit_on_initialize,
+            endless_tools: opts.endless_tools.clone(),
         }
     }
 
@@ -406,14 +412,27 @@ impl ServerHandler for Fixture {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let mut tools = self.tools.as_ref().clone();
         if self.extra_enabled.load(Ordering::SeqCst) {
             tools.push(self.extra.as_ref().clone());
         }
-        Ok(ListToolsResult::with_all_items(tools))
+        let mut result = ListToolsResult::with_all_items(tools);
+        // Pagination that never ends: a fresh cursor every page, or one cursor again.
+        result.next_cursor = match self.endless_tools.as_deref() {
+            Some("same") => Some("again".into()),
+            Some(_) => {
+                let page = request
+                    .and_then(|r| r.cursor)
+                    .and_then(|c| c.strip_prefix("page-")?.parse::<u64>().ok())
+                    .unwrap_or(0);
+                Some(format!("page-{}", page + 1))
+            }
+            None => None,
+        };
+        Ok(result)
     }
 
     async fn call_tool(

@@ -678,3 +678,39 @@ fn a_server_failed_past_its_budget_is_tried_again_after_the_cooloff() {
         tool_status(&mut s, "dies")
     );
 }
+
+#[test]
+fn endless_pagination_fails_the_server_not_warden() {
+    let mut s = Setup::new(CONFIG)
+        .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+        .actor("same", &mcp_actor("same", &["--endless-tools", "same"], ""))
+        .actor("deep", &mcp_actor("deep", &["--endless-tools", "new"], ""))
+        .start();
+    s.initialize();
+    let said = |s: &mut Server, tool: &str, want: &str| {
+        let st = tool_status(s, tool);
+        [&st["last_error"], &st["reason"]]
+            .iter()
+            .any(|v| v.as_str().is_some_and(|t| t.contains(want)))
+    };
+    for (tool, want) in [
+        ("same", "gave the cursor \"again\" twice"),
+        ("deep", "more than 1000 pages"),
+    ] {
+        assert!(
+            eventually(Duration::from_secs(20), || said(&mut s, tool, want)),
+            "{tool}: {}",
+            tool_status(&mut s, tool)
+        );
+    }
+    // warden itself serves on, in bounded memory.
+    assert_eq!(text(&s.call_result("echo", json!({"message": "up"}))), "up");
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", s.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 200 * 1024, "RSS {rss_kib} KiB");
+}

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use rmcp::model::{Prompt, Resource, ResourceTemplate, Tool};
+use rmcp::model::{PaginatedRequestParams, Prompt, Resource, ResourceTemplate, Tool};
 use rmcp::service::{Peer, RoleClient};
 use serde_json::{Map, Value};
 
@@ -25,8 +25,9 @@ pub fn build(
         let exported = format!("{prefix}_{}", t.name);
         if !valid_tool_name(&exported) {
             c.skipped.push(format!(
-                "tool `{}`: `{exported}` does not match ^[a-zA-Z0-9_-]{{1,64}}$",
-                t.name
+                "tool {:?}: `{}` does not match ^[a-zA-Z0-9_-]{{1,64}}$",
+                t.name,
+                exported.escape_debug()
             ));
             continue;
         }
@@ -34,9 +35,19 @@ pub fn build(
         c.tools.push(export(&t, exported, downstream));
     }
     for p in prompts {
+        // The same rule as tools: a prompt's name reaches the client's
+        // interface, and an ESC or a newline in it must not.
+        let exported = format!("{prefix}_{}", p.name);
+        if !valid_tool_name(&exported) {
+            c.skipped.push(format!(
+                "prompt {:?}: `{}` does not match ^[a-zA-Z0-9_-]{{1,64}}$",
+                p.name,
+                exported.escape_debug()
+            ));
+            continue;
+        }
         let downstream = Arc::from(p.name.as_str());
-        c.prompts
-            .push(export(&p, format!("{prefix}_{}", p.name), downstream));
+        c.prompts.push(export(&p, exported, downstream));
     }
     for r in resources {
         c.resources.push(catalog::Resource {
@@ -53,39 +64,99 @@ pub fn build(
     c
 }
 
-/// A list request the server did not answer with its list.
+/// Pages of one list a server may send, at the most: a server that always
+/// answers with a `nextCursor` would otherwise be listed until memory ran out.
+const MAX_PAGES: usize = 1_000;
+/// Items of one list, at the most, over all its pages (100k tools from one
+/// server are served; ten times that is a bug or an attack).
+const MAX_ITEMS: usize = 1_000_000;
+
+/// A list the server did not answer with a whole list.
 #[derive(Debug, thiserror::Error)]
-#[error("{list}/list failed: {source}")]
-pub struct ListError {
-    list: &'static str,
-    source: rmcp::service::ServiceError,
+pub enum ListError {
+    #[error("{list}/list failed: {source}")]
+    Failed {
+        list: &'static str,
+        source: rmcp::service::ServiceError,
+    },
+    #[error("{list}/list gave the cursor {cursor:?} twice: it would never end")]
+    RepeatedCursor { list: &'static str, cursor: String },
+    #[error("{list}/list is longer than warden takes ({what})")]
+    TooLong { list: &'static str, what: String },
+}
+
+/// Every page of one list, following `nextCursor`, bounded by [`MAX_PAGES`]
+/// and [`MAX_ITEMS`]; a cursor seen before ends it with an error.
+async fn all_pages<T, F, Fut>(list: &'static str, mut page: F) -> Result<Vec<T>, ListError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut:
+        std::future::Future<Output = Result<(Vec<T>, Option<String>), rmcp::service::ServiceError>>,
+{
+    let mut items = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = None;
+    for _ in 0..MAX_PAGES {
+        let (mut more, next) = page(cursor)
+            .await
+            .map_err(|source| ListError::Failed { list, source })?;
+        if items.len() + more.len() > MAX_ITEMS {
+            return Err(ListError::TooLong {
+                list,
+                what: format!("more than {MAX_ITEMS} items"),
+            });
+        }
+        items.append(&mut more);
+        match next {
+            None => return Ok(items),
+            Some(next) if !seen.insert(next.clone()) => {
+                return Err(ListError::RepeatedCursor { list, cursor: next })
+            }
+            Some(next) => cursor = Some(next),
+        }
+    }
+    Err(ListError::TooLong {
+        list,
+        what: format!("more than {MAX_PAGES} pages"),
+    })
 }
 
 /// Lists the server's tools, and its prompts, resources and templates when
 /// its capabilities say it has them.
 pub async fn list_everything(peer: &Peer<RoleClient>, prefix: &str) -> Result<Catalog, ListError> {
-    let failed = |list| move |source| ListError { list, source };
     let caps = peer.peer_info().map(|i| i.capabilities.clone());
     let has = |f: fn(&rmcp::model::ServerCapabilities) -> bool| caps.as_ref().is_some_and(f);
+    let params = |cursor| Some(PaginatedRequestParams::default().with_cursor(cursor));
     let tools = if has(|c| c.tools.is_some()) {
-        peer.list_all_tools().await.map_err(failed("tools"))?
+        all_pages("tools", |cursor| async move {
+            let r = peer.list_tools(params(cursor)).await?;
+            Ok((r.tools, r.next_cursor))
+        })
+        .await?
     } else {
         Vec::new()
     };
     let prompts = if has(|c| c.prompts.is_some()) {
-        peer.list_all_prompts().await.map_err(failed("prompts"))?
+        all_pages("prompts", |cursor| async move {
+            let r = peer.list_prompts(params(cursor)).await?;
+            Ok((r.prompts, r.next_cursor))
+        })
+        .await?
     } else {
         Vec::new()
     };
     let (resources, templates) = if has(|c| c.resources.is_some()) {
-        (
-            peer.list_all_resources()
-                .await
-                .map_err(failed("resources"))?,
-            peer.list_all_resource_templates()
-                .await
-                .map_err(failed("resources/templates"))?,
-        )
+        let resources = all_pages("resources", |cursor| async move {
+            let r = peer.list_resources(params(cursor)).await?;
+            Ok((r.resources, r.next_cursor))
+        })
+        .await?;
+        let templates = all_pages("resources/templates", |cursor| async move {
+            let r = peer.list_resource_templates(params(cursor)).await?;
+            Ok((r.resource_templates, r.next_cursor))
+        })
+        .await?;
+        (resources, templates)
     } else {
         (Vec::new(), Vec::new())
     };
@@ -142,6 +213,29 @@ mod tests {
         assert_eq!(c.tools[0].def["name"], "ev_echo");
         assert_eq!(c.skipped.len(), 2, "{:?}", c.skipped);
         assert!(c.tool("echo").is_none());
+    }
+
+    #[test]
+    fn prompt_names_are_checked_like_tool_names() {
+        let prompt = |name: &str| Prompt::new(name, None::<String>, None);
+        let c = build(
+            "ev",
+            vec![tool("bad\u{1b}]0;pwned\u{7}")],
+            vec![
+                prompt("greet"),
+                prompt("evil\u{1b}[2J"),
+                prompt("two\nlines"),
+            ],
+            vec![],
+            vec![],
+        );
+        let names: Vec<&str> = c.prompts.iter().map(|p| &*p.name).collect();
+        assert_eq!(names, ["ev_greet"]);
+        assert_eq!(c.skipped.len(), 3, "{:?}", c.skipped);
+        // What is said about them is escaped: no raw control character.
+        for s in &c.skipped {
+            assert!(!s.chars().any(char::is_control), "{s:?}");
+        }
     }
 
     #[test]
