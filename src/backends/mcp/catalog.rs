@@ -21,33 +21,34 @@ pub fn build(
     templates: Vec<ResourceTemplate>,
 ) -> Catalog {
     let mut c = Catalog::default();
-    for t in tools {
-        let exported = format!("{prefix}_{}", t.name);
-        if !valid_tool_name(&exported) {
-            c.skipped.push(format!(
-                "tool {:?}: `{}` does not match ^[a-zA-Z0-9_-]{{1,64}}$",
-                t.name,
-                exported.escape_debug()
-            ));
-            continue;
+    // Tools and prompts alike: an exported name reaches the client's
+    // interface, and an ESC or a newline in it must not.
+    let mut exported = |kind: &str, name: &str| {
+        let exported = format!("{prefix}_{name}");
+        if valid_tool_name(&exported) {
+            return Some(exported);
         }
+        c.skipped.push(format!(
+            "{kind} {name:?}: `{}` does not match ^[a-zA-Z0-9_-]{{1,64}}$",
+            exported.escape_debug()
+        ));
+        None
+    };
+    let tools: Vec<_> = tools
+        .into_iter()
+        .filter_map(|t| Some((exported("tool", &t.name)?, t)))
+        .collect();
+    let prompts: Vec<_> = prompts
+        .into_iter()
+        .filter_map(|p| Some((exported("prompt", &p.name)?, p)))
+        .collect();
+    for (name, t) in tools {
         let downstream = Arc::from(t.name.as_ref());
-        c.tools.push(export(&t, exported, downstream));
+        c.tools.push(export(&t, name, downstream));
     }
-    for p in prompts {
-        // The same rule as tools: a prompt's name reaches the client's
-        // interface, and an ESC or a newline in it must not.
-        let exported = format!("{prefix}_{}", p.name);
-        if !valid_tool_name(&exported) {
-            c.skipped.push(format!(
-                "prompt {:?}: `{}` does not match ^[a-zA-Z0-9_-]{{1,64}}$",
-                p.name,
-                exported.escape_debug()
-            ));
-            continue;
-        }
+    for (name, p) in prompts {
         let downstream = Arc::from(p.name.as_str());
-        c.prompts.push(export(&p, exported, downstream));
+        c.prompts.push(export(&p, name, downstream));
     }
     for r in resources {
         c.resources.push(catalog::Resource {
