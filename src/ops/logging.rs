@@ -6,6 +6,8 @@
 //! when warden is SIGKILLed is at most the last `FLUSH_EVERY` of lines.
 
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,7 +52,8 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
         Some(Ok(appender)) => {
             let buffer: FileBuffer =
                 Arc::new(Mutex::new(BufWriter::with_capacity(BUFFER_BYTES, appender)));
-            start_flusher(Arc::downgrade(&buffer));
+            private_files(&cfg.dir);
+            start_flusher(Arc::downgrade(&buffer), cfg.dir.clone());
             let layer = tracing_subscriber::fmt::layer()
                 .json()
                 .flatten_event(true)
@@ -76,16 +79,43 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
     LogGuard { buffer }
 }
 
-fn start_flusher(buffer: std::sync::Weak<Mutex<BufWriter<RollingFileAppender>>>) {
+fn start_flusher(buffer: std::sync::Weak<Mutex<BufWriter<RollingFileAppender>>>, dir: PathBuf) {
     let _ = std::thread::Builder::new()
         .name("warden-log-flush".into())
         .spawn(move || {
             while let Some(buffer) = buffer.upgrade() {
                 let _ = lock(&buffer).flush();
                 drop(buffer);
+                // A flush is where a rotation opens a new file.
+                private_files(&dir);
                 std::thread::sleep(FLUSH_EVERY);
             }
         });
+}
+
+/// Makes warden's log files in `dir` 0600. The appender creates each file
+/// (at start and at every rotation) with the process's umask, usually 0644,
+/// and offers no say in it: this runs at start and after every flush, so
+/// a file a rotation opened is 0644 until the next flush at the latest
+/// (`FLUSH_EVERY`), inside a directory warden made 0700. A umask for the
+/// whole process would reach the files the tools' programs create.
+fn private_files(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("warden.") && name.ends_with(".log")) && name != "warden.log" {
+            continue;
+        }
+        if let Ok(meta) = e.metadata() {
+            if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+                let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
 }
 
 fn lock(buffer: &FileBuffer) -> MutexGuard<'_, BufWriter<RollingFileAppender>> {
@@ -197,7 +227,13 @@ impl<'a> MakeWriter<'a> for SharedFile {
 }
 
 fn file_appender(cfg: &LogConfig) -> Result<RollingFileAppender, String> {
-    std::fs::create_dir_all(&cfg.dir).map_err(|e| e.to_string())?;
+    // Directories warden creates are its own (0700); one that exists is the
+    // operator's, and keeps its mode.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.dir)
+        .map_err(|e| e.to_string())?;
     let rotation = match cfg.rotation {
         config::Rotation::Minutely => Rotation::MINUTELY,
         config::Rotation::Hourly => Rotation::HOURLY,

@@ -106,6 +106,14 @@ fn every_call_is_logged_as_one_json_line() {
     assert!(decimals <= 3, "{call}");
     // Every event says which process wrote it.
     assert_eq!(call["pid"], json!(s.pid()), "{call}");
+    // The log directory warden made is its own, and so are the files.
+    use std::os::unix::fs::PermissionsExt;
+    let logs = s.setup.path().join("logs");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&logs), 0o700);
+    for file in std::fs::read_dir(&logs).unwrap().flatten() {
+        assert_eq!(mode(&file.path()), 0o600, "{}", file.path().display());
+    }
     assert!(call["timestamp"].is_string());
 }
 
