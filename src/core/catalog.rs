@@ -73,15 +73,31 @@ impl Catalog {
         find(&self.prompts, exported)
     }
 
-    /// Whether a `resources/read` of this URI belongs to this server: a listed
-    /// resource, or a URI a template of it could produce (its text before the
-    /// first `{`).
-    pub fn serves_uri(&self, uri: &str) -> bool {
+    /// Whether this server lists exactly this resource.
+    pub fn lists_uri(&self, uri: &str) -> bool {
         self.resources.iter().any(|r| r.uri == uri)
-            || self.templates.iter().any(|t| {
-                let head = t.uri_template.split('{').next().unwrap_or("");
-                !head.is_empty() && uri.starts_with(head)
-            })
+    }
+
+    /// How specifically a template of this server could produce `uri`: the
+    /// length of the longest template text before its first `{` that `uri`
+    /// starts with; `None` when no template matches.
+    pub fn template_match(&self, uri: &str) -> Option<usize> {
+        self.templates
+            .iter()
+            .map(|t| t.uri_template.split('{').next().unwrap_or(""))
+            .filter(|head| !head.is_empty() && uri.starts_with(head))
+            .map(str::len)
+            .max()
+    }
+
+    /// What of this catalog another server's would answer instead or also:
+    /// its listed URIs that `other`'s templates match, for the warning.
+    pub fn overlaps(&self, other: &Catalog) -> Vec<String> {
+        self.resources
+            .iter()
+            .filter(|r| other.template_match(&r.uri).is_some())
+            .map(|r| r.uri.clone())
+            .collect()
     }
 
     pub fn changes(&self, other: &Catalog) -> Changes {

@@ -343,8 +343,24 @@ impl Registry {
     }
 
     /// The server a resource URI belongs to.
+    /// A resource's server: the one listing this exact URI, else the one
+    /// whose template matches it most specifically (the longest text before
+    /// the template's first `{`; the first server in order on a tie). Exact
+    /// first, so that a broad template elsewhere (`f{x}`) cannot take a
+    /// resource another server lists.
     pub fn route_uri(&self, uri: &str) -> Option<&Arc<ToolEntry>> {
-        self.servers().find(|s| s.catalog().serves_uri(uri))
+        if let Some(exact) = self.servers().find(|s| s.catalog().lists_uri(uri)) {
+            return Some(exact);
+        }
+        let mut best: Option<(usize, &Arc<ToolEntry>)> = None;
+        for s in self.servers() {
+            if let Some(len) = s.catalog().template_match(uri) {
+                if best.is_none_or(|(b, _)| len > b) {
+                    best = Some((len, s));
+                }
+            }
+        }
+        best.map(|(_, s)| s)
     }
 
     /// The MCP servers.
@@ -354,5 +370,61 @@ impl Registry {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<ToolEntry>> {
         self.entries.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::catalog::{Catalog, Resource, Template};
+
+    fn server(name: &str) -> (String, String) {
+        (
+            format!("{name}.toml"),
+            format!("name = \"{name}\"\nkind = \"mcp\"\ncommand = \"/bin/true\"\n"),
+        )
+    }
+
+    #[test]
+    fn a_listed_uri_goes_to_its_server_before_any_template() {
+        let (a, b) = (server("a"), server("b"));
+        let loaded = crate::config::check_texts(
+            "",
+            &[(a.0.as_str(), a.1.as_str()), (b.0.as_str(), b.1.as_str())],
+        )
+        .unwrap();
+        let registry = Registry::new(loaded.tools).unwrap();
+        let def = Arc::new(serde_json::Map::new());
+        // `a` sorts first and has a template that matches everything `file:`.
+        registry.get("a").unwrap().set_catalog(Catalog {
+            templates: vec![Template {
+                uri_template: "f{x}".into(),
+                def: def.clone(),
+            }],
+            ..Catalog::default()
+        });
+        let b_catalog = Catalog {
+            resources: vec![Resource {
+                uri: "file:///data.txt".into(),
+                def: def.clone(),
+            }],
+            templates: vec![Template {
+                uri_template: "file:///logs/{name}".into(),
+                def,
+            }],
+            ..Catalog::default()
+        };
+        let routed = |uri: &str| registry.route_uri(uri).map(|e| e.spec.name.clone());
+        // The overlap is there to be warned about.
+        assert_eq!(
+            b_catalog.overlaps(&registry.get("a").unwrap().catalog()),
+            ["file:///data.txt"]
+        );
+        registry.get("b").unwrap().set_catalog(b_catalog);
+        assert_eq!(routed("file:///data.txt").as_deref(), Some("b"));
+        // The most specific template wins.
+        assert_eq!(routed("file:///logs/x").as_deref(), Some("b"));
+        assert_eq!(routed("file:///other").as_deref(), Some("a"));
+        assert_eq!(routed("http://x"), None);
     }
 }

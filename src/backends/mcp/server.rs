@@ -369,6 +369,30 @@ fn publish(entry: &ToolEntry, runtime: &Runtime, catalog: Catalog) {
         tracing::warn!(actor = %entry.spec.actor_name(), skipped = %s, "not exported");
     }
     let changes = catalog.changes(&entry.catalog());
+    // Resource URIs another server's template also matches: reads go to the
+    // server that lists the URI, but the operator should know.
+    for other in runtime.tools.servers() {
+        if other.spec.name == entry.spec.name {
+            continue;
+        }
+        let theirs = other.catalog();
+        for (lister, templater, uris) in [
+            (
+                &entry.spec.name,
+                &other.spec.name,
+                catalog.overlaps(&theirs),
+            ),
+            (
+                &other.spec.name,
+                &entry.spec.name,
+                theirs.overlaps(&catalog),
+            ),
+        ] {
+            if !uris.is_empty() {
+                tracing::warn!(actor = %entry.spec.actor_name(), lister = %lister, templater = %templater, uris = ?uris, "resources one server lists match another's template; reads go to the server that lists them");
+            }
+        }
+    }
     entry.set_catalog(catalog);
     if changes.tools {
         runtime.notify(Notice::ToolsChanged);
