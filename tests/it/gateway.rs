@@ -714,3 +714,34 @@ fn endless_pagination_fails_the_server_not_warden() {
         .unwrap();
     assert!(rss_kib < 200 * 1024, "RSS {rss_kib} KiB");
 }
+
+#[test]
+fn a_servers_log_messages_are_cut_and_blanked_like_its_stderr() {
+    let secret = "hunter2-very-secret";
+    let mut s = start(&[], &format!("env = {{ API_TOKEN = \"{secret}\" }}"));
+    let huge = "x".repeat(4 << 20);
+    for message in [format!("token is {secret}"), huge] {
+        let r = s.call_result("fx_log", json!({"message": message, "level": "warning"}));
+        assert_eq!(text(&r), "logged", "{r}");
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let n = s
+            .next_matching(Duration::from_secs(5), |v| {
+                v["method"] == "notifications/message"
+            })
+            .expect("the server's log message reaches the client");
+        got.push(n["params"]["data"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got[0], "token is [redacted]");
+    assert!(
+        got[1].len() < 4096 && got[1].ends_with("bytes cut)"),
+        "{}",
+        &got[1][..100]
+    );
+    s.close_stdin();
+    assert!(s.wait_exit(Duration::from_secs(15)).success());
+    let logged: String = s.log_lines().iter().map(|l| l.to_string()).collect();
+    assert!(!logged.contains(secret), "the secret reached the log");
+    assert!(logged.len() < (1 << 20), "{} bytes of log", logged.len());
+}

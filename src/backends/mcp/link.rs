@@ -250,6 +250,75 @@ pub struct Downstream {
     pub(super) progress: ProgressRoutes,
     pub(super) actor: ActorRef<ServerMsg>,
     pub(super) runtime: Arc<Runtime>,
+    /// The server's log messages get its stderr's limits.
+    pub(super) log_limit: Arc<std::sync::Mutex<LogLimit>>,
+    /// Blanks the server's secret env values out of what it says.
+    pub(super) redact: Arc<dyn Fn(&str) -> String + Send + Sync>,
+}
+
+/// The rate of a server's log messages, and how many were dropped since
+/// the last one let through.
+pub struct LogLimit {
+    bucket: crate::core::ratelimit::TokenBucket,
+    dropped: u64,
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        use super::server::{STDERR_BURST, STDERR_LINES_PER_SECOND};
+        use crate::config::{Rate, RateLimit};
+        LogLimit {
+            bucket: crate::core::ratelimit::TokenBucket::new(
+                RateLimit {
+                    rate: Rate {
+                        per_second: STDERR_LINES_PER_SECOND,
+                    },
+                    burst: STDERR_BURST,
+                },
+                Instant::now(),
+            ),
+            dropped: 0,
+        }
+    }
+}
+
+impl LogLimit {
+    /// Whether one more message may pass now; with it, how many were
+    /// dropped before it.
+    fn admit(&mut self) -> Option<u64> {
+        match self.bucket.try_take(Instant::now()) {
+            Ok(()) => Some(std::mem::take(&mut self.dropped)),
+            Err(_) => {
+                self.dropped += 1;
+                None
+            }
+        }
+    }
+}
+
+/// A log message's data as warden passes it on: secrets blanked, and cut
+/// to [`super::server::STDERR_LINE_MAX`] bytes of JSON text (then a string
+/// saying how much was cut).
+fn bounded_data(data: Value, redact: &dyn Fn(&str) -> String) -> Value {
+    let max = super::server::STDERR_LINE_MAX;
+    let text = data.to_string();
+    let blanked = redact(&text);
+    if blanked.len() > max {
+        let mut cut = max;
+        while !blanked.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return Value::String(format!(
+            "{}… ({} bytes cut)",
+            &blanked[..cut],
+            blanked.len() - cut
+        ));
+    }
+    if blanked == text {
+        data
+    } else {
+        serde_json::from_str(&blanked).unwrap_or(Value::String(blanked))
+    }
 }
 
 #[allow(deprecated)]
@@ -291,15 +360,27 @@ impl ClientHandler for Downstream {
             .ok()
             .and_then(|v| v.as_str().and_then(LogLevel::parse))
             .unwrap_or(LogLevel::Info);
+        let admitted = self
+            .log_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit();
+        let Some(dropped) = admitted else {
+            return;
+        };
+        if dropped > 0 {
+            tracing::warn!(actor = %self.actor_name, dropped, "server log messages dropped (over {}/s)", super::server::STDERR_LINES_PER_SECOND);
+        }
         let logger = match &params.logger {
-            Some(l) => format!("{}/{l}", self.prefix),
+            Some(l) => (self.redact)(&format!("{}/{l}", self.prefix)),
             None => self.prefix.clone(),
         };
-        tracing::info!(actor = %self.actor_name, level = level.name(), %logger, data = %params.data, "server log message");
+        let data = bounded_data(params.data, &*self.redact);
+        tracing::info!(actor = %self.actor_name, level = level.name(), %logger, %data, "server log message");
         self.runtime.notify(Notice::Log {
             level,
             logger,
-            data: params.data,
+            data,
         });
     }
 
@@ -313,5 +394,33 @@ impl ClientHandler for Downstream {
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
         let _ = self.actor.cast(ServerMsg::Refresh);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_messages_pass_at_the_stderr_rate_and_the_rest_are_counted() {
+        let mut limit = LogLimit::default();
+        let passed = (0..1000).filter(|_| limit.admit().is_some()).count();
+        // The burst, and perhaps a token or two refilled meanwhile.
+        assert!((200..210).contains(&passed), "{passed}");
+        assert!(limit.dropped >= 790, "{}", limit.dropped);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(limit.admit().map(|d| d >= 790), Some(true));
+    }
+
+    #[test]
+    fn log_data_is_blanked_and_cut() {
+        let redact = |s: &str| s.replace("s3cret", "[redacted]");
+        assert_eq!(
+            bounded_data(serde_json::json!({"k": "a s3cret"}), &redact),
+            serde_json::json!({"k": "a [redacted]"})
+        );
+        let long = bounded_data(Value::String("é".repeat(5000)), &redact);
+        let text = long.as_str().unwrap();
+        assert!(text.len() < 2100 && text.ends_with("bytes cut)"), "{text}");
     }
 }

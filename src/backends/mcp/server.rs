@@ -37,13 +37,13 @@ use crate::core::runtime::Runtime;
 use crate::core::session::Notice;
 use crate::exec::{self, Exit, GroupGuard};
 
-/// Lines of a server's stderr logged per second, after a burst of
-/// [`STDERR_BURST`]; the rest are counted and dropped, so a flood cannot
-/// fill the disk or hold the runtime.
-const STDERR_LINES_PER_SECOND: f64 = 50.0;
-const STDERR_BURST: u32 = 200;
-/// A longer stderr line is cut to this many bytes in the log.
-const STDERR_LINE_MAX: usize = 2048;
+/// Lines of a server's stderr (and, separately, log messages) logged per
+/// second, after a burst of [`STDERR_BURST`]; the rest are counted and
+/// dropped, so a flood cannot fill the disk or hold the runtime.
+pub(super) const STDERR_LINES_PER_SECOND: f64 = 50.0;
+pub(super) const STDERR_BURST: u32 = 200;
+/// A longer stderr line (or log message) is cut to this many bytes.
+pub(super) const STDERR_LINE_MAX: usize = 2048;
 /// Pings missed in a row before a server counts as wedged and is restarted.
 const MISSED_PINGS_WEDGED: u32 = 2;
 /// How long a server stopped by warden gets to exit on its own after its
@@ -163,6 +163,8 @@ impl Actor for ServerActor {
             progress: progress.clone(),
             actor: myself.clone(),
             runtime: runtime.clone(),
+            log_limit: Arc::new(std::sync::Mutex::new(super::link::LogLimit::default())),
+            redact: Arc::new(redactor(&spec)),
         };
         let starter = {
             let myself = myself.clone();
@@ -451,7 +453,7 @@ fn describe_exit(
 }
 
 /// Blanks the values of secret-looking environment variables out of a line.
-fn redactor(spec: &McpSpec) -> impl Fn(&str) -> String + Send + 'static {
+pub(super) fn redactor(spec: &McpSpec) -> impl Fn(&str) -> String + Send + Sync + 'static {
     let secrets: Vec<String> = spec.secrets().into_iter().map(str::to_string).collect();
     move |line: &str| {
         let mut out = line.to_string();
