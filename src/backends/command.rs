@@ -83,7 +83,14 @@ pub async fn call(
             stdout,
             stderr,
             killed_because: None,
-        } => finish(name, status, stdout, stderr, started.elapsed()),
+        } => finish(
+            name,
+            status,
+            stdout,
+            stderr,
+            started.elapsed(),
+            &crate::config::secret_values(&cmd.env),
+        ),
         Ending::TimedOut => Err(ToolError::new(
             ErrorKind::Timeout,
             format!(
@@ -106,6 +113,7 @@ fn finish(
     out: Captured,
     err: Captured,
     elapsed: Duration,
+    secrets: &[String],
 ) -> ToolResult {
     let stdout = String::from_utf8_lossy(&out.bytes).into_owned();
     if status.success() {
@@ -120,9 +128,13 @@ fn finish(
         return Ok(output);
     }
     let tail_start = err.bytes.len().saturating_sub(STDERR_TAIL);
-    let stderr_tail = String::from_utf8_lossy(&err.bytes[tail_start..])
-        .trim_end()
-        .to_string();
+    // The tail reaches the client, the call log and `last_error`: a secret
+    // env value the program printed is blanked first.
+    let stderr_tail = crate::core::text::blank(
+        String::from_utf8_lossy(&err.bytes[tail_start..]).trim_end(),
+        secrets,
+    )
+    .into_owned();
     let exit = Exit::from(status);
     let message = if stderr_tail.is_empty() {
         format!("`{name}` {exit}.")

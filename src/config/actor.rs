@@ -385,14 +385,20 @@ pub struct McpSpec {
 
 impl McpSpec {
     /// The values of environment variables whose names look secret: they are
-    /// blanked out of anything warden writes (the server's stderr in the log).
-    pub fn secrets(&self) -> Vec<&str> {
-        self.env
-            .iter()
-            .filter(|(k, v)| looks_secret(k) && v.len() >= 4)
-            .map(|(_, v)| v.as_str())
-            .collect()
+    /// blanked out of anything warden writes or keeps (the server's stderr
+    /// and log messages, its error messages).
+    pub fn secrets(&self) -> Vec<String> {
+        secret_values(&self.env)
     }
+}
+
+/// The values in `env` whose names look secret (and are long enough not to
+/// blank every `a` in a text).
+pub fn secret_values(env: &[(String, String)]) -> Vec<String> {
+    env.iter()
+        .filter(|(k, v)| looks_secret(k) && v.len() >= 4)
+        .map(|(_, v)| v.clone())
+        .collect()
 }
 
 /// Environment values are never printed; the names are.

@@ -56,9 +56,30 @@ fn push_escaped(out: &mut String, c: char) {
     }
 }
 
+/// `text` with every one of `secrets` replaced by `[redacted]`.
+pub fn blank<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
+    let mut out = Cow::Borrowed(text);
+    for s in secrets {
+        if !s.is_empty() && out.contains(s.as_str()) {
+            out = Cow::Owned(out.replace(s.as_str(), "[redacted]"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_blanked() {
+        let secrets = ["hunter2".to_string()];
+        assert_eq!(
+            blank("pw=hunter2, again hunter2", &secrets),
+            "pw=[redacted], again [redacted]"
+        );
+        assert!(matches!(blank("nothing here", &secrets), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn control_and_bidi_characters_are_escaped() {

@@ -325,3 +325,38 @@ fn numbers_render_exactly_and_too_much_argv_is_a_validation_error() {
     let r = s.call_result("pf", json!({"f0": "ok"}));
     assert_eq!(text(&r).trim_end_matches(','), "ok", "{r}");
 }
+
+#[test]
+fn a_secret_env_value_in_stderr_is_blanked_everywhere_it_is_kept() {
+    let secret = "s3cr3t-k3y-value";
+    let actor = fixture_tool(
+        "leaky",
+        &["fail", "1", "{msg}"],
+        &format!("env = {{ API_KEY = \"{secret}\" }}\n[breaker]\nenabled = false"),
+        "properties.msg = { type = \"string\" }",
+    );
+    let mut s = Setup::new("[log]\nstderr = \"off\"\n")
+        .actor("leaky", &actor)
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+        .start();
+    s.initialize();
+    let r = s.call_result("leaky", json!({"msg": format!("the key is {secret}")}));
+    assert_eq!(kind(&r), "execution_failed", "{r}");
+    assert!(!r.to_string().contains(secret), "{r}");
+    assert!(
+        r["structuredContent"]["details"]["stderr_tail"]
+            .as_str()
+            .unwrap()
+            .contains("the key is [redacted]"),
+        "{r}"
+    );
+    let st = tool_status(&mut s, "leaky");
+    assert!(!st.to_string().contains(secret), "{st}");
+    s.close_stdin();
+    assert!(s.wait_exit(Duration::from_secs(10)).success());
+    let logged: String = s.log_lines().iter().map(|l| l.to_string()).collect();
+    assert!(
+        logged.contains("[redacted]") && !logged.contains(secret),
+        "{logged}"
+    );
+}

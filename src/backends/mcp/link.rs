@@ -68,6 +68,9 @@ pub struct Link {
     pub(super) info: Value,
     pub(super) missed_pings: AtomicU32,
     pub(super) last_ping_us: AtomicU64,
+    /// The server's secret env values, blanked out of its error messages
+    /// (they reach the client, the call log and `last_error`).
+    pub(super) secrets: Vec<String>,
 }
 
 impl Backend for Link {
@@ -202,13 +205,22 @@ impl Link {
                 } else {
                     ErrorKind::ExecutionFailed
                 };
+                let message = crate::core::text::blank(&e.message, &self.secrets);
+                let data = e.data.unwrap_or(Value::Null);
+                let data_text = data.to_string();
+                let data = match crate::core::text::blank(&data_text, &self.secrets) {
+                    std::borrow::Cow::Borrowed(_) => data,
+                    std::borrow::Cow::Owned(blanked) => {
+                        serde_json::from_str(&blanked).unwrap_or(Value::String(blanked))
+                    }
+                };
                 ToolError::new(
                     kind,
-                    format!("MCP server `{}` refused {what}: {}", self.server, e.message),
+                    format!("MCP server `{}` refused {what}: {message}", self.server),
                     "Check the arguments against the server's schema (tools/list shows it); the message says what it objected to.",
                 )
                 .detail("code", e.code.0)
-                .detail("data", e.data.unwrap_or(Value::Null))
+                .detail("data", data)
             }
             ServiceError::TransportClosed | ServiceError::TransportSend(_) => self.gone().await,
             other => ToolError::internal(format!("MCP server `{}`: {other}", self.server)),

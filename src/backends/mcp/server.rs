@@ -341,6 +341,7 @@ impl ServerState {
             info,
             missed_pings: AtomicU32::new(0),
             last_ping_us: AtomicU64::new(0),
+            secrets: self.spec.secrets(),
         });
         tracing::info!(
             actor = %self.entry.spec.actor_name(), server_pid = self.pid,
@@ -454,16 +455,8 @@ fn describe_exit(
 
 /// Blanks the values of secret-looking environment variables out of a line.
 pub(super) fn redactor(spec: &McpSpec) -> impl Fn(&str) -> String + Send + Sync + 'static {
-    let secrets: Vec<String> = spec.secrets().into_iter().map(str::to_string).collect();
-    move |line: &str| {
-        let mut out = line.to_string();
-        for s in &secrets {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "[redacted]");
-            }
-        }
-        out
-    }
+    let secrets = spec.secrets();
+    move |line: &str| crate::core::text::blank(line, &secrets).into_owned()
 }
 
 /// The server's stderr into warden's log, tagged with the server, rate
