@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CallToolRequestParams, ClientJsonRpcMessage, ClientNotification, ClientRequest, CustomRequest,
-    ErrorData, RequestId, ServerJsonRpcMessage,
+    CallToolRequestParams, ClientJsonRpcMessage, ClientRequest, CustomRequest, ErrorData,
+    RequestId, ServerJsonRpcMessage,
 };
 use rmcp::service::RoleServer;
 use rmcp::transport::Transport;
@@ -41,6 +41,12 @@ const CANCELLED_FLUSH: Duration = Duration::from_secs(1);
 /// past it stdin is not read until answers are written, so a client that does
 /// not read its responses cannot grow warden's memory.
 const PENDING_PER_SLOT: usize = 2;
+/// Bytes of output waiting for a client that does not read them, at the
+/// most, before warden stops reading its requests and drops notifications
+/// (progress, log messages, list changes) instead of queueing them. Answers
+/// are never dropped: the calls already read still finish, so the backlog
+/// can pass this by what they answer.
+pub const OUT_BUDGET: usize = 64 << 20;
 
 /// Requests handed to rmcp whose answer has not been written yet, by id (a
 /// count per id: a client may reuse an id while the first is in flight).
@@ -127,6 +133,8 @@ pub struct StdioTransport<R, W> {
     cancelled_at: Option<Instant>,
     pending: Arc<Pending>,
     max_pending: usize,
+    /// Notifications dropped because the client did not read its output.
+    dropped_notices: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<R, W> StdioTransport<R, W>
@@ -148,6 +156,7 @@ where
             cancelled_at: None,
             pending: Arc::default(),
             max_pending,
+            dropped_notices: Arc::default(),
         }
     }
 
@@ -320,9 +329,26 @@ where
         item: ServerJsonRpcMessage,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
         let answers = answered(&item).cloned();
-        let write = self.outbox.send_later(&item, true);
+        let shed = matches!(item, ServerJsonRpcMessage::Notification(_))
+            && self.outbox.backlog() > OUT_BUDGET;
+        if shed {
+            use std::sync::atomic::Ordering;
+            let n = self.dropped_notices.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == 1 || n.is_multiple_of(1000) {
+                tracing::warn!(
+                    actor = names::TRANSPORT,
+                    dropped = n,
+                    backlog = self.outbox.backlog(),
+                    "the client is not reading its output: notifications dropped"
+                );
+            }
+        }
+        let write = (!shed).then(|| self.outbox.send_later(&item, true));
         let pending = self.pending.clone();
         async move {
+            let Some(write) = write else {
+                return Ok(());
+            };
             let written = write.await;
             // Answered once written (or failed for good): it no longer holds memory here.
             if let Some(id) = answers {
@@ -374,13 +400,16 @@ where
             let read = if self.eof {
                 tokio::time::sleep(DRAIN_POLL).await;
                 continue;
-            } else if self.pending.len() >= self.max_pending {
-                // Backpressure: read on once answers have been written.
+            } else if self.pending.len() >= self.max_pending || self.outbox.backlog() > OUT_BUDGET {
+                // Backpressure, by requests unanswered and by bytes unread:
+                // read on once answers have been written.
                 let answered = pending.answered.notified();
-                if self.pending.len() >= self.max_pending {
+                let by_bytes = self.outbox.backlog() > OUT_BUDGET;
+                if self.pending.len() >= self.max_pending || by_bytes {
                     tokio::select! {
                         _ = answered => {}
-                        _ = tokio::time::sleep(DRAIN_POLL), if self.drain_started.is_some() => {}
+                        // Bytes go out without an answer's notice (notifications).
+                        _ = tokio::time::sleep(DRAIN_POLL), if by_bytes || self.drain_started.is_some() => {}
                         _ = draining.cancelled(), if self.drain_started.is_none() => {}
                     }
                 }
@@ -414,14 +443,11 @@ where
                             continue;
                         }
                         Some(ClientJsonRpcMessage::Request(r)) => self.pending.add(&r.id),
-                        Some(ClientJsonRpcMessage::Notification(n)) => {
-                            // A cancelled request may never be answered: stop waiting for it.
-                            if let ClientNotification::CancelledNotification(c) = &n.notification {
-                                if let Some(id) = &c.params.request_id {
-                                    self.pending.remove(id);
-                                }
-                            }
-                        }
+                        // A cancelled request stays pending: rmcp still sends
+                        // its answer (warden's calls answer `cancelled`), which
+                        // holds memory until written, and its id stays taken
+                        // so that a new request reusing it cannot receive the
+                        // old one's answer.
                         _ => {}
                     }
                     if let Some(msg) = msg {

@@ -9,7 +9,7 @@
 //! instead of one each.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rmcp::model::{JsonRpcMessage, RequestId};
@@ -105,6 +105,9 @@ pub struct Outbox<W> {
     pipe: tokio::sync::Mutex<Option<W>>,
     /// A write failed: the lines it carried are lost, and so is the pipe.
     broken: AtomicBool,
+    /// Bytes queued or being written, not yet out: what a reader that stopped
+    /// reading costs warden.
+    backlog: AtomicUsize,
 }
 
 impl<W: AsyncWrite + Unpin> Outbox<W> {
@@ -113,7 +116,13 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
             queued: std::sync::Mutex::new(Vec::new()),
             pipe: tokio::sync::Mutex::new(Some(pipe)),
             broken: AtomicBool::new(false),
+            backlog: AtomicUsize::new(0),
         }
+    }
+
+    /// Bytes queued or being written and not yet out.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
     }
 
     /// Queues `msg` as one line; it goes out with the next [`Outbox::flush`].
@@ -125,6 +134,8 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
             return Err(io::Error::other(e));
         }
         queued.push(b'\n');
+        self.backlog
+            .fetch_add(queued.len() - start, Ordering::Relaxed);
         Ok(())
     }
 
@@ -133,6 +144,9 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
     pub async fn flush(&self) -> io::Result<()> {
         let mut pipe = self.pipe.lock().await;
         let batch = std::mem::take(&mut *self.queued.lock().unwrap());
+        // Out, lost with the pipe, or dropped with this future: however this
+        // ends, the batch is no longer held here.
+        let _held = Held(&self.backlog, batch.len());
         if self.broken.load(Ordering::Relaxed) {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -197,6 +211,15 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
     }
 }
 
+/// Bytes of the backlog a flush holds, given back when it ends.
+struct Held<'a>(&'a AtomicUsize, usize);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
 /// The request a message answers: a response's or an error's id.
 pub fn answered<Req, Resp, Noti>(msg: &JsonRpcMessage<Req, Resp, Noti>) -> Option<&RequestId> {
     match msg {
@@ -227,5 +250,22 @@ mod tests {
             .unwrap();
         assert_eq!(out, "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n");
         assert!(outbox.send(&1).await.is_err(), "closed");
+    }
+
+    #[tokio::test]
+    async fn the_backlog_counts_bytes_until_they_are_out() {
+        let (w, r) = tokio::io::duplex(64 * 1024);
+        let outbox = Outbox::new(w);
+        outbox.queue(&"abc").unwrap();
+        assert_eq!(outbox.backlog(), 6, "\"abc\" and a newline");
+        outbox.flush().await.unwrap();
+        assert_eq!(outbox.backlog(), 0);
+        // A flush dropped while the pipe is full gives its bytes back too.
+        outbox.queue(&"x".repeat(200 * 1024)).unwrap();
+        let stuck =
+            tokio::time::timeout(std::time::Duration::from_millis(50), outbox.flush()).await;
+        assert!(stuck.is_err(), "the reader reads nothing: the write waits");
+        assert_eq!(outbox.backlog(), 0);
+        drop(r);
     }
 }

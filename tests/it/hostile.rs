@@ -367,3 +367,80 @@ fn a_tool_name_cannot_forge_log_lines_or_reach_a_terminal_raw() {
         "{line}"
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_cannot_grow_warden_without_bound() {
+    use std::io::{BufRead, Read, Write};
+    use std::process::{Command, Stdio};
+    let setup = echo_setup(QUIET);
+    let mut child = Command::new(WARDEN)
+        .args(["serve", "--config"])
+        .arg(setup.config_path())
+        .env("WARDEN_CONTROL_DIR", setup.path().join("control"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut stdin = child.stdin.take().unwrap();
+    let calls = 30;
+    // The writer blocks once warden stops reading: it runs on its own.
+    let writer = std::thread::spawn(move || {
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"}}});
+        let mut out = serde_json::to_vec(&init).unwrap();
+        out.extend_from_slice(
+            b"\n{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n",
+        );
+        stdin.write_all(&out).unwrap();
+        let message = "x".repeat(8 << 20);
+        for id in 2..2 + calls {
+            let _ = stdin.write_all(&echo_line(id, &message));
+        }
+        stdin
+    });
+    // Nobody reads stdout: until every request is written, or warden has
+    // stopped reading and its memory has stopped growing (2 s flat).
+    let mut peak = 0;
+    let mut flat_since = (Instant::now(), 0);
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !writer.is_finished() && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(100));
+        let rss = rss_kib(pid);
+        peak = peak.max(rss);
+        if rss > flat_since.1 + 1024 {
+            flat_since = (Instant::now(), rss);
+        } else if flat_since.0.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    eprintln!("peak RSS with stdout unread: {} MiB", peak / 1024);
+    // Measured (debug build, 30 calls of 8 MiB): 119 MiB; 288 MiB before the byte budget.
+    assert!(peak < 200 * 1024, "RSS reached {} MiB", peak / 1024);
+    // Then every call is answered, once the client reads.
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut ids = Vec::new();
+        for line in std::io::BufReader::with_capacity(1 << 20, stdout).split(b'\n') {
+            let line = line.unwrap();
+            let v: Value = serde_json::from_slice(&line).unwrap();
+            if let Some(id) = v["id"].as_i64() {
+                ids.push(id);
+            }
+        }
+        ids
+    });
+    let stdin = writer.join().unwrap();
+    drop(stdin);
+    let ids = reader.join().unwrap();
+    let mut want: Vec<i64> = (1..2 + calls).collect();
+    let mut got = ids.clone();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "every request answered once");
+    let mut rest = Vec::new();
+    let _ = child.stdout.as_mut().map(|o| o.read_to_end(&mut rest));
+    assert!(child.wait().unwrap().success());
+}
