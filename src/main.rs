@@ -121,7 +121,7 @@ struct TargetArgs {
     /// The instance's pid, when several run.
     #[arg(long)]
     pid: Option<u32>,
-    /// The directory of control sockets (default: $XDG_RUNTIME_DIR/warden, else /tmp/warden-UID).
+    /// The directory of control sockets (default: $XDG_RUNTIME_DIR/warden, else /tmp/warden-UID; and ~/.local/state/warden, where an instance goes when the first cannot be trusted).
     #[arg(long, env = "WARDEN_CONTROL_DIR")]
     dir: Option<PathBuf>,
 }
@@ -129,9 +129,10 @@ struct TargetArgs {
 impl TargetArgs {
     fn target(self) -> warden::cli::operator::Target {
         warden::cli::operator::Target {
-            dir: self
-                .dir
-                .unwrap_or_else(|| warden::ops::control::socket_dir("auto")),
+            dirs: match self.dir {
+                Some(dir) => vec![dir],
+                None => warden::ops::control::socket_dirs("auto"),
+            },
             pid: self.pid,
         }
     }

@@ -19,8 +19,8 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Which instance a command talks to.
 pub struct Target {
-    /// The directory of control sockets.
-    pub dir: PathBuf,
+    /// The directories of control sockets, looked in together.
+    pub dirs: Vec<PathBuf>,
     /// The instance's pid, needed when several run.
     pub pid: Option<u32>,
 }
@@ -30,21 +30,39 @@ pub struct Failure(pub i32, pub String);
 
 impl Target {
     async fn instance(&self) -> Result<Instance, Failure> {
-        let found = control::discover(&self.dir)
-            .await
-            .map_err(|e| Failure(1, format!("refusing the control directory: {e}")))?;
+        let mut found = Vec::new();
+        let mut refused = Vec::new();
+        for dir in &self.dirs {
+            match control::discover(dir).await {
+                Ok(mut here) => found.append(&mut here),
+                Err(e) => refused.push(e.to_string()),
+            }
+        }
+        let looked = self
+            .dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        // A directory refused as untrusted is said, with where else was looked.
+        let refusals = if refused.is_empty() {
+            String::new()
+        } else {
+            format!("; refused: {}", refused.join("; "))
+        };
         match (self.pid, found.as_slice()) {
+            (_, []) if !refused.is_empty() && self.dirs.len() == 1 => Err(Failure(
+                1,
+                format!("refusing the control directory: {}", refused.join("; ")),
+            )),
             (_, []) => Err(Failure(
                 EXIT_NOT_RUNNING,
-                format!(
-                    "no running warden found (no live socket in {})",
-                    self.dir.display()
-                ),
+                format!("no running warden found (no live socket in {looked}{refusals})"),
             )),
             (Some(pid), all) => all.iter().find(|i| i.pid == pid).cloned().ok_or_else(|| {
                 Failure(
                     EXIT_NOT_RUNNING,
-                    format!("no running warden with pid {pid} in {}", self.dir.display()),
+                    format!("no running warden with pid {pid} in {looked}{refusals}"),
                 )
             }),
             (None, [one]) => Ok(one.clone()),

@@ -39,15 +39,24 @@ const MAX_CONNECTIONS: usize = 16;
 /// How long a request to another actor may take.
 const ACTOR_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The per-user directory of control sockets for `setting` ("auto" or a path).
-pub fn socket_dir(setting: &str) -> PathBuf {
+/// The per-user directories of control sockets for `setting` ("auto" or a
+/// path). Where sockets may be, in order: for `auto`, the usual directory and then
+/// a private fallback under `$HOME/.local/state/warden`, for when the usual
+/// one cannot be trusted (another user can create `/tmp/warden-UID` first).
+/// An instance listens in the first it can use; the commands look in all.
+pub fn socket_dirs(setting: &str) -> Vec<PathBuf> {
     if setting != "auto" {
-        return PathBuf::from(setting);
+        return vec![PathBuf::from(setting)];
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
+    let usual = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if Path::new(&d).is_dir() => Path::new(&d).join("warden"),
         _ => PathBuf::from(format!("/tmp/warden-{}", nix::unistd::getuid())),
+    };
+    let mut dirs = vec![usual];
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        dirs.push(Path::new(&home).join(".local/state/warden"));
     }
+    dirs
 }
 
 /// The socket path of the instance with process id `pid`.
@@ -89,7 +98,12 @@ pub enum DirError {
 /// Creates the directory 0700 (not its parents), or takes an existing one;
 /// either way it must then be a real directory, ours, and private.
 pub fn prepare_dir(dir: &Path) -> Result<(), DirError> {
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+    // Recursive: the fallback's `~/.local/state` may not exist yet.
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(source) => {
@@ -158,17 +172,24 @@ impl Actor for ControlActor {
             return Ok(None);
         }
         // A control socket that cannot be opened must not keep warden from serving.
-        match listen(&socket_dir(&setting)) {
-            Ok((listener, path)) => {
-                tracing::info!(actor = names::CONTROL, socket = %path.display(), "control socket ready");
-                let accept = tokio::spawn(accept_loop(listener, runtime));
-                Ok(Some(ControlState { path, accept }))
-            }
-            Err(e) => {
-                tracing::error!(actor = names::CONTROL, error = %e, "no control socket; warden status will not see this instance");
-                Ok(None)
+        let mut refused = Vec::new();
+        for dir in socket_dirs(&setting) {
+            match listen(&dir) {
+                Ok((listener, path)) => {
+                    for e in &refused {
+                        tracing::warn!(actor = names::CONTROL, refused = %e, socket = %path.display(), "the usual control directory cannot be trusted; the socket is in the fallback");
+                    }
+                    tracing::info!(actor = names::CONTROL, socket = %path.display(), "control socket ready");
+                    let accept = tokio::spawn(accept_loop(listener, runtime));
+                    return Ok(Some(ControlState { path, accept }));
+                }
+                Err(e) => refused.push(e),
             }
         }
+        for e in &refused {
+            tracing::error!(actor = names::CONTROL, error = %e, "no control socket; warden status will not see this instance");
+        }
+        Ok(None)
     }
 
     async fn post_stop(

@@ -536,3 +536,65 @@ fn another_user_is_refused_by_the_peer_uid_check() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true);
 }
+
+#[test]
+fn a_control_directory_someone_else_made_is_left_for_a_private_fallback() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    let runtime_dir = base.path().join("run");
+    let home = base.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    // Made before warden, open to all (and, where this test may, another user's).
+    let planted = runtime_dir.join("warden");
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let _ = nix::unistd::chown(&planted, Some(nix::unistd::Uid::from_raw(65534)), None);
+    let env = [
+        ("WARDEN_CONTROL_DIR", "auto"),
+        ("XDG_RUNTIME_DIR", runtime_dir.to_str().unwrap()),
+        ("HOME", home.to_str().unwrap()),
+    ];
+    let mut s = Setup::new("[log]\nstderr = \"warn\"\n")
+        .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+        .start_with_env(&env);
+    s.initialize();
+    let status = || {
+        Command::new(WARDEN)
+            .args(["status", "--json"])
+            .env_remove("WARDEN_CONTROL_DIR")
+            .env_remove("WARDEN_CONFIG")
+            .env("XDG_RUNTIME_DIR", &runtime_dir)
+            .env("HOME", &home)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || status().status.success()),
+        "{:?}",
+        status()
+    );
+    let st: Value = serde_json::from_slice(&status().stdout).unwrap();
+    assert_eq!(st["warden"]["pid"], json!(s.pid()));
+    let fallback = home.join(".local/state/warden");
+    assert!(fallback.join(format!("{}.sock", s.pid())).exists());
+    // The log says where the socket went, and why.
+    assert!(
+        eventually(Duration::from_secs(5), || s
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("socket is in the fallback")
+                && l.contains(planted.to_str().unwrap()))),
+        "{:#?}",
+        s.stderr_lines()
+    );
+    // With none running, the refusal is part of the answer.
+    s.close_stdin();
+    assert!(s.wait_exit(Duration::from_secs(10)).success());
+    let out = status();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused") && err.contains(".local/state/warden"),
+        "{err}"
+    );
+}
