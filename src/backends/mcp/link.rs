@@ -358,7 +358,14 @@ impl ClientHandler for Downstream {
             sink(Progress {
                 progress: params.progress,
                 total: params.total,
-                message: params.message,
+                // Bounded and blanked like the server's log messages.
+                message: params.message.map(|m| {
+                    let m = (self.redact)(&m);
+                    match bounded_data(Value::String(m), &|s: &str| s.to_string()) {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    }
+                }),
             });
         }
     }
