@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CallToolRequestParams, ClientJsonRpcMessage, ClientRequest, CustomRequest, ErrorData,
-    RequestId, ServerJsonRpcMessage,
+    CallToolRequestParams, ClientJsonRpcMessage, ClientNotification, ClientRequest, CustomRequest,
+    ErrorData, RequestId, ServerJsonRpcMessage,
 };
 use rmcp::service::RoleServer;
 use rmcp::transport::Transport;
@@ -443,11 +443,16 @@ where
                             continue;
                         }
                         Some(ClientJsonRpcMessage::Request(r)) => self.pending.add(&r.id),
-                        // A cancelled request stays pending: rmcp still sends
-                        // its answer (warden's calls answer `cancelled`), which
-                        // holds memory until written, and its id stays taken
-                        // so that a new request reusing it cannot receive the
-                        // old one's answer.
+                        Some(ClientJsonRpcMessage::Notification(n)) => {
+                            // rmcp drops the answer of a cancelled request
+                            // (one already queued counts in the outbox's
+                            // byte budget): stop waiting for it.
+                            if let ClientNotification::CancelledNotification(c) = &n.notification {
+                                if let Some(id) = &c.params.request_id {
+                                    self.pending.remove(id);
+                                }
+                            }
+                        }
                         _ => {}
                     }
                     if let Some(msg) = msg {
