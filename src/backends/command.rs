@@ -89,7 +89,7 @@ pub async fn call(
             stdout,
             stderr,
             started.elapsed(),
-            &crate::config::secret_values(&cmd.env),
+            &cmd.env,
         ),
         Ending::TimedOut => Err(ToolError::new(
             ErrorKind::Timeout,
@@ -113,7 +113,7 @@ fn finish(
     out: Captured,
     err: Captured,
     elapsed: Duration,
-    secrets: &[String],
+    env: &[(String, String)],
 ) -> ToolResult {
     let stdout = String::from_utf8_lossy(&out.bytes).into_owned();
     if status.success() {
@@ -129,10 +129,11 @@ fn finish(
     }
     let tail_start = err.bytes.len().saturating_sub(STDERR_TAIL);
     // The tail reaches the client, the call log and `last_error`: a secret
-    // env value the program printed is blanked first.
+    // env value the program printed is blanked first (worked out here, on
+    // failure only, not on every call).
     let stderr_tail = crate::core::text::blank(
         String::from_utf8_lossy(&err.bytes[tail_start..]).trim_end(),
-        secrets,
+        &crate::config::secret_values(env),
     )
     .into_owned();
     let exit = Exit::from(status);

@@ -160,6 +160,12 @@ where
         }
     }
 
+    /// Whether stdin waits: too many requests unanswered, or too many bytes
+    /// of output unread.
+    fn held_back(&self) -> bool {
+        self.pending.len() >= self.max_pending || self.outbox.backlog() > OUT_BUDGET
+    }
+
     /// Decides what to do with one line, and writes the answer it gets here.
     async fn classify(&mut self) -> Option<ClientJsonRpcMessage> {
         match decide(self.lines.line(), &mut self.initialized) {
@@ -400,12 +406,14 @@ where
             let read = if self.eof {
                 tokio::time::sleep(DRAIN_POLL).await;
                 continue;
-            } else if self.pending.len() >= self.max_pending || self.outbox.backlog() > OUT_BUDGET {
+            } else if self.held_back() {
                 // Backpressure, by requests unanswered and by bytes unread:
                 // read on once answers have been written.
                 let answered = pending.answered.notified();
                 let by_bytes = self.outbox.backlog() > OUT_BUDGET;
-                if self.pending.len() >= self.max_pending || by_bytes {
+                // Checked again now that `answered` listens: one written
+                // meanwhile would not be heard.
+                if self.held_back() {
                     tokio::select! {
                         _ = answered => {}
                         // Bytes go out without an answer's notice (notifications).

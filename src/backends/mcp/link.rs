@@ -1,6 +1,7 @@
 //! The live connection to a running MCP server: what its calls are sent
 //! through, and what it sends back unasked.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::pipe::WithoutProgress;
-use super::server::ServerMsg;
+use super::server::{SaidLimit, ServerMsg, STDERR_LINES_PER_SECOND, STDERR_LINE_MAX};
 use crate::core::call::{
     Backend, BoxFuture, Call, Payload, Progress, ProgressFn, ToolOutput, ToolResult,
 };
@@ -28,6 +29,7 @@ use crate::core::error::{ErrorKind, ToolError};
 use crate::core::runtime::Runtime;
 use crate::core::session::{LogLevel, Notice};
 use crate::core::status::ServerLive;
+use crate::core::text::blank;
 
 /// How long a call whose connection closed waits for the child's exit
 /// status, so its answer can say how the server ended.
@@ -70,7 +72,7 @@ pub struct Link {
     pub(super) last_ping_us: AtomicU64,
     /// The server's secret env values, blanked out of its error messages
     /// (they reach the client, the call log and `last_error`).
-    pub(super) secrets: Vec<String>,
+    pub(super) secrets: Arc<[String]>,
 }
 
 impl Backend for Link {
@@ -205,15 +207,8 @@ impl Link {
                 } else {
                     ErrorKind::ExecutionFailed
                 };
-                let message = crate::core::text::blank(&e.message, &self.secrets);
-                let data = e.data.unwrap_or(Value::Null);
-                let data_text = data.to_string();
-                let data = match crate::core::text::blank(&data_text, &self.secrets) {
-                    std::borrow::Cow::Borrowed(_) => data,
-                    std::borrow::Cow::Owned(blanked) => {
-                        serde_json::from_str(&blanked).unwrap_or(Value::String(blanked))
-                    }
-                };
+                let message = blank(&e.message, &self.secrets);
+                let data = blank_value(e.data.unwrap_or(Value::Null), &self.secrets);
                 ToolError::new(
                     kind,
                     format!("MCP server `{}` refused {what}: {message}", self.server),
@@ -263,74 +258,43 @@ pub struct Downstream {
     pub(super) actor: ActorRef<ServerMsg>,
     pub(super) runtime: Arc<Runtime>,
     /// The server's log messages get its stderr's limits.
-    pub(super) log_limit: Arc<std::sync::Mutex<LogLimit>>,
-    /// Blanks the server's secret env values out of what it says.
-    pub(super) redact: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    pub(super) log_limit: Arc<std::sync::Mutex<SaidLimit>>,
+    /// The server's secret env values, blanked out of what it says.
+    pub(super) secrets: Arc<[String]>,
 }
 
-/// The rate of a server's log messages, and how many were dropped since
-/// the last one let through.
-pub struct LogLimit {
-    bucket: crate::core::ratelimit::TokenBucket,
-    dropped: u64,
-}
-
-impl Default for LogLimit {
-    fn default() -> Self {
-        use super::server::{STDERR_BURST, STDERR_LINES_PER_SECOND};
-        use crate::config::{Rate, RateLimit};
-        LogLimit {
-            bucket: crate::core::ratelimit::TokenBucket::new(
-                RateLimit {
-                    rate: Rate {
-                        per_second: STDERR_LINES_PER_SECOND,
-                    },
-                    burst: STDERR_BURST,
-                },
-                Instant::now(),
-            ),
-            dropped: 0,
-        }
+/// `text` cut to [`STDERR_LINE_MAX`] bytes, saying how much was cut; `None`
+/// when it fits.
+fn cut(text: &str) -> Option<String> {
+    if text.len() <= STDERR_LINE_MAX {
+        return None;
     }
+    let mut end = STDERR_LINE_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!(
+        "{}… ({} bytes cut)",
+        &text[..end],
+        text.len() - end
+    ))
 }
 
-impl LogLimit {
-    /// Whether one more message may pass now; with it, how many were
-    /// dropped before it.
-    fn admit(&mut self) -> Option<u64> {
-        match self.bucket.try_take(Instant::now()) {
-            Ok(()) => Some(std::mem::take(&mut self.dropped)),
-            Err(_) => {
-                self.dropped += 1;
-                None
-            }
-        }
+/// `value` with `secrets` blanked out of its JSON text.
+fn blank_value(value: Value, secrets: &[String]) -> Value {
+    let text = value.to_string();
+    match blank(&text, secrets) {
+        Cow::Borrowed(_) => value,
+        Cow::Owned(blanked) => serde_json::from_str(&blanked).unwrap_or(Value::String(blanked)),
     }
 }
 
 /// A log message's data as warden passes it on: secrets blanked, and cut
-/// to [`super::server::STDERR_LINE_MAX`] bytes of JSON text (then a string
-/// saying how much was cut).
-fn bounded_data(data: Value, redact: &dyn Fn(&str) -> String) -> Value {
-    let max = super::server::STDERR_LINE_MAX;
-    let text = data.to_string();
-    let blanked = redact(&text);
-    if blanked.len() > max {
-        let mut cut = max;
-        while !blanked.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        return Value::String(format!(
-            "{}… ({} bytes cut)",
-            &blanked[..cut],
-            blanked.len() - cut
-        ));
-    }
-    if blanked == text {
-        data
-    } else {
-        serde_json::from_str(&blanked).unwrap_or(Value::String(blanked))
-    }
+/// to [`STDERR_LINE_MAX`] bytes of JSON text (then a string saying how much
+/// was cut).
+fn bounded_data(data: Value, secrets: &[String]) -> Value {
+    let data = blank_value(data, secrets);
+    cut(&data.to_string()).map_or(data, Value::String)
 }
 
 #[allow(deprecated)]
@@ -360,11 +324,8 @@ impl ClientHandler for Downstream {
                 total: params.total,
                 // Bounded and blanked like the server's log messages.
                 message: params.message.map(|m| {
-                    let m = (self.redact)(&m);
-                    match bounded_data(Value::String(m), &|s: &str| s.to_string()) {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    }
+                    let m = blank(&m, &self.secrets);
+                    cut(&m).unwrap_or_else(|| m.into_owned())
                 }),
             });
         }
@@ -379,22 +340,21 @@ impl ClientHandler for Downstream {
             .ok()
             .and_then(|v| v.as_str().and_then(LogLevel::parse))
             .unwrap_or(LogLevel::Info);
-        let admitted = self
-            .log_limit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .admit();
-        let Some(dropped) = admitted else {
-            return;
+        let dropped = {
+            let mut limit = self.log_limit.lock().unwrap_or_else(|p| p.into_inner());
+            if !limit.admit() {
+                return;
+            }
+            limit.take_dropped()
         };
         if dropped > 0 {
-            tracing::warn!(actor = %self.actor_name, dropped, "server log messages dropped (over {}/s)", super::server::STDERR_LINES_PER_SECOND);
+            tracing::warn!(actor = %self.actor_name, dropped, "server log messages dropped (over {STDERR_LINES_PER_SECOND}/s)");
         }
         let logger = match &params.logger {
-            Some(l) => (self.redact)(&format!("{}/{l}", self.prefix)),
+            Some(l) => blank(&format!("{}/{l}", self.prefix), &self.secrets).into_owned(),
             None => self.prefix.clone(),
         };
-        let data = bounded_data(params.data, &*self.redact);
+        let data = bounded_data(params.data, &self.secrets);
         tracing::info!(actor = %self.actor_name, level = level.name(), %logger, %data, "server log message");
         self.runtime.notify(Notice::Log {
             level,
@@ -422,23 +382,24 @@ mod tests {
 
     #[test]
     fn log_messages_pass_at_the_stderr_rate_and_the_rest_are_counted() {
-        let mut limit = LogLimit::default();
-        let passed = (0..1000).filter(|_| limit.admit().is_some()).count();
+        let mut limit = SaidLimit::default();
+        let passed = (0..1000).filter(|_| limit.admit()).count();
         // The burst, and perhaps a token or two refilled meanwhile.
         assert!((200..210).contains(&passed), "{passed}");
-        assert!(limit.dropped >= 790, "{}", limit.dropped);
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(limit.admit().map(|d| d >= 790), Some(true));
+        assert!(limit.admit());
+        assert!(limit.take_dropped() >= 790);
+        assert_eq!(limit.take_dropped(), 0);
     }
 
     #[test]
     fn log_data_is_blanked_and_cut() {
-        let redact = |s: &str| s.replace("s3cret", "[redacted]");
+        let secrets = ["s3cret".to_string()];
         assert_eq!(
-            bounded_data(serde_json::json!({"k": "a s3cret"}), &redact),
+            bounded_data(serde_json::json!({"k": "a s3cret"}), &secrets),
             serde_json::json!({"k": "a [redacted]"})
         );
-        let long = bounded_data(Value::String("é".repeat(5000)), &redact);
+        let long = bounded_data(Value::String("é".repeat(5000)), &secrets);
         let text = long.as_str().unwrap();
         assert!(text.len() < 2100 && text.ends_with("bytes cut)"), "{text}");
     }

@@ -41,7 +41,7 @@ use crate::exec::{self, Exit, GroupGuard};
 /// second, after a burst of [`STDERR_BURST`]; the rest are counted and
 /// dropped, so a flood cannot fill the disk or hold the runtime.
 pub(super) const STDERR_LINES_PER_SECOND: f64 = 50.0;
-pub(super) const STDERR_BURST: u32 = 200;
+const STDERR_BURST: u32 = 200;
 /// A longer stderr line (or log message) is cut to this many bytes.
 pub(super) const STDERR_LINE_MAX: usize = 2048;
 /// Pings missed in a row before a server counts as wedged and is restarted.
@@ -142,7 +142,9 @@ impl Actor for ServerActor {
             child.stdout.take().ok_or("no stdout pipe")?,
             child.stderr.take().ok_or("no stderr pipe")?,
         );
-        let stderr_task = tokio::spawn(log_stderr(stderr, me.clone(), redactor(&spec)));
+        // The server's secret env values, blanked out of all it says.
+        let secrets: Arc<[String]> = spec.secrets().into();
+        let stderr_task = tokio::spawn(log_stderr(stderr, me.clone(), secrets.clone()));
         let (ended_tx, ended) = watch::channel(None);
         let watcher = {
             let myself = myself.clone();
@@ -163,8 +165,8 @@ impl Actor for ServerActor {
             progress: progress.clone(),
             actor: myself.clone(),
             runtime: runtime.clone(),
-            log_limit: Arc::new(std::sync::Mutex::new(super::link::LogLimit::default())),
-            redact: Arc::new(redactor(&spec)),
+            log_limit: Arc::default(),
+            secrets,
         };
         let starter = {
             let myself = myself.clone();
@@ -341,7 +343,7 @@ impl ServerState {
             info,
             missed_pings: AtomicU32::new(0),
             last_ping_us: AtomicU64::new(0),
-            secrets: self.spec.secrets(),
+            secrets: self.spec.secrets().into(),
         });
         tracing::info!(
             actor = %self.entry.spec.actor_name(), server_pid = self.pid,
@@ -453,31 +455,53 @@ fn describe_exit(
     }
 }
 
-/// Blanks the values of secret-looking environment variables out of a line.
-pub(super) fn redactor(spec: &McpSpec) -> impl Fn(&str) -> String + Send + Sync + 'static {
-    let secrets = spec.secrets();
-    move |line: &str| crate::core::text::blank(line, &secrets).into_owned()
+/// What a server says unasked (stderr lines, log messages), let through at
+/// [`STDERR_LINES_PER_SECOND`] after a burst of [`STDERR_BURST`]; the rest
+/// are counted.
+pub(super) struct SaidLimit {
+    bucket: TokenBucket,
+    dropped: u64,
+}
+
+impl Default for SaidLimit {
+    fn default() -> Self {
+        SaidLimit {
+            bucket: TokenBucket::new(
+                RateLimit {
+                    rate: Rate {
+                        per_second: STDERR_LINES_PER_SECOND,
+                    },
+                    burst: STDERR_BURST,
+                },
+                Instant::now(),
+            ),
+            dropped: 0,
+        }
+    }
+}
+
+impl SaidLimit {
+    /// Whether one more may pass now; if not, it is counted as dropped.
+    pub(super) fn admit(&mut self) -> bool {
+        let ok = self.bucket.try_take(Instant::now()).is_ok();
+        if !ok {
+            self.dropped += 1;
+        }
+        ok
+    }
+
+    /// How many were dropped since the last time this was asked.
+    pub(super) fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
 }
 
 /// The server's stderr into warden's log, tagged with the server, rate
 /// limited; lines are cut at [`STDERR_LINE_MAX`] and secrets blanked.
-async fn log_stderr(
-    stderr: impl AsyncRead + Unpin,
-    actor: String,
-    redact: impl Fn(&str) -> String,
-) {
-    let mut bucket = TokenBucket::new(
-        RateLimit {
-            rate: Rate {
-                per_second: STDERR_LINES_PER_SECOND,
-            },
-            burst: STDERR_BURST,
-        },
-        Instant::now(),
-    );
+async fn log_stderr(stderr: impl AsyncRead + Unpin, actor: String, secrets: Arc<[String]>) {
+    let mut limit = SaidLimit::default();
     let mut reader = tokio::io::BufReader::new(stderr);
     let mut line = Vec::new();
-    let mut dropped: u64 = 0;
     // The count of dropped lines goes to the log once a second, flood or not.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -490,9 +514,9 @@ async fn log_stderr(
             tokio::select! {
                 n = &mut read => break n,
                 _ = tick.tick() => {
+                    let dropped = limit.take_dropped();
                     if dropped > 0 {
                         tracing::warn!(actor = %actor, dropped, "server stderr lines dropped (over {STDERR_LINES_PER_SECOND}/s)");
-                        dropped = 0;
                     }
                 }
             }
@@ -501,14 +525,14 @@ async fn log_stderr(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        if bucket.try_take(Instant::now()).is_err() {
-            dropped += 1;
+        if !limit.admit() {
             continue;
         }
         let text = String::from_utf8_lossy(&line);
-        let text = redact(text.trim_end());
+        let text = crate::core::text::blank(text.trim_end(), &secrets);
         tracing::info!(actor = %actor, stderr = %text, "server stderr");
     }
+    let dropped = limit.take_dropped();
     if dropped > 0 {
         tracing::warn!(actor = %actor, dropped, "server stderr lines dropped (over {STDERR_LINES_PER_SECOND}/s)");
     }
