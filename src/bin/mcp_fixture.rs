@@ -608,7 +608,9 @@ fn before_serving(opts: &Options) -> std::io::Result<()> {
             .create(true)
             .append(true)
             .open(path)?;
-        writeln!(file, "{}", std::process::id())?;
+        // One write per line: servers started together share the file, and
+        // `writeln!` may split a line into several writes that interleave.
+        file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
         if opts.grandchild {
             // Left running on purpose: it stands for what a server starts itself.
             #[allow(clippy::zombie_processes)]
@@ -617,7 +619,7 @@ fn before_serving(opts: &Options) -> std::io::Result<()> {
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .spawn()?;
-            writeln!(file, "{}", sleeper.id())?;
+            file.write_all(format!("{}\n", sleeper.id()).as_bytes())?;
         }
     }
     {
