@@ -191,7 +191,18 @@ fn main() -> ExitCode {
                 .map_err(|e| tracing::warn!(error = %e, "no guardian: if warden is SIGKILLed, what its children started may outlive it"))
                 .ok();
             let loaded_threads = loaded.config.server.worker_threads;
-            let groups = warden::exec::Groups::new(guardian);
+            let cells = match warden::exec::contain::Cells::open(loaded.config.server.containment) {
+                Ok(cells) => cells,
+                Err(why) => {
+                    eprintln!("warden: server.containment: the one asked for is not available here: {why}");
+                    return ExitCode::from(1);
+                }
+            };
+            match (cells.kind().complete(), cells.why_not()) {
+                (true, _) => tracing::info!(actor = "warden", containment = cells.kind().name(), cells = %cells.root().map(|r| r.display().to_string()).unwrap_or_default(), "every program runs in a cgroup of its own"),
+                (false, why) => tracing::warn!(actor = "warden", containment = cells.kind().name(), why_no_cgroup = why.unwrap_or("asked for in config"), "no cgroups: a process that leaves its group is found by a sweep, and can outlive a SIGKILL of warden"),
+            }
+            let groups = warden::exec::Groups::new(guardian, cells);
             let runtime = match warden::core::runtime::Runtime::new(loaded, groups) {
                 Ok(r) => r,
                 Err(e) => {

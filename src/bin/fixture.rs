@@ -10,6 +10,11 @@
 //!                                       control socket, print the answer line
 //! warden-fixture env                    print its environment, one VAR=value a line
 //! warden-fixture cwd                    print its working directory
+//! warden-fixture escape HOW PIDFILE HOLD_MS
+//!                                       start a sleeper that leaves the group
+//!                                       (HOW: setsid, setpgid, or daemon: fork,
+//!                                       setsid, fork), its stdio on /dev/null;
+//!                                       write its pid, then stay HOLD_MS
 //! warden-fixture leak MIB STEP_MS HOLD_MS
 //!                                       allocate and touch MIB MiB, one MiB
 //!                                       every STEP_MS, then hold it HOLD_MS
@@ -60,6 +65,7 @@ fn main() {
             .unwrap();
             std::thread::sleep(Duration::from_millis(num(2)));
         }
+        "escape" => escape(&arg(1), &arg(2), num(3)),
         "flood" => {
             let mut out = std::io::stdout().lock();
             let chunk = [b'x'; 65536];
@@ -109,6 +115,59 @@ fn main() {
         other => {
             eprintln!("warden-fixture: unknown mode `{other}`");
             std::process::exit(64);
+        }
+    }
+}
+
+/// A descendant that leaves its process group the way daemons and helpers
+/// do, and holds none of the call's pipes: only containment can end it.
+fn escape(how: &str, pidfile: &str, hold_ms: u64) {
+    use nix::unistd::{fork, setpgid, setsid, ForkResult, Pid};
+    // SAFETY: single-threaded so far; the children only make system calls
+    // before they sleep or exit.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            match how {
+                "setsid" => drop(setsid()),
+                "setpgid" => drop(setpgid(Pid::from_raw(0), Pid::from_raw(0))),
+                "daemon" => {
+                    let _ = setsid();
+                    if let ForkResult::Parent { .. } = unsafe { fork() }.expect("fork") {
+                        std::process::exit(0);
+                    }
+                }
+                other => {
+                    eprintln!("warden-fixture: unknown way to escape `{other}`");
+                    std::process::exit(64);
+                }
+            }
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .unwrap();
+            for fd in 0..3 {
+                // SAFETY: dup2 onto the standard descriptors of this process.
+                unsafe { nix::libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+            }
+            // Whole or not at all: the test reads it while it may be written.
+            let tmp = format!("{pidfile}.tmp{}", std::process::id());
+            std::fs::write(&tmp, std::process::id().to_string()).unwrap();
+            std::fs::rename(&tmp, pidfile).unwrap();
+            std::thread::sleep(Duration::from_secs(600));
+            std::process::exit(0);
+        }
+        ForkResult::Parent { child } => {
+            if how == "daemon" {
+                // The middle process exits at once; reap it like a daemon's parent does.
+                let _ = nix::sys::wait::waitpid(child, None);
+            }
+            let t0 = std::time::Instant::now();
+            while !std::path::Path::new(pidfile).exists() && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(hold_ms));
+            println!("escaped");
         }
     }
 }

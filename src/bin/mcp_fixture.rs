@@ -17,6 +17,8 @@
 //!                             ends because stdin closed
 //! --grandchild                start `sleep 600` below itself (as `npx` starts
 //!                             `node`) and append its pid to the pidfile too
+//! --escapee                   also start `sleep 600` in a session of its own
+//!                             (as self-daemonizing helpers do), pid appended
 //! --endless-tools MODE        tools/list always has a nextCursor: a new one
 //!                             each page (`new`) or the same (`same`)
 //!
@@ -83,6 +85,7 @@ struct Options {
     env_to_stderr: Vec<String>,
     extra_tool: bool,
     grandchild: bool,
+    escapee: bool,
     on_clean_exit: Option<String>,
     endless_tools: Option<String>,
 }
@@ -104,6 +107,7 @@ impl Options {
                 "--env-to-stderr" => opts.env_to_stderr.push(value()?),
                 "--extra-tool" => opts.extra_tool = true,
                 "--grandchild" => opts.grandchild = true,
+                "--escapee" => opts.escapee = true,
                 "--on-clean-exit" => opts.on_clean_exit = Some(value()?),
                 "--endless-tools" => opts.endless_tools = Some(value()?),
                 _ => return Err(format!("unknown flag `{flag}`")),
@@ -619,6 +623,21 @@ fn before_serving(opts: &Options) -> std::io::Result<()> {
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .spawn()?;
+            file.write_all(format!("{}\n", sleeper.id()).as_bytes())?;
+        }
+        if opts.escapee {
+            use std::os::unix::process::CommandExt;
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("600")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            // SAFETY: setsid is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+            }
+            #[allow(clippy::zombie_processes)]
+            let sleeper = cmd.spawn()?;
             file.write_all(format!("{}\n", sleeper.id()).as_bytes())?;
         }
     }

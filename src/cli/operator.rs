@@ -238,6 +238,18 @@ pub fn render(status: &Status, color: bool) -> String {
             ));
         }
     }
+    let c = &w.containment;
+    if !c.kind.is_empty() && !c.complete {
+        // Said only when it is weaker than a cgroup: then it matters.
+        out.push_str(&format!(
+            "containment {}: what leaves its process group is swept up, and can outlive a SIGKILL of warden{}\n",
+            paint(&printable(&c.kind), "33"),
+            c.why_not
+                .as_deref()
+                .map(|w| format!(" (no cgroup: {})", printable(w)))
+                .unwrap_or_default()
+        ));
+    }
     out.push('\n');
     let header = [
         "ACTOR",

@@ -166,6 +166,25 @@ pub struct ServerConfig {
     /// Threads running the actors: 1 is a single-threaded runtime (no
     /// cross-thread wake-ups per call); more is tokio's multi-thread runtime.
     pub worker_threads: usize,
+    /// What keeps a program and everything it starts where warden can end
+    /// them all (see `exec::contain`).
+    pub containment: Containment,
+}
+
+/// `server.containment`: how warden holds each call's program and each MCP
+/// server together with whatever they start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Containment {
+    /// The strongest this machine allows: cgroup2, else freezer, else subreaper.
+    #[default]
+    Auto,
+    /// One cgroup v2 per program, ended with `cgroup.kill`.
+    Cgroup2,
+    /// One cgroup in the v1 freezer hierarchy per program: frozen, killed, thawed.
+    Freezer,
+    /// No cgroups: warden is a child subreaper and sweeps what it adopts.
+    Subreaper,
 }
 
 impl Default for ServerConfig {
@@ -176,6 +195,7 @@ impl Default for ServerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_line: ByteSize(DEFAULT_MAX_LINE),
             worker_threads: DEFAULT_WORKER_THREADS,
+            containment: Containment::Auto,
         }
     }
 }

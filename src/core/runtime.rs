@@ -17,7 +17,8 @@ use crate::core::names;
 use crate::core::registry::{BadSchema, Registry, UnknownTool};
 use crate::core::session::{Notice, Notices, Session};
 use crate::core::status::{
-    ActorLine, BreakerLine, HealthLine, MemoryLine, RecoveryLine, Status, WardenLine,
+    ActorLine, BreakerLine, ContainmentLine, HealthLine, MemoryLine, RecoveryLine, Status,
+    WardenLine,
 };
 use crate::exec::Groups;
 
@@ -267,6 +268,15 @@ impl Runtime {
                     .log
                     .file_logging()
                     .then(|| self.config.log.dir.display().to_string()),
+                containment: {
+                    let cells = self.groups.containment();
+                    ContainmentLine {
+                        kind: cells.kind().name().to_string(),
+                        complete: cells.kind().complete(),
+                        cells: cells.root().map(|r| r.display().to_string()),
+                        why_not: cells.why_not().map(str::to_string),
+                    }
+                },
             },
             health: HealthLine {
                 memory: snapshot.as_ref().map(|s| MemoryLine {
@@ -314,5 +324,12 @@ pub fn test_runtime(config: &str, actors: &[(&str, &str)]) -> (tempfile::TempDir
         std::fs::write(dir.path().join("actors").join(format!("{name}.toml")), text).unwrap();
     }
     let loaded = crate::config::load(&dir.path().join("config.toml"), &|_| None).unwrap();
-    (dir, Runtime::new(loaded, Groups::new(None)).unwrap())
+    (
+        dir,
+        Runtime::new(
+            loaded,
+            Groups::new(None, crate::exec::contain::Cells::groups_only()),
+        )
+        .unwrap(),
+    )
 }

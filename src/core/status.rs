@@ -35,6 +35,24 @@ pub struct WardenLine {
     /// (`warden logs` finds an instance's files through it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
+    /// What holds each program together with everything it starts.
+    #[serde(default)]
+    pub containment: ContainmentLine,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainmentLine {
+    /// "cgroup2", "freezer" or "subreaper" (see `server.containment`).
+    pub kind: String,
+    /// True when nothing a program starts can outlive its call or warden,
+    /// also when warden is SIGKILLed (cgroups); false for the subreaper.
+    pub complete: bool,
+    /// The directory of the cgroup cells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cells: Option<String>,
+    /// Why no cgroup is used, when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why_not: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -366,6 +384,12 @@ pub mod tests {
                 in_flight: 1,
                 max_in_flight: 256,
                 log_dir: Some("/etc/warden/logs".into()),
+                containment: ContainmentLine {
+                    kind: "cgroup2".into(),
+                    complete: true,
+                    cells: Some("/sys/fs/cgroup/warden-42".into()),
+                    why_not: None,
+                },
             },
             health: HealthLine {
                 memory: None,

@@ -4,9 +4,10 @@
 //! PR_SET_PDEATHSIG kills warden's direct children when warden dies, but not
 //! what they started themselves (`npx` → `sh` → `node`). The guardian is
 //! warden's own binary run as `warden __guard`, detached (its own session,
-//! not warden's child); warden tells it every process group it starts and
-//! ends over a pipe. When the pipe reaches end of file, warden is gone, by
-//! whatever means: the guardian SIGKILLs every group still listed and exits.
+//! not warden's child); warden tells it where its cgroup cells are and every
+//! process group it starts and ends over a pipe. When the pipe reaches end of
+//! file, warden is gone, by whatever means: the guardian SIGKILLs every group
+//! still listed, ends every cell (see [`contain`](super::contain)) and exits.
 //!
 //! Only `warden serve` starts one ([`Guardian::start`]) and hands it to the
 //! runtime's [`Groups`](super::groups::Groups); the library's tests run without.
@@ -66,6 +67,11 @@ impl Guardian {
         self.send(&format!("-{pgid}\n"));
     }
 
+    /// warden's cells are under `root`: end them all if warden dies.
+    pub fn cells(&self, root: &std::path::Path) {
+        self.send(&format!("@{}\n", root.display()));
+    }
+
     fn send(&self, line: &str) {
         let mut pipe = self.pipe.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = pipe.write_all(line.as_bytes()) {
@@ -92,8 +98,13 @@ pub fn run() -> ! {
         let _ = signal(Signal::SIGHUP, SigHandler::SigIgn);
     }
     let mut groups = BTreeSet::new();
+    let mut roots = Vec::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
+        if let Some(root) = line.strip_prefix('@') {
+            roots.push(std::path::PathBuf::from(root));
+            continue;
+        }
         let (op, pgid) = line.split_at(line.len().min(1));
         let Ok(pgid) = pgid.parse::<i32>() else {
             continue;
@@ -110,6 +121,9 @@ pub fn run() -> ! {
     }
     for g in groups {
         let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+    }
+    for root in roots {
+        super::contain::end_root(&root, super::contain::EMPTY_DEADLINE);
     }
     std::process::exit(0)
 }

@@ -10,12 +10,14 @@
 //! **Architecture Invariant:** imports nothing of the crate but `config`.
 
 pub mod argv;
+pub mod contain;
 pub mod groups;
 pub mod guard;
 pub mod paths;
 pub mod run;
 
 use std::fmt;
+use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -61,12 +63,13 @@ pub fn resolve_program(program: &str, path: &str) -> Result<PathBuf, ProgramErro
 }
 
 /// Makes a program warden launches its own session and process group (so the
-/// whole group can be killed), dying with warden (PR_SET_PDEATHSIG), with no
-/// core dumps and the rlimits of `limits`.
-pub fn isolate(cmd: &mut tokio::process::Command, limits: Limits) {
+/// whole group can be killed), dying with warden (PR_SET_PDEATHSIG), in the
+/// cell behind `cell` (see [`contain`]) before its first instruction, with no
+/// core dumps and the rlimits of `limits`. [`Groups::spawn`] calls it.
+fn isolate(cmd: &mut tokio::process::Command, limits: Limits, cell: Option<RawFd>) {
     let parent = std::process::id() as i32;
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, prctl, getppid, setrlimit).
+    // async-signal-safe system calls (setsid, prctl, getppid, write, setrlimit).
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid()?;
@@ -74,6 +77,9 @@ pub fn isolate(cmd: &mut tokio::process::Command, limits: Limits) {
             if nix::unistd::getppid().as_raw() != parent {
                 // warden died between fork and prctl: nobody will read our output.
                 return Err(std::io::Error::other("parent exited"));
+            }
+            if let Some(fd) = cell {
+                contain::join(fd)?;
             }
             setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
             if let Some(cpu) = limits.cpu {

@@ -10,7 +10,6 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use super::groups::Groups;
-use super::isolate;
 use crate::config::Limits;
 
 /// Progress for streamed output is reported at most this often.
@@ -84,12 +83,11 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    isolate(&mut cmd, program.limits.clone());
-    let mut child = cmd.spawn().map_err(RunError::Spawn)?;
-    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-    // Kills the group however this function ends, also when its future is
-    // dropped half-way (the worker running it was killed).
-    let group = groups.register(pgid, program.owner);
+    // The guard kills the group and its cell however this function ends,
+    // also when its future is dropped half-way (the worker running it was killed).
+    let (mut child, group) = groups
+        .spawn(program.owner, &mut cmd, program.limits.clone())
+        .map_err(RunError::Spawn)?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
 
@@ -101,8 +99,8 @@ pub async fn run(
                 read_capped(stderr, program.max_output, KeepBytes::Tail, None),
                 async {
                     let status = child.wait().await;
-                    // The leader is gone; end whatever it left running in its group,
-                    // so that the pipes close and nothing outlives the call.
+                    // The leader is gone; end whatever it left running in its group
+                    // and its cell, so that the pipes close and nothing outlives the call.
                     group.kill();
                     status
                 }

@@ -75,8 +75,13 @@ fn cgroup_memory_max() -> Option<u64> {
     smallest
 }
 
-/// Measures warden and its descendants. Blocking (reads /proc): run it off the runtime.
-pub fn measure(system: &mut System, groups: &HashMap<i32, String>) -> (u64, Vec<Child>) {
+/// Measures warden and its descendants, and with each group what its cell
+/// holds (also what left it and was re-parented away from warden).
+/// Blocking (reads /proc): run it off the runtime.
+pub fn measure(
+    system: &mut System,
+    groups: &HashMap<i32, (String, Option<Vec<i32>>)>,
+) -> (u64, Vec<Child>) {
     system.refresh_processes_specifics(
         ProcessesToUpdate::All,
         true,
@@ -101,20 +106,33 @@ pub fn measure(system: &mut System, groups: &HashMap<i32, String>) -> (u64, Vec<
         .into_iter()
         .flatten()
         .map(|&child| {
-            let (mut rss, mut n, mut stack) = (0, 0, vec![child]);
-            while let Some(pid) = stack.pop() {
-                if let Some(p) = processes.get(&pid) {
-                    rss += p.memory();
+            let pid = child.as_u32() as i32;
+            let group = groups.get(&pid);
+            let mut seen = std::collections::HashSet::new();
+            let mut stack = vec![child];
+            stack.extend(
+                group
+                    .and_then(|(_, members)| members.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|&m| Pid::from_u32(m as u32)),
+            );
+            let (mut rss, mut n) = (0, 0);
+            while let Some(p) = stack.pop() {
+                if !seen.insert(p) {
+                    continue;
+                }
+                if let Some(proc_) = processes.get(&p) {
+                    rss += proc_.memory();
                     n += 1;
                 }
-                if let Some(k) = kids.get(&pid) {
+                if let Some(k) = kids.get(&p) {
                     stack.extend(k);
                 }
             }
-            let pid = child.as_u32() as i32;
             Child {
                 pid,
-                tool: groups.get(&pid).cloned(),
+                tool: group.map(|(owner, _)| owner.clone()),
                 rss,
                 processes: n,
             }
@@ -229,7 +247,7 @@ mod tests {
             .unwrap();
         std::thread::sleep(Duration::from_millis(200));
         let mut system = System::new().unwrap();
-        let groups = HashMap::from([(child.id() as i32, "t".to_string())]);
+        let groups = HashMap::from([(child.id() as i32, ("t".to_string(), None))]);
         let (own, children) = measure(&mut system, &groups);
         let _ = child.kill();
         let _ = child.wait();

@@ -26,6 +26,8 @@ use crate::supervise::transport::{TransportActor, TransportArgs};
 pub const NAME: &str = names::ROOT;
 /// How long children get to stop before they are killed.
 const STOP_CHILDREN_DEADLINE: Duration = Duration::from_secs(5);
+/// How often killed cells are removed and, as subreaper, adopted processes swept.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 pub struct Root;
 
@@ -291,7 +293,7 @@ async fn on_signals(
             draining.cancel();
         } else {
             tracing::warn!(actor = NAME, "second signal: stopping at once");
-            groups.kill_all();
+            groups.close();
             std::process::exit(1);
         }
     }
@@ -306,6 +308,17 @@ pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
     }));
     let (_root, handle) = Actor::spawn(Some(NAME.into()), Root, runtime.clone()).await?;
     let signals = tokio::spawn(on_signals(runtime.draining.clone(), runtime.groups.clone()));
+    // Removes killed cells once empty; as subreaper, finds and ends what left its group.
+    let sweeper = tokio::spawn({
+        let groups = runtime.groups.clone();
+        async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                groups.sweep();
+            }
+        }
+    });
     // The drain: from the first signal, calls in flight have `shutdown_grace`
     // to finish; then every session ends, its calls cancelled. Every wait has
     // a deadline, shutdown too: a client that stops reading its stdout must
@@ -327,6 +340,7 @@ pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
         }
     }
     signals.abort();
-    runtime.groups.kill_all();
+    sweeper.abort();
+    runtime.groups.close();
     Ok(())
 }

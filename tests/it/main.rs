@@ -5,6 +5,7 @@ mod harness;
 mod breaker;
 mod chaos;
 mod clients;
+mod contain;
 mod errors;
 mod everything;
 mod gateway;

@@ -131,12 +131,11 @@ impl Actor for ServerActor {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        exec::isolate(&mut cmd, spec.limits.clone());
-        let mut child = cmd
-            .spawn()
+        let (mut child, group) = runtime
+            .groups
+            .spawn(&name, &mut cmd, spec.limits.clone())
             .map_err(|e| format!("cannot start `{}`: {e}", exec::program_name(&spec.program)))?;
         let pid = child.id().map_or(0, |p| p as i32);
-        let group = runtime.groups.register(pid, &name);
         let (stdin, stdout, stderr) = (
             child.stdin.take().ok_or("no stdin pipe")?,
             child.stdout.take().ok_or("no stdout pipe")?,
