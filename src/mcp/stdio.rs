@@ -5,8 +5,9 @@
 //! served: a line that is not JSON is answered with a parse error (-32700) on
 //! the id it names, found without parsing it (null if it names none); JSON
 //! that is not a valid message is answered with a JSON-RPC error; a request
-//! reusing the id of one still in flight is refused (rmcp would otherwise
-//! drop one of the two answers); a
+//! reusing the id of one still in flight, or of a cancelled one whose handler
+//! has not ended, is refused (rmcp would otherwise drop one of the two
+//! answers, or send the cancelled one's for the new call); a
 //! notification or response before `initialize` is logged and dropped; a line
 //! longer than `server.max_line` is skipped without being held in memory.
 //! On EOF or SIGTERM it stops taking requests and ends the session once the
@@ -48,37 +49,189 @@ const PENDING_PER_SLOT: usize = 2;
 /// can pass this by what they answer.
 pub const OUT_BUDGET: usize = 64 << 20;
 
-/// Requests handed to rmcp whose answer has not been written yet, by id (a
-/// count per id: a client may reuse an id while the first is in flight).
+/// After a cancelled request's handler ends, its id stays reserved this
+/// long more: rmcp queues the handler's answer as the handler returns and
+/// drops it a moment later, and a new request with the id registered in
+/// between would be sent that answer.
+const CANCELLED_ID_SETTLE: Duration = Duration::from_millis(50);
+
+/// The requests handed to rmcp, by id: whose answers have not been written,
+/// whose handlers still run, and which the client cancelled.
 #[derive(Default)]
 struct Pending {
-    ids: std::sync::Mutex<HashMap<RequestId, usize>>,
+    ids: std::sync::Mutex<Ids>,
     answered: tokio::sync::Notify,
 }
 
+#[derive(Default)]
+struct Ids {
+    by_id: HashMap<RequestId, Entry>,
+    /// The sum of `unanswered` over all ids.
+    unanswered: usize,
+}
+
+/// Counts per id: a client may reuse an id while the first is in flight.
+#[derive(Default)]
+struct Entry {
+    unanswered: usize,
+    handlers: usize,
+    /// The client cancelled a request with this id: rmcp will drop its
+    /// answer. `Some(t)` once no handler with the id runs, since `t`.
+    cancelled: Option<Option<Instant>>,
+}
+
+/// Why a request's id cannot be used now.
+enum InUse {
+    Unanswered,
+    CancelledEnding,
+}
+
+impl Entry {
+    fn idle(&self, now: Instant) -> bool {
+        self.unanswered == 0
+            && self.handlers == 0
+            && match self.cancelled {
+                None => true,
+                Some(None) => false,
+                Some(Some(ended)) => now.duration_since(ended) >= CANCELLED_ID_SETTLE,
+            }
+    }
+}
+
 impl Pending {
-    fn add(&self, id: &RequestId) {
-        *self.ids.lock().unwrap().entry(id.clone()).or_default() += 1;
+    fn ids(&self) -> std::sync::MutexGuard<'_, Ids> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn remove(&self, id: &RequestId) {
-        let mut ids = self.ids.lock().unwrap();
-        if let Some(n) = ids.get_mut(id) {
-            *n -= 1;
-            if *n == 0 {
-                ids.remove(id);
-            }
+    /// A request is handed to rmcp: an answer is awaited, a handler will run.
+    fn add(&self, id: &RequestId) {
+        let mut ids = self.ids();
+        let e = ids.by_id.entry(id.clone()).or_default();
+        e.unanswered += 1;
+        e.handlers += 1;
+        ids.unanswered += 1;
+    }
+
+    /// An answer with this id was written (or failed for good).
+    fn answered(&self, id: &RequestId) {
+        let mut ids = self.ids();
+        let Some(e) = ids.by_id.get_mut(id) else {
+            return;
+        };
+        if e.unanswered > 0 {
+            e.unanswered -= 1;
+            ids.unanswered -= 1;
         }
+        Self::tidy(&mut ids, id);
         drop(ids);
         self.answered.notify_waiters();
     }
 
-    fn contains(&self, id: &RequestId) -> bool {
-        self.ids.lock().unwrap().contains_key(id)
+    /// A handler with this id returned (or was dropped).
+    fn handler_ended(&self, id: &RequestId) {
+        let mut ids = self.ids();
+        let Some(e) = ids.by_id.get_mut(id) else {
+            return;
+        };
+        e.handlers = e.handlers.saturating_sub(1);
+        if e.handlers == 0 && e.cancelled == Some(None) {
+            e.cancelled = Some(Some(Instant::now()));
+        }
+        Self::tidy(&mut ids, id);
+    }
+
+    /// The client cancelled the request with this id: rmcp drops its answer
+    /// (one already queued counts in the outbox's byte budget), so stop
+    /// waiting for it, and keep the id until its handler has ended.
+    fn cancelled(&self, id: &RequestId) {
+        let mut ids = self.ids();
+        let now = Instant::now();
+        ids.by_id.retain(|_, e| !e.idle(now));
+        let Some(e) = ids.by_id.get_mut(id) else {
+            return;
+        };
+        if e.unanswered == 0 {
+            return;
+        }
+        e.unanswered -= 1;
+        e.cancelled = Some((e.handlers == 0).then_some(now));
+        ids.unanswered -= 1;
+        drop(ids);
+        self.answered.notify_waiters();
+    }
+
+    fn in_use(&self, id: &RequestId) -> Option<InUse> {
+        let mut ids = self.ids();
+        let e = ids.by_id.get(id)?;
+        if e.unanswered > 0 {
+            return Some(InUse::Unanswered);
+        }
+        if !e.idle(Instant::now()) && e.cancelled.is_some() {
+            return Some(InUse::CancelledEnding);
+        }
+        Self::tidy(&mut ids, id);
+        None
+    }
+
+    fn tidy(ids: &mut Ids, id: &RequestId) {
+        if ids.by_id.get(id).is_some_and(|e| e.idle(Instant::now())) {
+            ids.by_id.remove(id);
+        }
     }
 
     fn len(&self) -> usize {
-        self.ids.lock().unwrap().values().sum()
+        self.ids().unanswered
+    }
+}
+
+/// warden's server, telling [`Pending`] when each request's handler ends.
+struct Tracked {
+    inner: WardenServer,
+    pending: Arc<Pending>,
+}
+
+/// Calls [`Pending::handler_ended`] however the handler ends (also dropped
+/// when the session ends).
+struct HandlerRuns<'a> {
+    pending: &'a Pending,
+    id: RequestId,
+}
+
+impl Drop for HandlerRuns<'_> {
+    fn drop(&mut self) {
+        self.pending.handler_ended(&self.id);
+    }
+}
+
+impl rmcp::Service<RoleServer> for Tracked {
+    async fn handle_request(
+        &self,
+        request: ClientRequest,
+        context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ServerResult, ErrorData> {
+        let _runs = HandlerRuns {
+            pending: &self.pending,
+            id: context.id.clone(),
+        };
+        self.inner.handle_request(request, context).await
+    }
+
+    async fn handle_notification(
+        &self,
+        notification: ClientNotification,
+        context: rmcp::service::NotificationContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.inner.handle_notification(notification, context).await
+    }
+
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        rmcp::Service::<RoleServer>::get_info(&self.inner)
+    }
+
+    fn supported_protocol_versions(
+        &self,
+    ) -> std::borrow::Cow<'static, [rmcp::model::ProtocolVersion]> {
+        rmcp::Service::<RoleServer>::supported_protocol_versions(&self.inner)
     }
 }
 
@@ -96,10 +249,11 @@ pub async fn serve(runtime: Arc<Runtime>) -> String {
         runtime.clone(),
         session.clone(),
     );
-    let reason = match WardenServer::new(runtime, session.clone())
-        .serve(transport)
-        .await
-    {
+    let server = Tracked {
+        inner: WardenServer::new(runtime, session.clone()),
+        pending: transport.pending.clone(),
+    };
+    let reason = match server.serve(transport).await {
         Ok(running) => {
             let notices = tokio::spawn(forward_notices(
                 notices,
@@ -358,7 +512,7 @@ where
             let written = write.await;
             // Answered once written (or failed for good): it no longer holds memory here.
             if let Some(id) = answers {
-                pending.remove(&id);
+                pending.answered(&id);
             }
             written
         }
@@ -438,10 +592,15 @@ where
                     let msg = self.classify().await;
                     self.lines.clear();
                     match &msg {
-                        Some(ClientJsonRpcMessage::Request(r)) if self.pending.contains(&r.id) => {
+                        Some(ClientJsonRpcMessage::Request(r))
+                            if let Some(why) = self.pending.in_use(&r.id) =>
+                        {
                             tracing::warn!(actor = names::TRANSPORT, request_id = %r.id, "refused a request reusing the id of one in flight");
                             let error = ErrorData::invalid_request(
-                                format!("request id {} is already in use by a request that has not been answered; use a new id", r.id),
+                                match why {
+                                    InUse::Unanswered => format!("request id {} is already in use by a request that has not been answered; use a new id", r.id),
+                                    InUse::CancelledEnding => format!("request id {} belongs to a cancelled request that is still ending; use a new id", r.id),
+                                },
                                 None,
                             );
                             let _ = self
@@ -452,12 +611,9 @@ where
                         }
                         Some(ClientJsonRpcMessage::Request(r)) => self.pending.add(&r.id),
                         Some(ClientJsonRpcMessage::Notification(n)) => {
-                            // rmcp drops the answer of a cancelled request
-                            // (one already queued counts in the outbox's
-                            // byte budget): stop waiting for it.
                             if let ClientNotification::CancelledNotification(c) = &n.notification {
                                 if let Some(id) = &c.params.request_id {
-                                    self.pending.remove(id);
+                                    self.pending.cancelled(id);
                                 }
                             }
                         }

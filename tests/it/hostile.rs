@@ -202,6 +202,56 @@ fn a_reused_id_in_flight_is_refused_and_the_first_call_still_answers() {
 }
 
 #[test]
+fn an_id_reused_right_after_its_cancel_never_gets_the_cancelled_answer() {
+    let mut s = echo_setup(QUIET)
+        .actor(
+            "sleeper",
+            &fixture_tool(
+                "sleeper",
+                &["sleep", "{ms}"],
+                "",
+                "properties.ms = { type = \"integer\" }",
+            ),
+        )
+        .start();
+    s.initialize();
+    let line = |v: Value| {
+        let mut l = serde_json::to_vec(&v).unwrap();
+        l.push(b'\n');
+        l
+    };
+    let call = |id: i64, ms: u64| {
+        line(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                    "params": {"name": "sleeper", "arguments": {"ms": ms}}}))
+    };
+    // One write: a call, its cancel, and a new call with the same id, which
+    // rmcp would register before the first call's handler has ended.
+    let mut burst = call(7, 5000);
+    burst.extend(line(
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                             "params": {"requestId": 7, "reason": "changed my mind"}}),
+    ));
+    burst.extend(call(7, 300));
+    s.send_raw(&burst);
+    let first = s.response(7);
+    assert_eq!(first["error"]["code"], -32600, "{first}");
+    assert!(
+        first["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to a cancelled request that is still ending"),
+        "{first}"
+    );
+    // Nothing else arrives for id 7: the cancelled call's answer is dropped.
+    let more = s.next_matching(Duration::from_millis(800), |v| v["id"] == 7);
+    assert!(more.is_none(), "{more:?}");
+    // Once the cancelled call has ended, the id serves a new call.
+    s.send_raw(&call(7, 10));
+    let again = s.response(7);
+    assert_eq!(text(&again["result"]), "slept\n", "{again}");
+}
+
+#[test]
 fn messages_out_of_place_are_ignored_or_refused() {
     let mut s = echo_setup(QUIET).start();
     // Before initialize: a call, a cancellation, responses to nothing.
