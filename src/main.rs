@@ -25,6 +25,10 @@ enum Command {
         /// The runtime config; actors/ is found relative to it.
         #[arg(long, default_value = "config.toml", env = "WARDEN_CONFIG")]
         config: PathBuf,
+        /// Serve MCP over Streamable HTTP at http://ADDR/mcp instead of
+        /// stdio (sets [http] listen and mcp); for example 127.0.0.1:8080.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
     /// Validate the config and every actor file; print every problem, exit 1 if any.
     ///
@@ -172,8 +176,8 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Serve { config } => {
-            let loaded = match load(&config) {
+        Command::Serve { config, http } => {
+            let mut loaded = match load(&config) {
                 Ok(l) => l,
                 Err(problems) => {
                     for p in &problems {
@@ -186,6 +190,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            if let Some(addr) = http {
+                if addr.parse::<std::net::SocketAddr>().is_err() {
+                    eprintln!("warden: --http {addr:?} is not an address such as 127.0.0.1:8080");
+                    return ExitCode::from(2);
+                }
+                loaded.config.http.listen = addr;
+                loaded.config.http.mcp = true;
+            }
             let _guard = warden::ops::logging::init(&loaded.config.log);
             let guardian = warden::exec::guard::Guardian::start()
                 .map_err(|e| tracing::warn!(error = %e, "no guardian: if warden is SIGKILLed, what its children started may outlive it"))

@@ -143,12 +143,56 @@ impl Default for ControlConfig {
     }
 }
 
-/// The optional HTTP listener: /metrics, /health, /ready.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Default for `http.session_idle`: a legacy MCP session unused this long is closed.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(300);
+/// Default for `http.max_sessions`.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
+
+/// The optional HTTP listener: /metrics, /health, /ready, and MCP at /mcp.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// An address such as "127.0.0.1:9464"; empty: no listener.
     pub listen: String,
+    /// Serve MCP over Streamable HTTP at /mcp (`warden serve --http ADDR`);
+    /// stdin is not read then.
+    pub mcp: bool,
+    /// A session (protocol 2025-11-25 and older) unused this long is closed,
+    /// its calls cancelled.
+    #[serde(with = "humantime_serde")]
+    pub session_idle: Duration,
+    /// Sessions open (and stateless requests being served) at once; a new
+    /// one beyond it is answered 503 with Retry-After.
+    pub max_sessions: usize,
+    /// `Host` values accepted besides the loopback names (against DNS
+    /// rebinding): "mcp.example.com" or "mcp.example.com:8080".
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted, such as "https://app.example.com:443"; a
+    /// request with another `Origin` is refused (403). Empty: any Origin that
+    /// is loopback.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: String::new(),
+            mcp: false,
+            session_idle: DEFAULT_SESSION_IDLE,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Whether the listener is reachable from beyond this machine.
+    pub fn exposed(&self) -> bool {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -563,6 +607,18 @@ pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Prob
             "http.listen",
             "is not an address such as \"127.0.0.1:9464\"",
         );
+    }
+    if config.http.mcp && config.http.listen.is_empty() {
+        bad(
+            "http.mcp",
+            "needs http.listen, the address to serve MCP on (or run `warden serve --http ADDR`)",
+        );
+    }
+    if config.http.max_sessions == 0 {
+        bad("http.max_sessions", "must be at least 1");
+    }
+    if config.http.session_idle < Duration::from_secs(1) {
+        bad("http.session_idle", "must be at least 1s");
     }
     for (field, filter) in [
         ("log.level", &config.log.level),

@@ -13,7 +13,7 @@ use rmcp::model::{
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
     LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
     ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
-    ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams, Tool,
+    ResultType, ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams, Tool,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData as McpError, Peer, ServerHandler};
@@ -44,6 +44,39 @@ pub struct WardenServer {
     /// The command and builtin tools (MCP servers' tools are listed live).
     tools: Arc<Vec<Tool>>,
     caps: ServerCapabilities,
+    /// Over HTTP: what ends the session when rmcp lets go of the handler.
+    http: Option<Arc<HttpSession>>,
+}
+
+/// An HTTP session's hold on its `Session`: rmcp drops the handler (every
+/// clone of it) when the session closes or a stateless request is answered,
+/// and the last drop ends the session, which cancels its calls.
+pub struct HttpSession {
+    session: Arc<Session>,
+    open: Arc<crate::mcp::http::Open>,
+    /// Taken when the client says it is initialized, to forward list changes.
+    notices: std::sync::Mutex<Option<broadcast::Receiver<Notice>>>,
+    forwarder: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for HttpSession {
+    fn drop(&mut self) {
+        self.session.end();
+        self.open.closed();
+        if let Some(f) = self
+            .forwarder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            f.abort();
+        }
+        tracing::debug!(
+            actor = names::TRANSPORT,
+            session = self.session.id,
+            "HTTP session ended"
+        );
+    }
 }
 
 impl WardenServer {
@@ -83,6 +116,24 @@ impl WardenServer {
             session,
             tools: Arc::new(tools),
             caps,
+            http: None,
+        }
+    }
+
+    /// The handler of a new HTTP session (or stateless request).
+    pub fn for_http(runtime: Arc<Runtime>, open: Arc<crate::mcp::http::Open>) -> Self {
+        let (session, notices) = runtime.open_session();
+        let session = Arc::new(session);
+        open.opened();
+        let http = Arc::new(HttpSession {
+            session: session.clone(),
+            open,
+            notices: std::sync::Mutex::new(Some(notices)),
+            forwarder: std::sync::Mutex::new(None),
+        });
+        WardenServer {
+            http: Some(http),
+            ..WardenServer::new(runtime, session)
         }
     }
 
@@ -117,8 +168,28 @@ impl WardenServer {
             .map_err(|e| forward_error(&e))?;
         answer
             .downcast::<ServerResult>()
+            .map(complete)
             .map_err(|_| forward_error(&ToolError::internal("a server's answer that is not MCP")))
     }
+}
+
+/// A server's answer as a 2026-07-28 client needs it: with `resultType`,
+/// which a server on an older protocol does not send (rmcp takes it off
+/// again for clients on those).
+fn complete(mut result: ServerResult) -> ServerResult {
+    let result_type = match &mut result {
+        ServerResult::CompleteResult(r) => &mut r.result_type,
+        ServerResult::GetPromptResult(r) => &mut r.result_type,
+        ServerResult::ListPromptsResult(r) => &mut r.result_type,
+        ServerResult::ListResourcesResult(r) => &mut r.result_type,
+        ServerResult::ListResourceTemplatesResult(r) => &mut r.result_type,
+        ServerResult::ReadResourceResult(r) => &mut r.result_type,
+        ServerResult::ListToolsResult(r) => &mut r.result_type,
+        ServerResult::CallToolResult(r) => &mut r.result_type,
+        _ => return result,
+    };
+    result_type.get_or_insert(ResultType::COMPLETE);
+    result
 }
 
 // Logging is deprecated by SEP-2577, but clients such as the MCP Inspector
@@ -131,9 +202,11 @@ impl ServerHandler for WardenServer {
             .with_instructions("Tools served by warden; `status` shows the runtime's health.")
     }
 
-    /// Every client stays on the `initialize` handshake.
+    /// Every version rmcp knows, up to 2026-07-28: a client that asks for
+    /// 2025-11-25 in `initialize` gets exactly that, one that opens with
+    /// `server/discover` (or names 2026-07-28 in `_meta`) is served statelessly.
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
-        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2026_07_28))
     }
 
     async fn list_tools(
@@ -219,6 +292,22 @@ impl ServerHandler for WardenServer {
             ServerResult::InputRequiredResult(r) => Ok(r.into()),
             _ => Err(unexpected_answer(entry, "resources/read")),
         }
+    }
+
+    /// Over HTTP, list changes and log messages reach a session once its
+    /// client is initialized (on stdio, `stdio::serve` forwards them).
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        let Some(http) = &self.http else { return };
+        let Some(notices) = http
+            .notices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let task = tokio::spawn(forward_notices(notices, context.peer, self.session.clone()));
+        *http.forwarder.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
     }
 
     async fn set_level(
@@ -355,11 +444,15 @@ fn to_mcp(result: ToolResult) -> CallToolResult {
         Ok(ToolOutput {
             passthrough: Some(result),
             ..
-        }) => result.downcast::<CallToolResult>().unwrap_or_else(|_| {
-            error_result(&ToolError::internal(
+        }) => match result.downcast::<CallToolResult>() {
+            Ok(mut r) => {
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                r
+            }
+            Err(_) => error_result(&ToolError::internal(
                 "a server's tool result that is not MCP",
-            ))
-        }),
+            )),
+        },
         Ok(out) => {
             let mut content = vec![ContentBlock::text(out.text)];
             content.extend(out.notes.into_iter().map(ContentBlock::text));

@@ -348,8 +348,10 @@ pub enum Verdict {
 }
 
 /// Decides what to do with one line (without its newline): pass a message
-/// on, answer it here, or drop it. `initialized` turns true at `initialize`;
-/// before it only requests pass. Public for the fuzz targets.
+/// on, answer it here, or drop it. `initialized` turns true at `initialize`,
+/// or at `server/discover` and any request naming its protocol version in
+/// `_meta` (2026-07-28 has no handshake); before it only requests pass.
+/// Public for the fuzz targets.
 pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
     let text = trim_ascii(line);
     if text.is_empty() {
@@ -384,7 +386,13 @@ pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
     if !*initialized {
         match &msg {
             ClientJsonRpcMessage::Request(r) => {
-                if matches!(r.request, ClientRequest::InitializeRequest(_)) {
+                if matches!(
+                    r.request,
+                    ClientRequest::InitializeRequest(_) | ClientRequest::DiscoverRequest(_)
+                ) || rmcp::model::GetMeta::get_meta(&r.request)
+                    .protocol_version()
+                    .is_some()
+                {
                     *initialized = true;
                 }
             }

@@ -174,10 +174,21 @@ async fn start_http(runtime: &Arc<Runtime>) -> Option<tokio_util::sync::DropGuar
     }
     match crate::ops::http::bind(listen).await {
         Ok(listener) => {
-            tracing::info!(actor = NAME, %listen, "HTTP listener ready: /metrics, /health, /ready");
+            let mcp = runtime.config.http.mcp;
+            tracing::info!(actor = NAME, %listen, mcp, "HTTP listener ready: /metrics, /health, /ready{}", if mcp { ", /mcp" } else { "" });
+            if mcp && runtime.config.http.exposed() {
+                tracing::warn!(actor = NAME, %listen, "MCP is served beyond this machine with no authorization: anyone who reaches this address can run every tool");
+            }
             let stop = tokio_util::sync::CancellationToken::new();
-            let limits = crate::ops::http::LIMITS;
-            let router = crate::ops::http::router(runtime.clone(), limits);
+            let mut limits = crate::ops::http::LIMITS;
+            let mut router = crate::ops::http::router(runtime.clone(), limits);
+            if mcp {
+                // Each session may hold a GET stream open besides its POSTs.
+                limits.max_connections = limits
+                    .max_connections
+                    .max(2 * runtime.config.http.max_sessions + 16);
+                router = router.merge(crate::mcp::http::router(runtime.clone(), stop.clone()));
+            }
             tokio::spawn(crate::ops::http::serve(
                 listener,
                 router,

@@ -1,6 +1,8 @@
 //! The transport actor, `transport`: the stdio client's session in the
 //! supervision tree. It runs the session (`mcp::stdio`) in a task and tells
-//! the root when it ends; `warden serve` on stdio exits then.
+//! the root when it ends; `warden serve` on stdio exits then. Serving MCP over
+//! HTTP (`http.mcp`), the sessions live in the listener instead, and this
+//! actor ends warden's run once a drain has let the calls in flight finish.
 
 use std::sync::Arc;
 
@@ -35,6 +37,22 @@ impl Drop for TransportState {
     }
 }
 
+/// Over HTTP nothing ends the run but a drain (SIGTERM): it returns once the
+/// calls in flight have finished, or once the root has cancelled them at the
+/// end of the grace and they have been answered (1 s at most).
+async fn http_drain(runtime: &Runtime) -> String {
+    const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+    runtime.draining.cancelled().await;
+    while runtime.in_flight() > 0 && !runtime.kill_all.is_cancelled() {
+        tokio::time::sleep(POLL).await;
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while runtime.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+    }
+    format!("drained ({} calls left)", runtime.in_flight())
+}
+
 impl Actor for TransportActor {
     type Msg = TransportMsg;
     type State = TransportState;
@@ -47,7 +65,11 @@ impl Actor for TransportActor {
     ) -> Result<TransportState, ActorProcessingErr> {
         let runtime = args.runtime;
         let session = tokio::spawn(async move {
-            let reason = crate::mcp::stdio::serve(runtime).await;
+            let reason = if runtime.config.http.mcp {
+                http_drain(&runtime).await
+            } else {
+                crate::mcp::stdio::serve(runtime).await
+            };
             let _ = myself.send_message(TransportMsg::SessionEnded(reason));
         });
         Ok(TransportState {

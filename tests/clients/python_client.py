@@ -108,14 +108,19 @@ async def session_checks(argv):
 
 async def auto_client_checks(argv):
     """The SDK's high-level Client, as its users get it: mode "auto" probes
-    `server/discover` (the 2026 protocol) first and falls back to the
-    initialize handshake on the error a handshake-era server answers."""
+    `server/discover` and, as warden answers it, speaks the stateless
+    2026-07-28 protocol: no initialize handshake."""
     async with Client(server_params(argv), read_timeout_seconds=REQUEST_TIMEOUT) as client:
         version = client.protocol_version
-        check(client.session.initialize_result is not None, f"no initialize handshake (negotiated {version})")
+        check(version == "2026-07-28", f"Client negotiated {version}, not 2026-07-28")
+        listed = await client.list_tools()
+        names = {t.name for t in listed.tools}
+        check(DEFAULT_TOOLS <= names, f"tools/list at {version} lacks {sorted(DEFAULT_TOOLS - names)}")
         result = await client.call_tool("echo", {"message": "auto"})
         check(not result.is_error and text_of(result) == "auto", f"echo through Client: {result}")
-    return [f"Client(mode=auto): discover probe, fell back to initialize ({version}), echo"]
+        bad = await client.call_tool("disk_usage", {"path": "tmp"})
+        check(bad.is_error, f"disk_usage with a relative path succeeded at {version}")
+    return [f"Client(mode=auto): discovered {version}, tools/list, echo, a refused call"]
 
 
 def leaves(e):

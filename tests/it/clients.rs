@@ -25,7 +25,7 @@ fn repo() -> &'static Path {
 
 /// `rel` inside WARDEN_CLIENTS_DIR once scripts/install-clients finished
 /// there; `None` (the test skips) if not, or a panic if the clients are required.
-fn installed(rel: &str) -> Option<PathBuf> {
+pub fn installed(rel: &str) -> Option<PathBuf> {
     let found = match std::env::var_os("WARDEN_CLIENTS_DIR") {
         None => Err("WARDEN_CLIENTS_DIR is not set".to_string()),
         Some(dir) => {

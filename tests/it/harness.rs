@@ -53,7 +53,14 @@ impl Setup {
     /// Starts warden with extra environment variables.
     pub fn start_with_env(self, env: &[(&str, &str)]) -> Server {
         let config = self.config_path();
-        Server::spawn(self, &config, env)
+        Server::spawn(self, &config, env, &[])
+    }
+
+    /// Starts `warden serve --http 127.0.0.1:PORT` (stdout stays silent).
+    pub fn start_http(self, port: u16) -> Server {
+        let config = self.config_path();
+        let addr = format!("127.0.0.1:{port}");
+        Server::spawn(self, &config, &[], &["--http", &addr])
     }
 }
 
@@ -81,10 +88,11 @@ pub struct Server {
 const STDERR_KEPT: usize = 10_000;
 
 impl Server {
-    fn spawn(setup: Setup, config: &Path, env: &[(&str, &str)]) -> Server {
+    fn spawn(setup: Setup, config: &Path, env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut cmd = Command::new(WARDEN);
         cmd.args(["serve", "--config"])
             .arg(config)
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

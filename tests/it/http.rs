@@ -24,7 +24,7 @@ impl Answer {
 }
 
 /// A port nobody listens on right now: bind port 0, read it, let it go.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()

@@ -13,6 +13,7 @@ mod hostile;
 mod http;
 mod layers;
 mod logs;
+mod mcp_http;
 mod operator;
 mod protocol;
 mod readme;

@@ -1,0 +1,116 @@
+//! MCP over Streamable HTTP at `/mcp` (`warden serve --http ADDR`), on the
+//! listener that serves `/metrics`, `/health` and `/ready`.
+//!
+//! rmcp's `StreamableHttpService` speaks the protocol: `initialize` and
+//! `Mcp-Session-Id` sessions with SSE and the GET stream for 2025-11-25 and
+//! older clients, stateless requests for 2026-07-28 ones. Each session (and
+//! each stateless request) gets a `WardenServer` with a `Session` of its
+//! own, which ends when rmcp lets go of the handler: on DELETE, after
+//! `http.session_idle` unused, at shutdown, or when a stateless request has
+//! been answered. Its end cancels its calls, which kills their programs.
+//!
+//! Around it: at most `http.max_sessions` at once (a new one beyond it is
+//! answered 503 with Retry-After), `Host` checked against loopback names and
+//! `http.allowed_hosts`, `Origin` against `http.allowed_origins` (loopback
+//! origins when empty), request bodies capped at `server.max_line` while
+//! they are read.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::runtime::Runtime;
+use crate::mcp::server::WardenServer;
+
+/// How long a client refused for the session cap should wait, in seconds.
+const RETRY_AFTER_S: &str = "1";
+
+/// Origins a browser on this machine sends; allowed when none are configured.
+const LOOPBACK_ORIGINS: [&str; 3] = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"];
+
+/// The sessions (and stateless requests) being served.
+#[derive(Default)]
+pub struct Open(AtomicUsize);
+
+impl Open {
+    pub fn now(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn opened(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn closed(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The `/mcp` route. `shutdown` ends every session.
+pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
+    let http = &runtime.config.http;
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(http.session_idle);
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    hosts.extend(http.allowed_hosts.iter().cloned());
+    let origins: Vec<String> = if http.allowed_origins.is_empty() {
+        LOOPBACK_ORIGINS.iter().map(|o| o.to_string()).collect()
+    } else {
+        http.allowed_origins.clone()
+    };
+    let config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(shutdown)
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins(origins)
+        .with_max_request_body_bytes(runtime.config.server.max_line.0 as usize);
+    let open = Arc::new(Open::default());
+    let max = http.max_sessions;
+    let service = {
+        let open = open.clone();
+        let runtime = runtime.clone();
+        StreamableHttpService::new(
+            move || Ok(WardenServer::for_http(runtime.clone(), open.clone())),
+            Arc::new(sessions),
+            config,
+        )
+    };
+    Router::new()
+        .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let open = open.clone();
+                async move {
+                    // A request in a session already counted passes; a new one
+                    // (an `initialize`, or a stateless request) waits its turn.
+                    let new = !req.headers().contains_key("mcp-session-id");
+                    if new && open.now() >= max {
+                        return full(max);
+                    }
+                    next.run(req).await
+                }
+            },
+        ))
+}
+
+fn full(max: usize) -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {
+            "code": -32000,
+            "message": format!("warden is serving its most sessions at once (http.max_sessions = {max}); retry shortly"),
+        }
+    });
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+    r
+}

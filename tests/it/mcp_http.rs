@@ -1,0 +1,396 @@
+//! MCP over Streamable HTTP (`warden serve --http ADDR`): real clients and raw
+//! requests against the real binary, on 127.0.0.1 only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::clients::installed;
+use crate::gateway::mcp_actor;
+use crate::harness::*;
+use crate::http::free_port;
+
+const QUIET: &str = "[log]\nstderr = \"warn\"\n";
+
+fn setup(config: &str) -> Setup {
+    Setup::new(config)
+        .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+        .actor(
+            "sleeper",
+            &fixture_tool(
+                "sleeper",
+                &["sleep", "{ms}", "{pidfile}"],
+                "",
+                "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }\nproperties.pidfile = { type = \"string\" }",
+            ),
+        )
+}
+
+/// Waits until warden answers on `port`.
+fn wait_listening(s: &mut Server, port: u16) {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let ok = eventually(Duration::from_secs(10), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    });
+    assert!(ok, "nothing listens on {addr}");
+    assert!(s.child.try_wait().unwrap().is_none(), "warden exited");
+}
+
+/// One HTTP answer: status, headers (lowercase names), the JSON-RPC
+/// messages of its body (JSON, or the `data:` lines of an SSE stream).
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    messages: Vec<Value>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn message(&self) -> &Value {
+        self.messages
+            .last()
+            .unwrap_or_else(|| panic!("no JSON-RPC message in {self:?}"))
+    }
+}
+
+/// A kept-alive HTTP/1.1 connection to warden.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    port: u16,
+}
+
+impl Conn {
+    fn open(port: u16) -> Conn {
+        let s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Conn {
+            reader: BufReader::new(s),
+            port,
+        }
+    }
+
+    fn send(&mut self, method: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        let mut req = format!(
+            "{method} /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            self.port,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.reader.get_mut().write_all(req.as_bytes()).unwrap();
+        self.read_answer()
+    }
+
+    fn read_answer(&mut self) -> Answer {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap();
+            headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+        }
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                line.clear();
+                self.reader.read_line(&mut line).unwrap();
+                let n = usize::from_str_radix(line.trim(), 16).unwrap();
+                let mut chunk = vec![0; n + 2];
+                self.reader.read_exact(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else {
+            let n: usize = find("content-length").map_or(0, |v| v.parse().unwrap());
+            body.resize(n, 0);
+            self.reader.read_exact(&mut body).unwrap();
+        }
+        let body = String::from_utf8(body).unwrap();
+        let messages = if find("content-type").is_some_and(|v| v.starts_with("text/event-stream")) {
+            body.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|d| serde_json::from_str(d.trim()).ok())
+                .collect()
+        } else {
+            serde_json::from_str(&body).into_iter().collect()
+        };
+        Answer {
+            status,
+            headers,
+            messages,
+        }
+    }
+}
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+/// Initializes a session on `conn`: its id.
+fn initialize(conn: &mut Conn) -> String {
+    let a = conn.send("POST", &[], INITIALIZE);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(
+        a.message()["result"]["protocolVersion"],
+        "2025-11-25",
+        "{a:?}"
+    );
+    let id = a
+        .header("mcp-session-id")
+        .expect("a session id")
+        .to_string();
+    let done = conn.send(
+        "POST",
+        &[
+            ("Mcp-Session-Id", &id),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ],
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!(done.status, 202, "{done:?}");
+    id
+}
+
+fn echo(conn: &mut Conn, session: &str, id: u64, message: &str) -> Answer {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"message": message}}});
+    conn.send(
+        "POST",
+        &[
+            ("Mcp-Session-Id", session),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ],
+        &body.to_string(),
+    )
+}
+
+#[test]
+fn two_python_sdk_sessions_over_http_cancel_and_hear_list_changes() {
+    let Some(python) = installed("venv/bin/python") else {
+        return;
+    };
+    let port = free_port();
+    let setup = setup(QUIET);
+    let pidfile = setup.path().join("sleeper.pid");
+    let mut s = setup
+        .actor("fx", &mcp_actor("fx", &[], ""))
+        .start_http(port);
+    wait_listening(&mut s, port);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_http.py");
+    let (status, _, stderr) = run_to_end(
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(format!("http://127.0.0.1:{port}/mcp"))
+            .arg(&pidfile),
+        Duration::from_secs(90),
+    );
+    assert!(
+        status.success(),
+        "python_http.py failed ({status}):\n{stderr}"
+    );
+    assert!(stderr.contains("python_http: ok"), "{stderr}");
+    println!("{stderr}");
+    // Each session's calls are logged under their own session.
+    let sessions = |tool: &str| -> std::collections::BTreeSet<String> {
+        s.log_lines()
+            .iter()
+            .filter(|l| l["message"] == "call" && l["tool"] == tool)
+            .map(|l| l["session"].to_string())
+            .collect()
+    };
+    let (echo, sleeper) = (sessions("echo"), sessions("sleeper"));
+    assert!(
+        !echo.is_empty() && !sleeper.is_empty(),
+        "{echo:?} {sleeper:?}"
+    );
+    assert!(echo.is_disjoint(&sleeper), "{echo:?} {sleeper:?}");
+}
+
+#[test]
+fn a_call_on_a_kept_alive_connection_is_not_held_by_nagle() {
+    let port = free_port();
+    let mut s = setup(QUIET).start_http(port);
+    wait_listening(&mut s, port);
+    let mut conn = Conn::open(port);
+    let session = initialize(&mut conn);
+    let mut took = Vec::new();
+    for i in 0..10 {
+        let t0 = Instant::now();
+        let a = echo(&mut conn, &session, 10 + i, "nodelay");
+        took.push(t0.elapsed());
+        assert_eq!(text(&a.message()["result"]), "nodelay", "{a:?}");
+    }
+    took.sort();
+    // Nagle with delayed ACKs holds the small SSE priming write ~40 ms.
+    assert!(
+        took[5] < Duration::from_millis(30),
+        "median call on a kept-alive connection: {:?} ({took:?})",
+        took[5]
+    );
+}
+
+#[test]
+fn sessions_past_the_cap_wait_with_retry_after_and_delete_frees_one() {
+    let port = free_port();
+    let mut s = setup("[log]\nstderr = \"warn\"\n[http]\nmax_sessions = 2\n").start_http(port);
+    wait_listening(&mut s, port);
+    let (mut c1, mut c2, mut c3) = (Conn::open(port), Conn::open(port), Conn::open(port));
+    let first = initialize(&mut c1);
+    let _second = initialize(&mut c2);
+    let refused = c3.send("POST", &[], INITIALIZE);
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.header("retry-after"), Some("1"), "{refused:?}");
+    assert!(
+        refused.message()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("http.max_sessions = 2"),
+        "{refused:?}"
+    );
+    // An open session is still served at the cap.
+    let a = echo(&mut c1, &first, 2, "still here");
+    assert_eq!(text(&a.message()["result"]), "still here", "{a:?}");
+    let gone = c1.send(
+        "DELETE",
+        &[
+            ("Mcp-Session-Id", &first),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ],
+        "",
+    );
+    assert!(gone.status < 300, "{gone:?}");
+    let mut c4 = Conn::open(port);
+    assert!(
+        eventually(Duration::from_secs(2), || c4
+            .send("POST", &[], INITIALIZE)
+            .status
+            == 200),
+        "no session could open after one was deleted"
+    );
+    // The deleted session is unknown now.
+    let after = echo(&mut Conn::open(port), &first, 3, "late");
+    assert_eq!(after.status, 404, "{after:?}");
+}
+
+#[test]
+fn a_foreign_origin_or_host_is_refused_and_the_next_request_served() {
+    let port = free_port();
+    let mut s = setup(QUIET).start_http(port);
+    wait_listening(&mut s, port);
+    let mut conn = Conn::open(port);
+    let evil = conn.send("POST", &[("Origin", "http://evil.example")], INITIALIZE);
+    assert_eq!(evil.status, 403, "{evil:?}");
+    let mut conn = Conn::open(port);
+    let local = conn.send(
+        "POST",
+        &[("Origin", &format!("http://127.0.0.1:{port}"))],
+        INITIALIZE,
+    );
+    assert_eq!(local.status, 200, "{local:?}");
+    // A DNS-rebinding page names its own host.
+    let mut raw = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        raw,
+        "POST /mcp HTTP/1.1\r\nHost: rebound.example:{port}\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{INITIALIZE}",
+        INITIALIZE.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = raw.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let mut conn = Conn::open(port);
+    let session = initialize(&mut conn);
+    assert_eq!(
+        text(&echo(&mut conn, &session, 2, "ok").message()["result"]),
+        "ok"
+    );
+}
+
+#[test]
+fn sigterm_over_http_lets_the_running_call_finish_and_exits_zero() {
+    let port = free_port();
+    let mut s =
+        setup("[log]\nstderr = \"warn\"\n[server]\nshutdown_grace = \"5s\"\n").start_http(port);
+    wait_listening(&mut s, port);
+    let mut conn = Conn::open(port);
+    let session = initialize(&mut conn);
+    let call = std::thread::spawn(move || {
+        let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                          "params": {"name": "sleeper", "arguments": {"ms": 700}}});
+        conn.send(
+            "POST",
+            &[
+                ("Mcp-Session-Id", &session),
+                ("MCP-Protocol-Version", "2025-11-25"),
+            ],
+            &body.to_string(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let answer = call.join().unwrap();
+    assert_eq!(text(&answer.message()["result"]), "slept\n", "{answer:?}");
+    let status = s.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn serving_http_with_mcp_needs_an_address() {
+    let setup = Setup::new("[http]\nmcp = true\n");
+    let out = std::process::Command::new(WARDEN)
+        .args(["check", "--config"])
+        .arg(setup.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("http.mcp: needs http.listen"), "{said}");
+    let setup = Setup::new(QUIET);
+    let out = std::process::Command::new(WARDEN)
+        .args(["serve", "--http", "localhost", "--config"])
+        .arg(setup.config_path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--http \"localhost\" is not an address such as 127.0.0.1:8080"),
+        "{said}"
+    );
+}
