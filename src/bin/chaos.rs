@@ -308,9 +308,41 @@ struct Ledger {
     notifications: u64,
     /// The first few problems, for the report.
     examples: Vec<String>,
+    /// warden's heap in use as its `status` answers say, by minute of the run.
+    heap_by_minute: Vec<Vec<u64>>,
+    started: Option<Instant>,
+}
+
+/// The median of each minute's samples.
+fn medians(by_minute: &[Vec<u64>]) -> Vec<u64> {
+    by_minute
+        .iter()
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            let mut m = m.clone();
+            m.sort_unstable();
+            m[m.len() / 2]
+        })
+        .collect()
 }
 
 impl Ledger {
+    /// Keeps the heap figure of a `status` answer.
+    fn heap_sample(&mut self, msg: &Value, at: Instant) {
+        let text = msg["result"]["content"][0]["text"].as_str().unwrap_or("");
+        let Ok(status) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        let Some(heap) = status["health"]["memory"]["heap_in_use_bytes"].as_u64() else {
+            return;
+        };
+        let minute = (at - *self.started.get_or_insert(at)).as_secs() as usize / 60;
+        if self.heap_by_minute.len() <= minute {
+            self.heap_by_minute.resize(minute + 1, Vec::new());
+        }
+        self.heap_by_minute[minute].push(heap / 1024);
+    }
+
     fn example(&mut self, what: String) {
         if self.examples.len() < 10 {
             self.examples.push(what);
@@ -363,6 +395,9 @@ impl Ledger {
                 None => "tool's own error result".to_string(),
             }
         } else {
+            if p.tool == "status" {
+                self.heap_sample(&msg, at);
+            }
             if let Some(want) = &p.expect {
                 if msg["result"]["content"][0]["text"].as_str() != Some(want) {
                     self.wrong += 1;
@@ -635,15 +670,7 @@ impl Watch {
     /// The median of warden's RSS in each minute of the run, in KiB: a leak
     /// shows as a rise from minute to minute, noise as a flat line.
     fn rss_trend(&self) -> Vec<u64> {
-        self.rss_by_minute
-            .iter()
-            .filter(|m| !m.is_empty())
-            .map(|m| {
-                let mut m = m.clone();
-                m.sort_unstable();
-                m[m.len() / 2]
-            })
-            .collect()
+        medians(&self.rss_by_minute)
     }
 
     /// After warden exited: every process it ever had must be gone.
@@ -926,6 +953,14 @@ fn run(opts: &Opts, dir: &Path) -> Result<Report, String> {
             .collect::<Vec<_>>()
             .join(" "),
     );
+    let heap = medians(&l.heap_by_minute);
+    line(
+        "warden heap in use, each minute (MiB)",
+        heap.iter()
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
     line("recovery actions", recovery.to_string());
     line(
         "warden's exit",
@@ -965,6 +1000,7 @@ fn run(opts: &Opts, dir: &Path) -> Result<Report, String> {
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
         "rss_by_minute_kib": trend,
+        "heap_by_minute_kib": heap,
         "recovery": recovery,
         "exit": exit.map(|s| s.to_string()),
         "chaos": acts.counts,

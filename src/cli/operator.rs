@@ -390,6 +390,7 @@ mod tests {
             crate::core::status::tests::status("running", true, &[("df", "running", "open")]);
         status.health.memory = Some(MemoryLine {
             warden_rss_bytes: 11534336,
+            heap_in_use_bytes: Some(4194304),
             total_bytes: 20971520,
             limit_bytes: 209715200,
             limit_source: "config".into(),

@@ -20,6 +20,10 @@ pub const KEPT_ACTIONS: usize = 20;
 pub struct Snapshot {
     /// Resident memory of warden itself.
     pub warden_rss: u64,
+    /// Bytes warden's allocator has handed out and not had back (glibc's
+    /// mallinfo2): against `warden_rss`, it tells a leak (both climb) from
+    /// fragmentation or pages kept for reuse (only the RSS does).
+    pub heap_in_use: Option<u64>,
     /// Each direct child of warden with its descendants, heaviest first.
     pub children: Vec<Child>,
     /// warden plus every descendant.

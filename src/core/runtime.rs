@@ -281,6 +281,7 @@ impl Runtime {
             health: HealthLine {
                 memory: snapshot.as_ref().map(|s| MemoryLine {
                     warden_rss_bytes: s.warden_rss,
+                    heap_in_use_bytes: s.heap_in_use,
                     total_bytes: s.total,
                     limit_bytes: s.limit,
                     limit_source: s.limit_source.to_string(),

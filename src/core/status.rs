@@ -67,6 +67,9 @@ pub struct HealthLine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryLine {
     pub warden_rss_bytes: u64,
+    /// Allocated and not freed, of warden's own heap (glibc only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap_in_use_bytes: Option<u64>,
     pub total_bytes: u64,
     pub limit_bytes: u64,
     pub limit_source: String,

@@ -75,6 +75,19 @@ fn cgroup_memory_max() -> Option<u64> {
     smallest
 }
 
+/// What warden's heap holds in use: small chunks and mmapped ones, over
+/// every arena (glibc's mallinfo2; None with another C library).
+pub fn heap_in_use() -> Option<u64> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics.
+        let m = unsafe { nix::libc::mallinfo2() };
+        Some((m.uordblks + m.hblkhd) as u64)
+    }
+    #[cfg(not(target_env = "gnu"))]
+    None
+}
+
 /// Measures warden and its descendants, and with each group what its cell
 /// holds (also what left it and was re-parented away from warden).
 /// Blocking (reads /proc): run it off the runtime.
@@ -218,6 +231,7 @@ impl Actor for HealthActor {
         let (limit, limit_source) = state.limit;
         let snapshot = Arc::new(Snapshot {
             warden_rss,
+            heap_in_use: heap_in_use(),
             total,
             limit,
             limit_source,
