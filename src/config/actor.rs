@@ -515,8 +515,21 @@ pub(super) fn actors_from_texts(
     tools
 }
 
+/// The name a client sees for what a server exports as `name`: prefixed, or
+/// as it is with `prefix = ""`.
+pub fn exported_name(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}_{name}")
+    }
+}
+
 /// An MCP server's tools are exported as `<prefix>_<tool>`, and its prompts
 /// likewise: no other tool or server may be able to produce the same name.
+/// A server with `prefix = ""` keeps its names: which of them collide is only
+/// known once it lists them (warden's own tools, then prefixed servers, win),
+/// so the one rule here is that two servers cannot both go unprefixed.
 fn check_exported_names(tools: &[ToolSpec], problems: &mut Vec<Problem>) {
     for server in tools {
         let Some(m) = server.mcp() else { continue };
@@ -525,28 +538,42 @@ fn check_exported_names(tools: &[ToolSpec], problems: &mut Vec<Problem>) {
             if std::ptr::eq(other, server) {
                 continue;
             }
-            let clash = match other.mcp() {
+            let reason = match other.mcp() {
+                Some(o) if m.prefix.is_empty() && o.prefix.is_empty() => Some(format!(
+                    "prefix = \"\" exports the server's names as they are, and so does mcp server `{}` in {}: give one of them a prefix",
+                    other.name,
+                    other.file.display()
+                )),
+                Some(o) if m.prefix.is_empty() || o.prefix.is_empty() => None,
                 // Either prefix could produce names of the other (`a_` and `a_b_`).
                 Some(o) => {
                     let theirs = format!("{}_", o.prefix);
-                    (theirs.starts_with(&mine) || mine.starts_with(&theirs))
-                        .then(|| format!("mcp server `{}` (prefix `{}`)", other.name, o.prefix))
+                    (theirs.starts_with(&mine) || mine.starts_with(&theirs)).then(|| {
+                        format!(
+                            "tools exported as `{mine}*` could collide with mcp server `{}` (prefix `{}`) in {}",
+                            other.name,
+                            o.prefix,
+                            other.file.display()
+                        )
+                    })
                 }
-                None => other
-                    .name
-                    .starts_with(&mine)
-                    .then(|| format!("tool `{}`", other.name)),
+                None if m.prefix.is_empty() => None,
+                None => other.name.starts_with(&mine).then(|| {
+                    format!(
+                        "tools exported as `{mine}*` could collide with tool `{}` in {}",
+                        other.name,
+                        other.file.display()
+                    )
+                }),
             };
             // Reported once, on the file that sorts later.
-            if let Some(what) = clash.filter(|_| other.file < server.file || other.mcp().is_none())
+            if let Some(reason) =
+                reason.filter(|_| other.file < server.file || other.mcp().is_none())
             {
                 problems.push(Problem {
                     file: server.file.clone(),
                     field: "prefix".into(),
-                    reason: format!(
-                        "tools exported as `{mine}*` could collide with {what} in {}",
-                        other.file.display()
-                    ),
+                    reason,
                 });
             }
         }
@@ -612,11 +639,22 @@ fn check_actor(
     if problems.len() > before {
         return None;
     }
+    let kind = kind?;
+    // Clients show the description, and some (the conformance suite) require one.
+    let description = match (&kind, a.description.trim().is_empty()) {
+        (_, false) => a.description,
+        (ToolKindSpec::Builtin(b), true) => b.description().to_string(),
+        (ToolKindSpec::Command(c), true) => format!(
+            "Runs {}",
+            c.program.rsplit('/').next().unwrap_or(&c.program)
+        ),
+        (ToolKindSpec::Mcp(_), true) => String::new(),
+    };
     Some(ToolSpec {
         name: a.name,
-        description: a.description,
+        description,
         file: file.to_path_buf(),
-        kind: kind?,
+        kind,
         concurrency,
         queue: a.queue.unwrap_or(defaults.queue),
         timeout,
@@ -667,8 +705,9 @@ fn mcp_spec(
         );
     }
     let prefix = m.prefix.unwrap_or_else(|| a.name.clone());
-    // The shortest exported name, `<prefix>_x`, must itself be a valid tool name.
-    if !valid_tool_name(&format!("{prefix}_x")) {
+    // The shortest exported name, `<prefix>_x`, must itself be a valid tool
+    // name; "" exports the server's names as they are.
+    if !prefix.is_empty() && !valid_tool_name(&format!("{prefix}_x")) {
         bad(
             "prefix",
             format!("`{prefix}` must match ^[a-zA-Z0-9_-]{{1,62}}$ (tools are exported as <prefix>_<tool>)"),

@@ -36,6 +36,18 @@ impl Builtin {
         }
     }
 
+    /// What a client is told the builtin does, unless its actor file says.
+    pub fn description(self) -> &'static str {
+        match self {
+            Builtin::Echo => "Returns its message: a connectivity check",
+            Builtin::Status => "The warden supervision tree as JSON: each actor's state, restarts, queue and calls in flight",
+            Builtin::Metrics => "warden's metrics in the Prometheus text format",
+            Builtin::Panic => "Chaos: panics the worker running it, to exercise supervision",
+            Builtin::Block => "Chaos: blocks a runtime thread for ms milliseconds, ignoring cancellation",
+            Builtin::Hang => "Chaos: waits ms milliseconds without blocking, ignoring cancellation",
+        }
+    }
+
     pub fn input_schema(self) -> Map<String, Value> {
         let schema = match self {
             Builtin::Echo => json!({

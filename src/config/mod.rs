@@ -18,9 +18,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use actor::{
-    looks_secret, secret_values, valid_tool_name, CommandSpec, Limits, McpSpec, Priority,
-    RestartType, ToolKindSpec, ToolSpec, DEFAULT_ENV_PASS, DEFAULT_MCP_ENV_PASS, DEFAULT_PATH,
-    DEFAULT_PING_EVERY, DEFAULT_PING_TIMEOUT, DEFAULT_START_TIMEOUT,
+    exported_name, looks_secret, secret_values, valid_tool_name, CommandSpec, Limits, McpSpec,
+    Priority, RestartType, ToolKindSpec, ToolSpec, DEFAULT_ENV_PASS, DEFAULT_MCP_ENV_PASS,
+    DEFAULT_PATH, DEFAULT_PING_EVERY, DEFAULT_PING_TIMEOUT, DEFAULT_START_TIMEOUT,
 };
 pub use builtin::Builtin;
 pub use runtime::*;
@@ -355,6 +355,47 @@ mod tests {
             "Debug shows names only"
         );
         assert_eq!(loaded.tools[0].actor_name(), "server:everything");
+    }
+
+    #[test]
+    fn one_server_may_keep_its_names_and_two_may_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let actors = dir.path().join("actors");
+        std::fs::create_dir(&actors).unwrap();
+        write(dir.path(), "config.toml", "");
+        let server = |name: &str, extra: &str| {
+            format!("name = \"{name}\"\nkind = \"mcp\"\ncommand = \"node\"\n{extra}")
+        };
+        write(&actors, "a.toml", &server("a", "prefix = \"\"\n"));
+        write(&actors, "b.toml", &server("b", "prefix = \"b\"\n"));
+        write(
+            &actors,
+            "echo.toml",
+            "name = \"echo\"\nkind = \"builtin\"\n",
+        );
+        let loaded = load(&dir.path().join("config.toml"), &no_env).unwrap();
+        let a = loaded.tools.iter().find(|t| t.name == "a").unwrap();
+        assert_eq!(a.mcp().unwrap().prefix, "");
+        assert_eq!(exported_name("", "search"), "search");
+        assert_eq!(exported_name("gh", "search"), "gh_search");
+        // A builtin without a description gets its own.
+        let echo = loaded.tools.iter().find(|t| t.name == "echo").unwrap();
+        assert!(
+            echo.description.starts_with("Returns its message"),
+            "{}",
+            echo.description
+        );
+        write(&actors, "c.toml", &server("c", "prefix = \"\"\n"));
+        let problems = load(&dir.path().join("config.toml"), &no_env).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].file.ends_with("c.toml"), "{problems:?}");
+        assert_eq!(problems[0].field, "prefix");
+        assert!(
+            problems[0].reason.contains("mcp server `a` in")
+                && problems[0].reason.contains("a.toml"),
+            "{}",
+            problems[0].reason
+        );
     }
 
     #[test]

@@ -321,7 +321,11 @@ impl Registry {
         }
         self.servers().find_map(|entry| {
             let m = entry.spec.mcp()?;
-            let rest = name.strip_prefix(m.prefix.as_str())?.strip_prefix('_')?;
+            let rest = if m.prefix.is_empty() {
+                name
+            } else {
+                name.strip_prefix(m.prefix.as_str())?.strip_prefix('_')?
+            };
             let name = match entry.catalog().tool(name) {
                 Some(d) => d.clone(),
                 // While the server is down its list may be stale or not yet

@@ -94,7 +94,14 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
                     if new && open.now() >= max {
                         return full(max);
                     }
-                    next.run(req).await
+                    let delete = req.method() == axum::http::Method::DELETE;
+                    let mut r = next.run(req).await;
+                    // rmcp answers a DELETE 202; clients (the Python SDK)
+                    // take only 200 and 204 for a session ended.
+                    if delete && r.status() == StatusCode::ACCEPTED {
+                        *r.status_mut() = StatusCode::NO_CONTENT;
+                    }
+                    r
                 }
             },
         ))

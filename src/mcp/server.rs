@@ -8,12 +8,14 @@ use std::time::Instant;
 
 #[allow(deprecated)]
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, ContentBlock,
-    GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
-    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
-    ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
-    ResultType, ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, CompleteRequest,
+    CompleteRequestParams, CompleteResult, ContentBlock, GetPromptRequest, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+    PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion, ReadResourceRequest,
+    ReadResourceRequestParams, ReadResourceResponse, Reference, ResultType, ServerCapabilities,
+    ServerConfig, ServerResult, SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams,
+    Tool, UnsubscribeRequest, UnsubscribeRequestParams,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData as McpError, Peer, ServerHandler};
@@ -107,9 +109,11 @@ impl WardenServer {
                 .enable_prompts_list_changed()
                 .enable_resources()
                 .enable_resources_list_changed()
+                .enable_completions()
                 .build();
             caps.prompts = more.prompts;
             caps.resources = more.resources;
+            caps.completions = more.completions;
         }
         WardenServer {
             runtime,
@@ -146,6 +150,16 @@ impl WardenServer {
             .flat_map(|server| list(&server.catalog()))
             .filter_map(|def| T::deserialize(&Value::Object((*def).clone())).ok())
             .collect()
+    }
+
+    /// The server a resource URI belongs to.
+    fn owner_of(&self, uri: &str) -> Result<&Arc<ToolEntry>, McpError> {
+        self.runtime.tools.route_uri(uri).ok_or_else(|| {
+            McpError::resource_not_found(
+                format!("no server offers `{uri}`; resources/list shows the resources"),
+                Some(json!({"uri": uri})),
+            )
+        })
     }
 
     /// A request for an MCP server, through the runtime's admission.
@@ -215,7 +229,16 @@ impl ServerHandler for WardenServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let mut tools = self.tools.as_ref().clone();
-        tools.extend(self.exported(|c| c.tools.iter().map(|t| t.def.clone()).collect()));
+        // What a server with `prefix = ""` exports under the name of one of
+        // warden's own tools (or of an earlier server's) is not callable:
+        // calls go to the first. It is not listed either.
+        let mut names: std::collections::HashSet<String> =
+            tools.iter().map(|t| t.name.to_string()).collect();
+        tools.extend(
+            self.exported::<Tool>(|c| c.tools.iter().map(|t| t.def.clone()).collect())
+                .into_iter()
+                .filter(|t| names.insert(t.name.to_string())),
+        );
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -292,6 +315,53 @@ impl ServerHandler for WardenServer {
             ServerResult::InputRequiredResult(r) => Ok(r.into()),
             _ => Err(unexpected_answer(entry, "resources/read")),
         }
+    }
+
+    /// To the server of the prompt or resource template named; no server,
+    /// no suggestions.
+    async fn complete(
+        &self,
+        mut request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        let target = match &mut request.r#ref {
+            Reference::Prompt(p) => self.runtime.tools.route_prompt(&p.name).map(|t| {
+                p.name = t.name.to_string();
+                t.entry
+            }),
+            Reference::Resource(r) => self.runtime.tools.route_uri(&r.uri),
+            _ => None,
+        };
+        let Some(entry) = target else {
+            return Ok(CompleteResult::default());
+        };
+        let request = ClientRequest::CompleteRequest(CompleteRequest::new(request));
+        match self.forward(entry, request, &context).await? {
+            ServerResult::CompleteResult(r) => Ok(r),
+            _ => Err(unexpected_answer(entry, "completion/complete")),
+        }
+    }
+
+    /// To the server of the URI. Its `notifications/resources/updated` are
+    /// not passed on yet, so warden does not declare `resources.subscribe`.
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let entry = self.owner_of(&request.uri)?;
+        let request = ClientRequest::SubscribeRequest(SubscribeRequest::new(request));
+        self.forward(entry, request, &context).await.map(drop)
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let entry = self.owner_of(&request.uri)?;
+        let request = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(request));
+        self.forward(entry, request, &context).await.map(drop)
     }
 
     /// Over HTTP, list changes and log messages reach a session once its

@@ -5,6 +5,7 @@ mod harness;
 mod breaker;
 mod chaos;
 mod clients;
+mod conformance;
 mod contain;
 mod errors;
 mod everything;

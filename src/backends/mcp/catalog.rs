@@ -8,7 +8,7 @@ use rmcp::model::{PaginatedRequestParams, Prompt, Resource, ResourceTemplate, To
 use rmcp::service::{Peer, RoleClient};
 use serde_json::{Map, Value};
 
-use crate::config::valid_tool_name;
+use crate::config::{exported_name, valid_tool_name};
 use crate::core::catalog::{self, Catalog, Definition, Export};
 
 /// Renames what a server listed for export; names that would not be valid
@@ -24,7 +24,7 @@ pub fn build(
     // Tools and prompts alike: an exported name reaches the client's
     // interface, and an ESC or a newline in it must not.
     let mut exported = |kind: &str, name: &str| {
-        let exported = format!("{prefix}_{name}");
+        let exported = exported_name(prefix, name);
         if valid_tool_name(&exported) {
             return Some(exported);
         }
@@ -178,7 +178,7 @@ fn export(item: &impl serde::Serialize, name: String, downstream: Arc<str>) -> E
 fn renamed(item: &impl serde::Serialize, prefix: &str) -> Definition {
     let mut def = object(item);
     if let Some(Value::String(name)) = def.get_mut("name") {
-        *name = format!("{prefix}_{name}");
+        *name = exported_name(prefix, name);
     }
     Arc::new(def)
 }
