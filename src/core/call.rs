@@ -284,6 +284,7 @@ impl Runtime {
         started: Instant,
     ) -> Result<W::Output, ToolError> {
         let tool = entry.spec.name.as_str();
+        ctx.session.touch();
         if let Err(wait) = entry.take_token(started) {
             return Err(ToolError::rate_limited(tool, entry.spec.rate_limit, wait));
         }

@@ -23,6 +23,8 @@ pub struct Metrics {
     memory_level: IntGauge,
     recovery_actions: IntCounterVec,
     lag: prometheus::GaugeVec,
+    sessions_open: IntGaugeVec,
+    http_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -105,8 +107,23 @@ impl Metrics {
             &["stat"],
         )
         .expect("valid metric");
+        let sessions_open = IntGaugeVec::new(
+            Opts::new("warden_sessions_open", "MCP sessions open, by transport"),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "warden_http_requests_total",
+                "HTTP requests to /mcp answered, by method and status code",
+            ),
+            &["method", "status"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(sessions_open.clone()),
+            Box::new(http_requests.clone()),
             Box::new(call_seconds.clone()),
             Box::new(in_flight.clone()),
             Box::new(breaker_state.clone()),
@@ -133,7 +150,21 @@ impl Metrics {
             memory_level,
             recovery_actions,
             lag,
+            sessions_open,
+            http_requests,
         }
+    }
+
+    pub fn set_sessions_open(&self, transport: &str, n: usize) {
+        self.sessions_open
+            .with_label_values(&[transport])
+            .set(n as i64);
+    }
+
+    pub fn http_request(&self, method: &str, status: u16) {
+        self.http_requests
+            .with_label_values(&[method, &status.to_string()])
+            .inc();
     }
 
     pub fn set_memory_level(&self, level: i64) {

@@ -17,8 +17,8 @@ use crate::core::names;
 use crate::core::registry::{BadSchema, Registry, UnknownTool};
 use crate::core::session::{Notice, Notices, Session};
 use crate::core::status::{
-    ActorLine, BreakerLine, ContainmentLine, HealthLine, MemoryLine, RecoveryLine, Status,
-    WardenLine,
+    ActorLine, BreakerLine, ContainmentLine, HealthLine, MemoryLine, RecoveryLine, SessionsLine,
+    Status, WardenLine,
 };
 use crate::exec::Groups;
 
@@ -47,6 +47,8 @@ pub struct Runtime {
     /// Wakes the breaker actor's clock when a breaker opens.
     pub breaker_clock: Notify,
     next_session: AtomicU64,
+    /// Every session opened and not yet dropped, for status.
+    sessions: Mutex<Vec<std::sync::Weak<Session>>>,
     started: Instant,
 }
 
@@ -80,14 +82,43 @@ impl Runtime {
             actors: Mutex::new(actors),
             breaker_clock: Notify::new(),
             next_session: AtomicU64::new(1),
+            sessions: Mutex::new(Vec::new()),
             started: Instant::now(),
         }))
     }
 
-    /// A new client's session.
-    pub fn open_session(&self) -> (Session, tokio::sync::broadcast::Receiver<Notice>) {
+    /// A new client's session, over `transport` ("stdio" or "http").
+    pub fn open_session(
+        &self,
+        transport: &'static str,
+    ) -> (Arc<Session>, tokio::sync::broadcast::Receiver<Notice>) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        Session::open(id, &self.kill_all, &self.notices)
+        let (session, notices) = Session::open(id, transport, &self.kill_all, &self.notices);
+        let session = Arc::new(session);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        // Dropped sessions go as new ones come: the list stays as long as
+        // the sessions open, plus those ended since the last opening.
+        sessions.retain(|s| s.strong_count() > 0);
+        sessions.push(Arc::downgrade(&session));
+        (session, notices)
+    }
+
+    /// The sessions open now: how many, by transport and protocol, and the
+    /// longest any has gone without a call.
+    pub fn sessions(&self) -> SessionsLine {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut line = SessionsLine::default();
+        for s in sessions.iter().filter_map(std::sync::Weak::upgrade) {
+            if s.cancel().is_cancelled() {
+                continue;
+            }
+            line.open += 1;
+            let key = format!("{} {}", s.transport, s.protocol().unwrap_or("unknown"));
+            *line.by_protocol.entry(key).or_default() += 1;
+            let idle = s.idle().as_secs();
+            line.oldest_idle_s = Some(line.oldest_idle_s.map_or(idle, |o: u64| o.max(idle)));
+        }
+        line
     }
 
     /// Tells every open session.
@@ -219,6 +250,16 @@ impl Runtime {
             self.metrics.set_queue_depth(&t.spec.name, t.gate.queued());
         }
         self.metrics.set_in_flight(self.in_flight());
+        let sessions = self.sessions();
+        for transport in ["stdio", "http"] {
+            let n = sessions
+                .by_protocol
+                .iter()
+                .filter(|(k, _)| k.split(' ').next() == Some(transport))
+                .map(|(_, n)| n)
+                .sum();
+            self.metrics.set_sessions_open(transport, n);
+        }
         self.metrics.render()
     }
 
@@ -268,6 +309,7 @@ impl Runtime {
                     .log
                     .file_logging()
                     .then(|| self.config.log.dir.display().to_string()),
+                sessions: self.sessions(),
                 containment: {
                     let cells = self.groups.containment();
                     ContainmentLine {

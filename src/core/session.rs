@@ -6,7 +6,9 @@
 //! broadcast: every session hears every list change), and its client's
 //! logging level for the server log messages it forwards.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -104,9 +106,16 @@ impl Default for Notices {
 /// One connected client.
 pub struct Session {
     pub id: u64,
+    /// "stdio" or "http".
+    pub transport: &'static str,
     cancel: CancellationToken,
     /// The client's `logging/setLevel`, as a `LogLevel` number; none set: every message.
     level: AtomicU8,
+    /// The protocol version the client and warden agreed on.
+    protocol: OnceLock<String>,
+    opened: Instant,
+    /// When the last call began, in ms after `opened`.
+    last_call_ms: AtomicU64,
 }
 
 /// No `logging/setLevel` yet.
@@ -117,15 +126,41 @@ impl Session {
     /// to `notices`.
     pub fn open(
         id: u64,
+        transport: &'static str,
         parent: &CancellationToken,
         notices: &Notices,
     ) -> (Session, broadcast::Receiver<Notice>) {
         let session = Session {
             id,
+            transport,
             cancel: parent.child_token(),
             level: AtomicU8::new(LEVEL_UNSET),
+            protocol: OnceLock::new(),
+            opened: Instant::now(),
+            last_call_ms: AtomicU64::new(0),
         };
         (session, notices.subscribe())
+    }
+
+    /// The protocol version agreed on (the first one said counts).
+    pub fn set_protocol(&self, version: &str) {
+        let _ = self.protocol.set(version.to_string());
+    }
+
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.get().map(String::as_str)
+    }
+
+    /// A call of this session begins.
+    pub fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_call_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the session's last call began (or since it opened).
+    pub fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_call_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
     }
 
     /// Cancelled when the session ends, or warden does.
@@ -159,8 +194,8 @@ mod tests {
     async fn every_session_hears_a_notice_and_ending_one_cancels_only_it() {
         let root = CancellationToken::new();
         let notices = Notices::new();
-        let (a, mut a_rx) = Session::open(1, &root, &notices);
-        let (b, mut b_rx) = Session::open(2, &root, &notices);
+        let (a, mut a_rx) = Session::open(1, "stdio", &root, &notices);
+        let (b, mut b_rx) = Session::open(2, "http", &root, &notices);
         assert_ne!(a.id, b.id);
         notices.send(Notice::ToolsChanged);
         assert!(matches!(a_rx.recv().await, Ok(Notice::ToolsChanged)));
@@ -176,7 +211,7 @@ mod tests {
 
     #[test]
     fn a_level_filters_log_messages_below_it() {
-        let (s, _rx) = Session::open(1, &CancellationToken::new(), &Notices::new());
+        let (s, _rx) = Session::open(1, "stdio", &CancellationToken::new(), &Notices::new());
         assert!(s.wants(LogLevel::Debug), "no level set: everything");
         s.set_level(LogLevel::Warning);
         assert!(!s.wants(LogLevel::Info));

@@ -35,9 +35,23 @@ pub struct WardenLine {
     /// (`warden logs` finds an instance's files through it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
+    /// The MCP sessions open (stdio: the one client; HTTP: each session and
+    /// each stateless request being served).
+    #[serde(default)]
+    pub sessions: SessionsLine,
     /// What holds each program together with everything it starts.
     #[serde(default)]
     pub containment: ContainmentLine,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionsLine {
+    pub open: usize,
+    /// "TRANSPORT PROTOCOL" (such as "http 2025-11-25") → sessions.
+    pub by_protocol: BTreeMap<String, usize>,
+    /// The longest any open session has gone without a call, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_idle_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -387,6 +401,11 @@ pub mod tests {
                 in_flight: 1,
                 max_in_flight: 256,
                 log_dir: Some("/etc/warden/logs".into()),
+                sessions: SessionsLine {
+                    open: 1,
+                    by_protocol: BTreeMap::from([("stdio 2025-11-25".into(), 1)]),
+                    oldest_idle_s: Some(3),
+                },
                 containment: ContainmentLine {
                     kind: "cgroup2".into(),
                     complete: true,

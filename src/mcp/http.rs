@@ -87,20 +87,28 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
                 let open = open.clone();
+                let runtime = runtime.clone();
                 async move {
+                    let method: &'static str = match req.method().as_str() {
+                        "GET" => "GET",
+                        "POST" => "POST",
+                        "DELETE" => "DELETE",
+                        _ => "other",
+                    };
                     // A request in a session already counted passes; a new one
                     // (an `initialize`, or a stateless request) waits its turn.
                     let new = !req.headers().contains_key("mcp-session-id");
-                    if new && open.now() >= max {
-                        return full(max);
-                    }
-                    let delete = req.method() == axum::http::Method::DELETE;
-                    let mut r = next.run(req).await;
+                    let mut r = if new && open.now() >= max {
+                        full(max)
+                    } else {
+                        next.run(req).await
+                    };
                     // rmcp answers a DELETE 202; clients (the Python SDK)
                     // take only 200 and 204 for a session ended.
-                    if delete && r.status() == StatusCode::ACCEPTED {
+                    if method == "DELETE" && r.status() == StatusCode::ACCEPTED {
                         *r.status_mut() = StatusCode::NO_CONTENT;
                     }
+                    runtime.metrics.http_request(method, r.status().as_u16());
                     r
                 }
             },

@@ -10,7 +10,8 @@ use std::time::Instant;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, CompleteRequest,
     CompleteRequestParams, CompleteResult, ContentBlock, GetPromptRequest, GetPromptRequestParams,
-    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    GetPromptResponse, Implementation, InitializeRequestParams, InitializeResult,
+    ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
     PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion, ReadResourceRequest,
     ReadResourceRequestParams, ReadResourceResponse, Reference, ResultType, ServerCapabilities,
@@ -126,8 +127,7 @@ impl WardenServer {
 
     /// The handler of a new HTTP session (or stateless request).
     pub fn for_http(runtime: Arc<Runtime>, open: Arc<crate::mcp::http::Open>) -> Self {
-        let (session, notices) = runtime.open_session();
-        let session = Arc::new(session);
+        let (session, notices) = runtime.open_session("http");
         open.opened();
         let http = Arc::new(HttpSession {
             session: session.clone(),
@@ -223,11 +223,26 @@ impl ServerHandler for WardenServer {
         Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2026_07_28))
     }
 
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        context.peer.set_peer_info(request.clone());
+        let answer = self.negotiate_initialize(&request)?;
+        self.session.set_protocol(answer.protocol_version.as_str());
+        Ok(answer)
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        // Without `initialize` (2026-07-28), each request names its version.
+        if let Some(v) = context.protocol_version() {
+            self.session.set_protocol(v.as_str());
+        }
         let mut tools = self.tools.as_ref().clone();
         // What a server with `prefix = ""` exports under the name of one of
         // warden's own tools (or of an earlier server's) is not callable:
@@ -398,6 +413,9 @@ impl ServerHandler for WardenServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let started = Instant::now();
+        if let Some(v) = context.protocol_version() {
+            self.session.set_protocol(v.as_str());
+        }
         let request_id = context.id.to_string();
         let tool = request.name.to_string();
         let progress = context

@@ -238,8 +238,7 @@ impl rmcp::Service<RoleServer> for Tracked {
 /// Serves the client that launched warden, over stdin and stdout, until its
 /// session ends; says why it ended.
 pub async fn serve(runtime: Arc<Runtime>) -> String {
-    let (session, notices) = runtime.open_session();
-    let session = Arc::new(session);
+    let (session, notices) = runtime.open_session("stdio");
     // Pipes (how MCP clients launch servers) are driven by the IO reactor;
     // anything else falls back to tokio's blocking stdio.
     let (stdin, stdout) = rmcp::transport::stdio_pipes();
