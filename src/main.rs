@@ -166,6 +166,14 @@ fn main() -> ExitCode {
                     loaded.path.display(),
                     loaded.tools.len()
                 );
+                let http = &loaded.config.http;
+                if http.mcp && http.exposed() {
+                    println!(
+                        "{}: http.listen: warning: {} serves MCP beyond this machine with no authorization: anyone who reaches it can run every tool",
+                        loaded.path.display(),
+                        http.listen
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(problems) => {

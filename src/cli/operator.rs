@@ -238,6 +238,21 @@ pub fn render(status: &Status, color: bool) -> String {
             ));
         }
     }
+    let s = &w.sessions;
+    if s.open > 0 {
+        out.push_str(&format!(
+            "sessions {} open ({}){}\n",
+            s.open,
+            s.by_protocol
+                .iter()
+                .map(|(k, n)| format!("{}: {n}", printable(k)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            s.oldest_idle_s
+                .map(|i| format!(", oldest idle {}", duration(i)))
+                .unwrap_or_default()
+        ));
+    }
     let c = &w.containment;
     if !c.kind.is_empty() && !c.complete {
         // Said only when it is weaker than a cgroup: then it matters.
@@ -443,7 +458,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("last recovery action: trim warden: memory level normal -> trim\n\n"),
+            text.contains("last recovery action: trim warden: memory level normal -> trim\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nsessions 1 open (stdio 2025-11-25: 1), oldest idle 3s\n\n"),
             "{text}"
         );
         let df = text.lines().find(|l| l.contains("tool:df")).unwrap();

@@ -147,6 +147,8 @@ impl Default for ControlConfig {
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(300);
 /// Default for `http.max_sessions`.
 pub const DEFAULT_MAX_SESSIONS: usize = 256;
+/// Default for `http.body_deadline`.
+pub const DEFAULT_BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The optional HTTP listener: /metrics, /health, /ready, and MCP at /mcp.
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +173,9 @@ pub struct HttpConfig {
     /// request with another `Origin` is refused (403). Empty: any Origin that
     /// is loopback.
     pub allowed_origins: Vec<String>,
+    /// A request body to /mcp must have arrived within this (else 408).
+    #[serde(with = "humantime_serde")]
+    pub body_deadline: Duration,
 }
 
 impl Default for HttpConfig {
@@ -182,6 +187,7 @@ impl Default for HttpConfig {
             max_sessions: DEFAULT_MAX_SESSIONS,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            body_deadline: DEFAULT_BODY_DEADLINE,
         }
     }
 }
@@ -619,6 +625,9 @@ pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Prob
     }
     if config.http.session_idle < Duration::from_secs(1) {
         bad("http.session_idle", "must be at least 1s");
+    }
+    if config.http.body_deadline < Duration::from_millis(100) {
+        bad("http.body_deadline", "must be at least 100ms");
     }
     for (field, filter) in [
         ("log.level", &config.log.level),

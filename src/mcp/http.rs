@@ -73,6 +73,7 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
         .with_max_request_body_bytes(runtime.config.server.max_line.0 as usize);
     let open = Arc::new(Open::default());
     let max = http.max_sessions;
+    let max_body = runtime.config.server.max_line.0 as usize;
     let service = {
         let open = open.clone();
         let runtime = runtime.clone();
@@ -84,6 +85,10 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
     };
     Router::new()
         .route_service("/mcp", service)
+        // A body that stops arriving: 408, and its connection is let go.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            runtime.config.http.body_deadline,
+        ))
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
                 let open = open.clone();
@@ -98,11 +103,33 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
                     // A request in a session already counted passes; a new one
                     // (an `initialize`, or a stateless request) waits its turn.
                     let new = !req.headers().contains_key("mcp-session-id");
-                    let mut r = if new && open.now() >= max {
+                    let json = req
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("application/json"));
+                    let announced = req
+                        .headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    let mut r = if announced.is_some_and(|n| n > max_body as u64) {
+                        // Refused before a byte of it is read (a longer body
+                        // without a length is cut off by rmcp as it streams).
+                        too_large(max_body)
+                    } else if new && open.now() >= max {
                         full(max)
                     } else {
                         next.run(req).await
                     };
+                    if r.status() == StatusCode::INTERNAL_SERVER_ERROR {
+                        r = body_timeout_is_408(r).await;
+                    }
+                    // rmcp answers a JSON body it cannot parse 415, as if the
+                    // type were wrong; JSON-RPC says -32700, and HTTP 400.
+                    if method == "POST" && json && r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
+                    {
+                        r = parse_error();
+                    }
                     // rmcp answers a DELETE 202; clients (the Python SDK)
                     // take only 200 and 204 for a session ended.
                     if method == "DELETE" && r.status() == StatusCode::ACCEPTED {
@@ -113,6 +140,39 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
                 }
             },
         ))
+}
+
+fn too_large(max: usize) -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": -32600, "message": format!("the request body is larger than server.max_line ({max} bytes)")}
+    });
+    (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response()
+}
+
+/// rmcp answers a body that stopped arriving (the body deadline) 500; it
+/// is the client's lateness, 408.
+async fn body_timeout_is_408(r: Response) -> Response {
+    let (parts, body) = r.into_parts();
+    let bytes = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    if String::from_utf8_lossy(&bytes).contains("not received within the designated timeout") {
+        return (
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time\n",
+        )
+            .into_response();
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+fn parse_error() -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": -32700, "message": "the request body is not valid JSON-RPC"}
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
 fn full(max: usize) -> Response {

@@ -355,7 +355,7 @@ mod tests {
                 .unwrap();
         let entry = runtime.tools.get("echo").unwrap().clone();
         let echo = |rt: Arc<Runtime>| async move {
-            let (session, _notices) = rt.open_session();
+            let (session, _notices) = rt.open_session("stdio");
             let cancel = Default::default();
             let ctx = CallCtx {
                 session: &session,

@@ -370,6 +370,29 @@ fn sigterm_over_http_lets_the_running_call_finish_and_exits_zero() {
 }
 
 #[test]
+fn check_warns_of_mcp_served_beyond_loopback_without_authorization() {
+    let setup = Setup::new("[http]\nlisten = \"0.0.0.0:8080\"\nmcp = true\n");
+    let out = std::process::Command::new(WARDEN)
+        .args(["check", "--config"])
+        .arg(setup.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("http.listen: warning: 0.0.0.0:8080 serves MCP beyond this machine with no authorization"),
+        "{said}"
+    );
+    let setup = Setup::new("[http]\nlisten = \"127.0.0.1:8080\"\nmcp = true\n");
+    let out = std::process::Command::new(WARDEN)
+        .args(["check", "--config"])
+        .arg(setup.config_path())
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+}
+
+#[test]
 fn serving_http_with_mcp_needs_an_address() {
     let setup = Setup::new("[http]\nmcp = true\n");
     let out = std::process::Command::new(WARDEN)
@@ -393,4 +416,151 @@ fn serving_http_with_mcp_needs_an_address() {
         said.contains("--http \"localhost\" is not an address such as 127.0.0.1:8080"),
         "{said}"
     );
+}
+
+/// Sends raw bytes on a new connection; what comes back within `wait` (the
+/// head, at least), and how long it took.
+fn raw(port: u16, bytes: &[u8], wait: Duration) -> (String, Duration) {
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let t0 = Instant::now();
+    s.write_all(bytes).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), t0.elapsed())
+}
+
+fn post_head(port: u16, extra: &str) -> String {
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json, text/event-stream\r\n{extra}\r\n"
+    )
+}
+
+#[test]
+fn hostile_http_is_answered_and_the_next_request_served() {
+    let port = free_port();
+    let mut s = setup(
+        "[log]\nstderr = \"warn\"\n[server]\nmax_line = \"64KiB\"\n[http]\nbody_deadline = \"1s\"\n",
+    )
+    .start_http(port);
+    wait_listening(&mut s, port);
+    let served = |what: &str| {
+        let mut conn = Conn::open(port);
+        let session = initialize(&mut conn);
+        let a = echo(&mut conn, &session, 2, "still serving");
+        assert_eq!(
+            text(&a.message()["result"]),
+            "still serving",
+            "after {what}: {a:?}"
+        );
+    };
+    // Malformed JSON: 400 with a JSON-RPC parse error.
+    let body = r#"{"jsonrpc":"#;
+    let (a, _) = raw(
+        port,
+        format!(
+            "{}{body}",
+            post_head(
+                port,
+                &format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                    body.len()
+                )
+            )
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(a.starts_with("HTTP/1.1 400"), "{a}");
+    served("malformed JSON");
+    // Wrong Accept, wrong Content-Type.
+    let (a, _) = raw(
+        port,
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/html\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{INITIALIZE}",
+            INITIALIZE.len()
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(a.starts_with("HTTP/1.1 406"), "{a}");
+    let (a, _) = raw(
+        port,
+        format!(
+            "{}{INITIALIZE}",
+            post_head(
+                port,
+                &format!(
+                    "Content-Type: text/plain\r\nContent-Length: {}\r\n",
+                    INITIALIZE.len()
+                )
+            )
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(a.starts_with("HTTP/1.1 415"), "{a}");
+    served("a wrong Content-Type");
+    // A body past server.max_line is refused before it is read.
+    let (a, took) = raw(
+        port,
+        post_head(
+            port,
+            "Content-Type: application/json\r\nContent-Length: 999999999\r\n",
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(a.starts_with("HTTP/1.1 413"), "{a}");
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    served("an oversized body");
+    // A body that stops arriving: 408 at the body deadline.
+    let (a, took) = raw(
+        port,
+        format!(
+            "{}{{\"json",
+            post_head(
+                port,
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n"
+            )
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(a.starts_with("HTTP/1.1 408"), "{a}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    served("a stalled body");
+    // A head that never ends (slowloris): the connection is closed.
+    let (a, took) = raw(
+        port,
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",
+        Duration::from_secs(6),
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "a stalled head held its connection {took:?}: {a:?}"
+    );
+    served("a stalled head");
+    // Hundreds of idle connections cost a normal request nothing.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    served("300 idle connections");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "{:?} with 300 idle connections",
+        t0.elapsed()
+    );
+    drop(idle);
 }
