@@ -184,13 +184,8 @@ fn what_a_server_starts_in_a_session_of_its_own_ends_with_it() {
 #[test]
 fn an_unknown_containment_is_a_config_problem() {
     let setup = Setup::new("[server]\ncontainment = \"cgroup3\"\n");
-    let out = std::process::Command::new(WARDEN)
-        .args(["check", "--config"])
-        .arg(setup.config_path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&out.stdout);
+    let (code, said) = setup.check();
+    assert_eq!(code, Some(1));
     assert!(
         said.contains("server.containment: unknown variant `cgroup3`, expected one of `auto`, `cgroup2`, `freezer`, `subreaper`"),
         "{said}"

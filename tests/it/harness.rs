@@ -56,6 +56,19 @@ impl Setup {
         Server::spawn(self, &config, env, &[])
     }
 
+    /// `warden check` of this config: its exit code and what it printed.
+    pub fn check(&self) -> (Option<i32>, String) {
+        let out = Command::new(WARDEN)
+            .args(["check", "--config"])
+            .arg(self.config_path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// Starts `warden serve --http 127.0.0.1:PORT` (stdout stays silent).
     pub fn start_http(self, port: u16) -> Server {
         let config = self.config_path();

@@ -168,19 +168,22 @@ fn thousands_of_requests_in_flight_get_one_answer_each() {
     assert!(extra.is_none(), "{extra:?}");
 }
 
+/// `echo` and `sleeper` (the fixture's `sleep {ms}`).
+fn sleeper_setup() -> Setup {
+    echo_setup(QUIET).actor(
+        "sleeper",
+        &fixture_tool(
+            "sleeper",
+            &["sleep", "{ms}"],
+            "",
+            "properties.ms = { type = \"integer\" }",
+        ),
+    )
+}
+
 #[test]
 fn a_reused_id_in_flight_is_refused_and_the_first_call_still_answers() {
-    let mut s = echo_setup(QUIET)
-        .actor(
-            "sleeper",
-            &fixture_tool(
-                "sleeper",
-                &["sleep", "{ms}"],
-                "",
-                "properties.ms = { type = \"integer\" }",
-            ),
-        )
-        .start();
+    let mut s = sleeper_setup().start();
     s.initialize();
     let call = |id: i64, tool: &str, args: Value| {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
@@ -203,17 +206,7 @@ fn a_reused_id_in_flight_is_refused_and_the_first_call_still_answers() {
 
 #[test]
 fn an_id_reused_right_after_its_cancel_never_gets_the_cancelled_answer() {
-    let mut s = echo_setup(QUIET)
-        .actor(
-            "sleeper",
-            &fixture_tool(
-                "sleeper",
-                &["sleep", "{ms}"],
-                "",
-                "properties.ms = { type = \"integer\" }",
-            ),
-        )
-        .start();
+    let mut s = sleeper_setup().start();
     s.initialize();
     let line = |v: Value| {
         let mut l = serde_json::to_vec(&v).unwrap();

@@ -372,36 +372,23 @@ fn sigterm_over_http_lets_the_running_call_finish_and_exits_zero() {
 #[test]
 fn check_warns_of_mcp_served_beyond_loopback_without_authorization() {
     let setup = Setup::new("[http]\nlisten = \"0.0.0.0:8080\"\nmcp = true\n");
-    let out = std::process::Command::new(WARDEN)
-        .args(["check", "--config"])
-        .arg(setup.config_path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let said = String::from_utf8_lossy(&out.stdout);
+    let (code, said) = setup.check();
+    assert_eq!(code, Some(0));
     assert!(
         said.contains("http.listen: warning: 0.0.0.0:8080 serves MCP beyond this machine with no authorization"),
         "{said}"
     );
     let setup = Setup::new("[http]\nlisten = \"127.0.0.1:8080\"\nmcp = true\n");
-    let out = std::process::Command::new(WARDEN)
-        .args(["check", "--config"])
-        .arg(setup.config_path())
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+    let (code, said) = setup.check();
+    assert_eq!(code, Some(0));
+    assert!(!said.contains("warning"), "{said}");
 }
 
 #[test]
 fn serving_http_with_mcp_needs_an_address() {
     let setup = Setup::new("[http]\nmcp = true\n");
-    let out = std::process::Command::new(WARDEN)
-        .args(["check", "--config"])
-        .arg(setup.config_path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&out.stdout);
+    let (code, said) = setup.check();
+    assert_eq!(code, Some(1));
     assert!(said.contains("http.mcp: needs http.listen"), "{said}");
     let setup = Setup::new(QUIET);
     let out = std::process::Command::new(WARDEN)
