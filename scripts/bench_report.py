@@ -31,6 +31,10 @@ PEERS = [
     ("everything-proxy", "server-everything through warden"),
     ("cmd-true", "warden command tool running /bin/true"),
     ("spawn-true", "raw spawn loop of /bin/true (tokio)"),
+    ("bare-http", "bare rmcp echo over Streamable HTTP (current-thread, TCP_NODELAY)"),
+    ("bare-http-mt", "the same on the multi-thread runtime"),
+    ("warden-http", "warden serve --http, builtin echo"),
+    ("warden-http-2t", "warden serve --http, 2 runtime threads"),
 ]
 
 
@@ -142,6 +146,25 @@ def report(runs, rounds, calls, concurrency):
                   (f"calls/s ≥ 0.9× direct (seq {rates[0]:.2f}×, conc {rates[1]:.2f}×)", min(rates) >= 0.9)]
             p()
             p("Gateway targets (issue 6, server-everything) " + ("hold" if all(o for _, o in ok) else "do NOT hold")
+              + ": " + "; ".join(("✓ " if o else "✗ ") + t for t, o in ok) + ".")
+    http = [(w, b) for w, b in (("warden-http", "bare-http"), ("warden-http-2t", "bare-http-mt"),
+                                 ("warden-http-2t", "warden-http")) if w in runs and b in runs]
+    if http:
+        p()
+        p("### Over Streamable HTTP (2025-11-25 session, one POST per call)")
+        p()
+        p("| ratio | seq p50 | conc p50 | seq calls/s | conc calls/s |")
+        p("|---|---:|---:|---:|---:|")
+        for w, b in http:
+            cells = [ratio(g, b, w) for g in (SEQ_P50, CONC_P50, SEQ_RATE, CONC_RATE)]
+            p(f"| {w} / {b} | " + " | ".join(f"{c:.2f}×" for c in cells) + " |")
+        if ("warden-http", "bare-http") in http:
+            p50 = ratio(SEQ_P50, "bare-http", "warden-http")
+            rates = [ratio(g, "bare-http", "warden-http") for g in (SEQ_RATE, CONC_RATE)]
+            ok = [(f"p50 ≤ 1.2× bare (seq {p50:.2f}×)", p50 <= 1.2),
+                  (f"calls/s ≥ 0.8× bare (seq {rates[0]:.2f}×, conc {rates[1]:.2f}×)", min(rates) >= 0.8)]
+            p()
+            p("HTTP targets (issue 15) " + ("hold" if all(o for _, o in ok) else "do NOT hold")
               + ": " + "; ".join(("✓ " if o else "✗ ") + t for t, o in ok) + ".")
     return out.getvalue()
 

@@ -1,6 +1,10 @@
 //! `warden-bare-echo`: the benchmark baseline. A bare rmcp stdio MCP server
 //! with one tool, `echo`, and nothing else: no supervision, no actors, no
 //! logging. `scripts/bench` measures warden against it.
+//!
+//! `--http PORT`: the same over Streamable HTTP at http://127.0.0.1:PORT/mcp,
+//! rmcp's `StreamableHttpService` on a plain axum listener with TCP_NODELAY
+//! (the baseline for `warden serve --http`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -46,9 +50,9 @@ impl ServerHandler for BareEcho {
         )
     }
 
-    /// The same handshake as warden: every client stays on `initialize`.
+    /// The same versions as warden: up to 2026-07-28.
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
-        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2026_07_28))
     }
 
     async fn list_tools(
@@ -94,6 +98,27 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(port) = args
+        .iter()
+        .position(|a| a == "--http")
+        .and_then(|i| args.get(i + 1))
+    {
+        let port: u16 = match port.parse() {
+            Ok(p) => p,
+            Err(_) => {
+                eprintln!("warden-bare-echo: --http wants a port, not `{port}`");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        return match rt.block_on(serve_http(port)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("warden-bare-echo: {e}");
+                std::process::ExitCode::from(1)
+            }
+        };
+    }
     let outcome = rt.block_on(async {
         let running = BareEcho::new()
             .serve(rmcp::transport::stdio_pipes())
@@ -112,4 +137,28 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// Serves the echo over Streamable HTTP on 127.0.0.1:`port` until killed.
+async fn serve_http(port: u16) -> Result<(), String> {
+    use axum::serve::ListenerExt;
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let service = StreamableHttpService::new(
+        || Ok(BareEcho::new()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let router = axum::Router::new().route_service("/mcp", service);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+    axum::serve(listener, router)
+        .await
+        .map_err(|e| format!("serving: {e}"))
 }

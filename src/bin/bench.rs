@@ -16,6 +16,11 @@
 //! With `--spawn`, the command is not a server: each call runs it once and
 //! waits for its exit and output, one at a time and C at once. That is the
 //! raw spawn loop a command tool is measured against.
+//!
+//! With `--http PORT`, the command is a server that listens on
+//! 127.0.0.1:PORT/mcp: one session (`initialize`, 2025-11-25) over
+//! Streamable HTTP, the sequential calls on one kept-alive connection, the
+//! concurrent ones on C connections, each call a POST answered by SSE or JSON.
 
 use std::collections::HashMap;
 use std::process::{ExitCode, Stdio};
@@ -41,7 +46,7 @@ const MESSAGE: &str = "hello";
 /// How long the tool may take to answer its first call.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
-const USAGE: &str = "usage: warden-bench --name LABEL --calls N --concurrency C [--tool echo] [--expect TEXT] [--spawn] -- <server command and args...>";
+const USAGE: &str = "usage: warden-bench --name LABEL --calls N --concurrency C [--tool echo] [--expect TEXT] [--spawn | --http PORT] -- <server command and args...>";
 
 struct Args {
     name: String,
@@ -49,6 +54,8 @@ struct Args {
     concurrency: usize,
     /// Run the command once per call instead of speaking MCP to it.
     spawn: bool,
+    /// Speak MCP over HTTP to 127.0.0.1:PORT instead of the command's stdio.
+    http: Option<u16>,
     command: Vec<String>,
 }
 
@@ -62,6 +69,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut calls = None;
     let mut concurrency = None;
     let mut spawn = false;
+    let mut http = None;
     let mut i = 0;
     while i < argv.len() {
         let flag = argv[i].as_str();
@@ -95,6 +103,13 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--concurrency" => concurrency = Some(parse_count(key, &value)?),
             "--tool" => tool = value,
             "--expect" => expect = value,
+            "--http" => {
+                http = Some(
+                    value
+                        .parse::<u16>()
+                        .map_err(|_| format!("--http wants a port, not `{value}`"))?,
+                )
+            }
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
         i += 1;
@@ -109,6 +124,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         calls: calls.ok_or_else(|| format!("--calls is required\n{USAGE}"))?,
         concurrency: concurrency.ok_or_else(|| format!("--concurrency is required\n{USAGE}"))?,
         spawn,
+        http,
         command,
     })
 }
@@ -448,6 +464,9 @@ async fn run(args: &Args, child: &mut Option<Child>) -> Result<Value, String> {
     if args.spawn {
         return spawn_loop(args).await;
     }
+    if let Some(port) = args.http {
+        return http::run(args, port, child).await;
+    }
     let spawned_at = Instant::now();
     let mut proc = Command::new(&args.command[0])
         .args(&args.command[1..])
@@ -542,6 +561,244 @@ async fn run(args: &Args, child: &mut Option<Child>) -> Result<Value, String> {
         "seq": seq.summary(),
         "conc": conc.summary(),
     }))
+}
+
+/// MCP over Streamable HTTP, spoken with a small HTTP/1.1 client of its own
+/// (keep-alive, Content-Length or chunked bodies, SSE `data:` lines), so
+/// that warden and the bare rmcp server pay the same client overhead.
+mod http {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    pub struct Conn {
+        io: BufReader<TcpStream>,
+        port: u16,
+        session: Option<String>,
+    }
+
+    impl Conn {
+        pub async fn open(port: u16, session: Option<String>) -> Result<Conn, String> {
+            let tcp = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| format!("connecting to 127.0.0.1:{port}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            Ok(Conn {
+                io: BufReader::new(tcp),
+                port,
+                session,
+            })
+        }
+
+        /// POSTs one message; the JSON-RPC response in the answer (None
+        /// for a notification's 202), and the session id the answer set.
+        pub async fn post(&mut self, msg: &Value) -> Result<(Option<Value>, Instant), String> {
+            let body = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+            let mut req = format!(
+                "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+                self.port,
+                body.len()
+            );
+            if let Some(s) = &self.session {
+                req.push_str(&format!(
+                    "Mcp-Session-Id: {s}\r\nMCP-Protocol-Version: {PROTOCOL_VERSION}\r\n"
+                ));
+            }
+            req.push_str("\r\n");
+            let mut bytes = req.into_bytes();
+            bytes.extend_from_slice(&body);
+            let exchange = async {
+                self.io.get_mut().write_all(&bytes).await?;
+                self.read_answer().await
+            };
+            match tokio::time::timeout(RESPONSE_DEADLINE, exchange).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err(format!("HTTP: {e}")),
+                Err(_) => Err(format!("no HTTP answer within {RESPONSE_DEADLINE:?}")),
+            }
+        }
+
+        async fn read_answer(&mut self) -> std::io::Result<(Option<Value>, Instant)> {
+            let bad = |what: String| std::io::Error::other(what);
+            let mut line = String::new();
+            self.io.read_line(&mut line).await?;
+            let status: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+            let (mut length, mut chunked, mut sse) = (0usize, false, false);
+            loop {
+                line.clear();
+                self.io.read_line(&mut line).await?;
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                let Some((k, v)) = l.split_once(':') else {
+                    continue;
+                };
+                let v = v.trim();
+                match k.to_ascii_lowercase().as_str() {
+                    "content-length" => length = v.parse().unwrap_or(0),
+                    "transfer-encoding" => chunked = v.contains("chunked"),
+                    "content-type" => sse = v.starts_with("text/event-stream"),
+                    "mcp-session-id" => self.session = Some(v.to_string()),
+                    _ => {}
+                }
+            }
+            let mut body = Vec::new();
+            if chunked {
+                loop {
+                    line.clear();
+                    self.io.read_line(&mut line).await?;
+                    let n = usize::from_str_radix(line.trim(), 16)
+                        .map_err(|_| bad(format!("bad chunk size {line:?}")))?;
+                    let mut chunk = vec![0; n + 2];
+                    self.io.read_exact(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+            } else {
+                body.resize(length, 0);
+                self.io.read_exact(&mut body).await?;
+            }
+            let at = Instant::now();
+            if status == 202 {
+                return Ok((None, at));
+            }
+            if status != 200 {
+                return Err(bad(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&body)
+                )));
+            }
+            let text = String::from_utf8_lossy(&body);
+            let msg = if sse {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+                    .find(|m| m.get("id").is_some() && m.get("method").is_none())
+            } else {
+                serde_json::from_str(&text).ok()
+            };
+            msg.map(|m| (Some(m), at))
+                .ok_or_else(|| bad(format!("no JSON-RPC response in {text:?}")))
+        }
+    }
+
+    async fn call(conn: &mut Conn, id: u64) -> Result<(Value, Instant), String> {
+        match conn.post(&echo_call(id)).await? {
+            (Some(msg), at) => Ok((msg, at)),
+            (None, _) => Err("a call answered 202".into()),
+        }
+    }
+
+    pub async fn run(args: &Args, port: u16, child: &mut Option<Child>) -> Result<Value, String> {
+        let spawned_at = Instant::now();
+        let proc = Command::new(&args.command[0])
+            .args(&args.command[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start `{}`: {e}", args.command[0]))?;
+        let pid = proc.id().ok_or("the server exited at once")?;
+        *child = Some(proc);
+        let mut conn = loop {
+            match Conn::open(port, None).await {
+                Ok(c) => break c,
+                Err(e) if spawned_at.elapsed() > READY_DEADLINE => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let (init, at) = conn
+            .post(&json!({
+                "jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+                           "clientInfo": {"name": "warden-bench", "version": env!("CARGO_PKG_VERSION")}}
+            }))
+            .await?;
+        let ready = at.duration_since(spawned_at);
+        if init.as_ref().and_then(|m| m.get("result")).is_none() {
+            return Err(format!("initialize failed: {init:?}"));
+        }
+        conn.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await?;
+        let mut next_id = 1u64;
+        let first_call = loop {
+            let (msg, at) = call(&mut conn, next_id).await?;
+            next_id += 1;
+            if is_echo(&msg) {
+                break at.duration_since(spawned_at);
+            }
+            if spawned_at.elapsed() > READY_DEADLINE {
+                return Err(format!("no good answer within {READY_DEADLINE:?}: {msg}"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        tokio::time::sleep(IDLE_SETTLE).await;
+        let rss_idle = rss_kib(pid)?;
+        let tree_idle = tree_rss_kib(pid);
+
+        let mut seq = Phase::new(args.calls);
+        let start = Instant::now();
+        for _ in 0..args.calls {
+            let sent = Instant::now();
+            let (msg, at) = call(&mut conn, next_id).await?;
+            next_id += 1;
+            seq.record(sent, at, &msg);
+        }
+        seq.elapsed = start.elapsed();
+        seq.check("sequential")?;
+
+        // C connections of the same session, each sending its share in turn.
+        let session = conn.session.clone();
+        let mut conns = Vec::with_capacity(args.concurrency);
+        for _ in 0..args.concurrency {
+            conns.push(Conn::open(port, session.clone()).await?);
+        }
+        let per = args.calls.div_ceil(args.concurrency);
+        let start = Instant::now();
+        let runs = conns.into_iter().enumerate().map(|(k, mut c)| async move {
+            let mut out = Vec::with_capacity(per);
+            for i in 0..per {
+                let id = 1_000_000 + (k * per + i) as u64;
+                let sent = Instant::now();
+                let (msg, at) = call(&mut c, id).await?;
+                out.push((sent, at, msg));
+            }
+            Ok::<_, String>(out)
+        });
+        let results = futures::future::join_all(runs).await;
+        let mut conc = Phase::new(per * args.concurrency);
+        conc.elapsed = start.elapsed();
+        for r in results {
+            for (sent, at, msg) in r? {
+                conc.record(sent, at, &msg);
+            }
+        }
+        conc.check("concurrent")?;
+        let rss_after = rss_kib(pid)?;
+        if let Some(proc) = child.as_mut() {
+            let _ = proc.start_kill();
+            let _ = tokio::time::timeout(EXIT_DEADLINE, proc.wait()).await;
+        }
+        *child = None;
+        Ok(json!({
+            "name": args.name,
+            "ready_ms": (ready.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+            "first_call_ms": (first_call.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+            "rss_idle_kib": rss_idle,
+            "tree_rss_idle_kib": tree_idle,
+            "rss_after_kib": rss_after,
+            "seq": seq.summary(),
+            "conc": conc.summary(),
+        }))
+    }
 }
 
 fn main() -> ExitCode {
