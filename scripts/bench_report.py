@@ -99,12 +99,17 @@ def report(runs, rounds, calls, concurrency):
         ratios = [
             med(runs, name, SEQ_P50) / med(runs, "bare", SEQ_P50),
             med(runs, name, CONC_RATE) / med(runs, "bare", CONC_RATE),
-        ]
-        p(f"| {name}: {what} | " + " | ".join(cells) + " | " + " | ".join(f"{x:.2f}×" for x in ratios) + " |")
+        ] if "bare" in runs else [None, None]
+        p(f"| {name}: {what} | " + " | ".join(cells) + " | "
+          + " | ".join("–" if x is None else f"{x:.2f}×" for x in ratios) + " |")
     p()
 
     def ratio(get, base, name):
         return med(runs, name, get) / med(runs, base, get)
+
+    if not all(n in runs for n in ("bare", "bare-ct", "warden", "warden-2t")):
+        http_section(runs, p, ratio)
+        return out.getvalue()
 
     p("### warden against the bare rmcp echo")
     p()
@@ -147,6 +152,11 @@ def report(runs, rounds, calls, concurrency):
             p()
             p("Gateway targets (issue 6, server-everything) " + ("hold" if all(o for _, o in ok) else "do NOT hold")
               + ": " + "; ".join(("✓ " if o else "✗ ") + t for t, o in ok) + ".")
+    http_section(runs, p, ratio)
+    return out.getvalue()
+
+
+def http_section(runs, p, ratio):
     http = [(w, b) for w, b in (("warden-http", "bare-http"), ("warden-http-2t", "bare-http-mt"),
                                  ("warden-http-2t", "warden-http")) if w in runs and b in runs]
     if http:
@@ -166,7 +176,6 @@ def report(runs, rounds, calls, concurrency):
             p()
             p("HTTP targets (issue 15) " + ("hold" if all(o for _, o in ok) else "do NOT hold")
               + ": " + "; ".join(("✓ " if o else "✗ ") + t for t, o in ok) + ".")
-    return out.getvalue()
 
 
 def plot(runs, path):
