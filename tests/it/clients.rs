@@ -1,6 +1,7 @@
 //! Real third-party MCP clients against `warden serve` with this repository's
 //! own config.toml and actors/: the official Python SDK (PyPI `mcp`, driven
-//! by tests/clients/python_client.py) and the MCP Inspector's CLI mode.
+//! by tests/clients/python_client.py) and the MCP Inspector's CLI mode, over
+//! stdio and over Streamable HTTP (`serve --http`).
 //! `scripts/install-clients DIR` installs both at pinned versions; the tests
 //! find them through WARDEN_CLIENTS_DIR and skip, saying why, where they are
 //! not installed, unless WARDEN_REQUIRE_CLIENTS=1 (as in CI).
@@ -261,4 +262,60 @@ fn the_inspector_cli_lists_and_calls_every_tool() {
             "no call of {t} in warden's log: {logged:?}"
         );
     }
+}
+
+#[test]
+fn the_inspector_cli_speaks_streamable_http_to_warden() {
+    let Some(bin) = installed("inspector/node_modules/.bin/mcp-inspector") else {
+        return;
+    };
+    let scratch = Scratch::new();
+    let port = crate::http::free_port();
+    let mut serve = Command::new(WARDEN);
+    serve
+        .args(["serve", "--http", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(repo().join("config.toml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    scratch.apply(&mut serve);
+    let mut warden = serve.spawn().unwrap();
+    let listening = eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--cli", &url, "--transport", "http"]).args(args);
+        run(&mut cmd)
+    };
+    let list = listening.then(|| cli(&["--method", "tools/list"]));
+    let echo = listening.then(|| {
+        cli(&[
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "echo",
+            "--tool-arg",
+            "message=over http",
+        ])
+    });
+    let _ = warden.kill();
+    let _ = warden.wait();
+    assert!(listening, "warden did not listen on {url}");
+    let (list, echo) = (list.unwrap(), echo.unwrap());
+    assert!(list.status.success(), "{}{}", list.stdout, list.stderr);
+    let tools: Value = serde_json::from_str(&list.stdout).unwrap();
+    let names: BTreeSet<&str> = tools["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools in {tools}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for t in DEFAULT_TOOLS {
+        assert!(names.contains(t), "{t} missing from {names:?}");
+    }
+    assert!(echo.status.success(), "{}{}", echo.stdout, echo.stderr);
+    let result: Value = serde_json::from_str(&echo.stdout).unwrap();
+    assert_eq!(text(&result), "over http", "{result}");
+    assert!(scratch.logged_calls().contains("echo"));
 }
