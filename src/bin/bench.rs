@@ -525,9 +525,9 @@ async fn run(args: &Args, child: &mut Option<Child>) -> Result<Value, String> {
     let rss_idle = rss_kib(pid)?;
     let tree_idle = tree_rss_kib(pid);
 
-    let mut seq = sequential(&mut s, &mut next_id, args.calls).await?;
+    let seq = sequential(&mut s, &mut next_id, args.calls).await?;
     seq.check("sequential")?;
-    let mut conc = concurrent(&mut s, &mut next_id, args.calls, args.concurrency).await?;
+    let conc = concurrent(&mut s, &mut next_id, args.calls, args.concurrency).await?;
     conc.check("concurrent")?;
     let rss_after = rss_kib(pid)?;
 
@@ -551,16 +551,43 @@ async fn run(args: &Args, child: &mut Option<Child>) -> Result<Value, String> {
     *child = None;
     drop(stdout);
 
-    Ok(json!({
-        "name": args.name,
-        "ready_ms": (ready.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
-        "first_call_ms": (first_call.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
-        "rss_idle_kib": rss_idle,
-        "tree_rss_idle_kib": tree_idle,
-        "rss_after_kib": rss_after,
-        "seq": seq.summary(),
-        "conc": conc.summary(),
-    }))
+    Ok(Measured {
+        ready,
+        first_call,
+        rss_idle,
+        tree_idle,
+        rss_after,
+        seq,
+        conc,
+    }
+    .report(&args.name))
+}
+
+/// What one run against a server measured; its JSON line.
+struct Measured {
+    ready: Duration,
+    first_call: Duration,
+    rss_idle: u64,
+    tree_idle: u64,
+    rss_after: u64,
+    seq: Phase,
+    conc: Phase,
+}
+
+impl Measured {
+    fn report(mut self, name: &str) -> Value {
+        let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
+        json!({
+            "name": name,
+            "ready_ms": ms(self.ready),
+            "first_call_ms": ms(self.first_call),
+            "rss_idle_kib": self.rss_idle,
+            "tree_rss_idle_kib": self.tree_idle,
+            "rss_after_kib": self.rss_after,
+            "seq": self.seq.summary(),
+            "conc": self.conc.summary(),
+        })
+    }
 }
 
 /// MCP over Streamable HTTP, spoken with a small HTTP/1.1 client of its own
@@ -788,16 +815,16 @@ mod http {
             let _ = tokio::time::timeout(EXIT_DEADLINE, proc.wait()).await;
         }
         *child = None;
-        Ok(json!({
-            "name": args.name,
-            "ready_ms": (ready.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
-            "first_call_ms": (first_call.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
-            "rss_idle_kib": rss_idle,
-            "tree_rss_idle_kib": tree_idle,
-            "rss_after_kib": rss_after,
-            "seq": seq.summary(),
-            "conc": conc.summary(),
-        }))
+        Ok(Measured {
+            ready,
+            first_call,
+            rss_idle,
+            tree_idle,
+            rss_after,
+            seq,
+            conc,
+        }
+        .report(&args.name))
     }
 }
 

@@ -193,17 +193,13 @@ impl Groups {
             .collect()
     }
 
-    /// Every live group with its tool, and the processes its cell holds
-    /// (None without cgroups: then its descendants are what it holds).
-    pub fn owners(&self) -> HashMap<i32, (String, Option<Vec<i32>>)> {
+    /// Every live group with its tool and its cell (None without cgroups:
+    /// then its descendants are what it holds). The cells are read by the
+    /// caller, off the lock.
+    pub fn owners(&self) -> HashMap<i32, (String, Option<Arc<Cell>>)> {
         self.live()
             .iter()
-            .map(|(&pgid, g)| {
-                (
-                    pgid,
-                    (g.owner.clone(), g.cell.as_ref().map(|c| c.members())),
-                )
-            })
+            .map(|(&pgid, g)| (pgid, (g.owner.clone(), g.cell.clone())))
             .collect()
     }
 

@@ -18,6 +18,7 @@ use crate::config::MemoryLimit;
 use crate::core::health::{Child, LagRecorder, Snapshot};
 use crate::core::names;
 use crate::core::runtime::Runtime;
+use crate::exec::contain::Cell;
 
 /// The period of the lag probe.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -93,7 +94,7 @@ pub fn heap_in_use() -> Option<u64> {
 /// Blocking (reads /proc): run it off the runtime.
 pub fn measure(
     system: &mut System,
-    groups: &HashMap<i32, (String, Option<Vec<i32>>)>,
+    groups: &HashMap<i32, (String, Option<Arc<Cell>>)>,
 ) -> (u64, Vec<Child>) {
     system.refresh_processes_specifics(
         ProcessesToUpdate::All,
@@ -123,13 +124,10 @@ pub fn measure(
             let group = groups.get(&pid);
             let mut seen = std::collections::HashSet::new();
             let mut stack = vec![child];
-            stack.extend(
-                group
-                    .and_then(|(_, members)| members.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|&m| Pid::from_u32(m as u32)),
-            );
+            // What the cell holds, also what left the group and warden's tree.
+            if let Some(cell) = group.and_then(|(_, cell)| cell.as_ref()) {
+                stack.extend(cell.members().into_iter().map(|m| Pid::from_u32(m as u32)));
+            }
             let (mut rss, mut n) = (0, 0);
             while let Some(p) = stack.pop() {
                 if !seen.insert(p) {
