@@ -12,8 +12,9 @@
 //! Around it: at most `http.max_sessions` at once (a new one beyond it is
 //! answered 503 with Retry-After), `Host` checked against loopback names and
 //! `http.allowed_hosts`, `Origin` against `http.allowed_origins` (loopback
-//! origins when empty), request bodies capped at `server.max_line` while
-//! they are read.
+//! origins when empty), request bodies read whole by warden within
+//! `http.body_deadline` and `server.max_line` (408, 413), before rmcp sees
+//! them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -85,10 +86,6 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
     };
     Router::new()
         .route_service("/mcp", service)
-        // A body that stops arriving: 408, and its connection is let go.
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            runtime.config.http.body_deadline,
-        ))
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
                 let open = open.clone();
@@ -112,18 +109,18 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
                         .headers()
                         .get(header::CONTENT_LENGTH)
                         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    let deadline = runtime.config.http.body_deadline;
                     let mut r = if announced.is_some_and(|n| n > max_body as u64) {
-                        // Refused before a byte of it is read (a longer body
-                        // without a length is cut off by rmcp as it streams).
+                        // Refused before a byte of it is read.
                         too_large(max_body)
                     } else if new && open.now() >= max {
                         full(max)
                     } else {
-                        next.run(req).await
+                        match read_body(req, max_body, deadline).await {
+                            Ok(req) => next.run(req).await,
+                            Err(refused) => refused,
+                        }
                     };
-                    if r.status() == StatusCode::INTERNAL_SERVER_ERROR {
-                        r = body_timeout_is_408(r).await;
-                    }
                     // rmcp answers a JSON body it cannot parse 415, as if the
                     // type were wrong; JSON-RPC says -32700, and HTTP 400.
                     if method == "POST" && json && r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
@@ -151,19 +148,26 @@ fn too_large(max: usize) -> Response {
     (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response()
 }
 
-/// rmcp answers a body that stopped arriving (the body deadline) 500; it
-/// is the client's lateness, 408.
-async fn body_timeout_is_408(r: Response) -> Response {
-    let (parts, body) = r.into_parts();
-    let bytes = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    if String::from_utf8_lossy(&bytes).contains("not received within the designated timeout") {
-        return (
+/// Reads the whole body (rmcp would buffer it anyway, to parse it) within
+/// `deadline` and `max` bytes, so that a body that stops arriving is 408
+/// (rmcp waits for ever, then says 500) and one without a length that runs
+/// past the cap is 413 while it streams.
+async fn read_body(
+    req: Request,
+    max: usize,
+    deadline: std::time::Duration,
+) -> Result<Request, Response> {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        // Past the cap (or the client went away, when no answer reaches it).
+        Ok(Err(_)) => Err(too_large(max)),
+        Err(_) => Err((
             StatusCode::REQUEST_TIMEOUT,
             "the request body did not arrive in time\n",
         )
-            .into_response();
+            .into_response()),
     }
-    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 fn parse_error() -> Response {

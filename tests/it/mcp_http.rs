@@ -510,6 +510,23 @@ fn hostile_http_is_answered_and_the_next_request_served() {
     assert!(a.starts_with("HTTP/1.1 413"), "{a}");
     assert!(took < Duration::from_millis(500), "{took:?}");
     served("an oversized body");
+    // And one without a length, cut off as it streams past the cap.
+    let chunk = "x".repeat(70 * 1024);
+    let (a, _) = raw(
+        port,
+        format!(
+            "{}{:x}\r\n{chunk}\r\n",
+            post_head(
+                port,
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            ),
+            chunk.len()
+        )
+        .as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(a.starts_with("HTTP/1.1 413"), "{a}");
+    served("an oversized chunked body");
     // A body that stops arriving: 408 at the body deadline.
     let (a, took) = raw(
         port,
