@@ -103,6 +103,11 @@ impl Runtime {
         (session, notices)
     }
 
+    /// Every notice from now on (list changes, servers' log messages).
+    pub fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
     /// The sessions open now: how many, by transport and protocol, and the
     /// longest any has gone without a call.
     pub fn sessions(&self) -> SessionsLine {

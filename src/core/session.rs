@@ -92,7 +92,7 @@ impl Notices {
         let _ = self.tx.send(notice);
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.tx.subscribe()
     }
 }

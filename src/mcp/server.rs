@@ -15,10 +15,10 @@ use rmcp::model::{
     LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
     ProgressNotificationParam, ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams,
     ReadResourceResponse, Reference, ResultType, ServerCapabilities, ServerConfig, ServerResult,
-    SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, Tool, UnsubscribeRequest,
-    UnsubscribeRequestParams,
+    SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, SubscriptionFilter, Tool,
+    UnsubscribeRequest, UnsubscribeRequestParams,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{RequestContext, RoleServer, SubscriptionContext, SubscriptionSendError};
 use rmcp::{ErrorData as McpError, Peer, ServerHandler};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -139,6 +139,10 @@ impl WardenServer {
             http: Some(http),
             ..WardenServer::new(runtime, session)
         }
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
     }
 
     /// What the MCP servers export, one list from each server's catalog,
@@ -379,6 +383,64 @@ impl ServerHandler for WardenServer {
         self.forward(entry, request, &context).await.map(drop)
     }
 
+    /// `subscriptions/listen` (2026-07-28): the list changes, each on the
+    /// stream of the request that asked for them. Updates of single
+    /// resources are not passed on from the servers yet (issue 17), so
+    /// a filter naming resources gets back none of them.
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        // rmcp keeps what was asked for and what `get_info` declares.
+        Some(
+            SubscriptionFilter::builder()
+                .tools_list_changed()
+                .prompts_list_changed()
+                .resources_list_changed()
+                .build(),
+        )
+    }
+
+    /// Until the client goes away (its stream closes, which cancels the
+    /// request) or warden drains: then the final result tells it the
+    /// subscription ended, and it listens again elsewhere.
+    async fn listen(&self, subscription: SubscriptionContext) -> Result<(), McpError> {
+        let mut notices = self.runtime.notices();
+        let sink = subscription.sink().clone();
+        tracing::debug!(actor = names::TRANSPORT, session = self.session.id, accepted = ?sink.accepted(), "subscription opened");
+        loop {
+            let notice = tokio::select! {
+                _ = subscription.cancelled() => return Ok(()),
+                _ = self.runtime.draining.cancelled() => return Ok(()),
+                notice = notices.recv() => notice,
+            };
+            let sent = match notice {
+                Ok(Notice::ToolsChanged) => sink.notify_tool_list_changed().await,
+                Ok(Notice::PromptsChanged) => sink.notify_prompt_list_changed().await,
+                Ok(Notice::ResourcesChanged) => sink.notify_resource_list_changed().await,
+                // Log messages have no place on a subscription stream.
+                Ok(Notice::Log { .. }) => continue,
+                // Changes were missed: every list may be stale.
+                Err(broadcast::error::RecvError::Lagged(dropped)) => {
+                    tracing::warn!(
+                        actor = names::TRANSPORT,
+                        session = self.session.id,
+                        dropped,
+                        "notices dropped on a subscription: the client read them too slowly"
+                    );
+                    let _ = sink.notify_tool_list_changed().await;
+                    let _ = sink.notify_prompt_list_changed().await;
+                    sink.notify_resource_list_changed().await
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            };
+            match sent {
+                Ok(()) | Err(SubscriptionSendError::NotificationNotAccepted(_)) => {}
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
     /// Over HTTP, list changes and log messages reach a session once its
     /// client is initialized (on stdio, `stdio::serve` forwards them).
     async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
@@ -478,8 +540,8 @@ fn unexpected_answer(entry: &ToolEntry, method: &str) -> McpError {
     )))
 }
 
-/// Tells the session's client what changed and what MCP servers logged, in
-/// order, by one task; stops when the client is gone. A client that falls
+/// Tells the session's client (on 2025-11-25 or older) what changed and
+/// what MCP servers logged, in order, by one task; stops when the client is gone. A client that falls
 /// behind loses the oldest notices (counted in the log), never an answer.
 #[allow(deprecated)]
 pub async fn forward_notices(
@@ -501,6 +563,11 @@ pub async fn forward_notices(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        // A 2026-07-28 client hears list changes on the `subscriptions/listen`
+        // streams it opens, and nothing outside a request.
+        if session.protocol().is_some_and(|v| v >= "2026-07-28") {
+            continue;
+        }
         let sent = match notice {
             Notice::ToolsChanged => peer.notify_tool_list_changed().await.is_ok(),
             Notice::PromptsChanged => peer.notify_prompt_list_changed().await.is_ok(),

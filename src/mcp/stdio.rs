@@ -213,6 +213,10 @@ impl rmcp::Service<RoleServer> for Tracked {
             pending: &self.pending,
             id: context.id.clone(),
         };
+        // Without `initialize` (2026-07-28), each request names its version.
+        if let Some(v) = context.protocol_version() {
+            self.inner.session().set_protocol(v.as_str());
+        }
         self.inner.handle_request(request, context).await
     }
 

@@ -745,3 +745,64 @@ fn a_servers_log_messages_are_cut_and_blanked_like_its_stderr() {
     assert!(!logged.contains(secret), "the secret reached the log");
     assert!(logged.len() < (1 << 20), "{} bytes of log", logged.len());
 }
+
+#[test]
+fn a_2026_client_on_stdio_listens_for_list_changes_until_it_cancels() {
+    let mut s = setup_fx(CONFIG, &[], "").start();
+    let meta = crate::mcp_http::stateless_meta();
+    let discover = s.request("server/discover", json!({"_meta": meta}));
+    let r = s.response(discover);
+    assert!(r["result"].is_object(), "{r}");
+    // The server is up once its tools are listed.
+    assert!(eventually(Duration::from_secs(10), || {
+        let id = s.request("tools/list", json!({"_meta": meta}));
+        s.response(id)["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "fx_change_tools"))
+    }));
+    let listen = s.request(
+        "subscriptions/listen",
+        json!({"_meta": meta, "notifications": {"toolsListChanged": true, "promptsListChanged": true}}),
+    );
+    let ack = s
+        .next_matching(Duration::from_secs(5), |m| {
+            m["method"] == "notifications/subscriptions/acknowledged"
+        })
+        .expect("an acknowledgement");
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true, "promptsListChanged": true}),
+        "{ack}"
+    );
+    let is_change = |m: &Value| m["method"] == "notifications/tools/list_changed";
+    let change = s.request(
+        "tools/call",
+        json!({"_meta": meta, "name": "fx_change_tools", "arguments": {}}),
+    );
+    assert_eq!(s.response(change)["result"]["isError"], json!(false));
+    let heard = s
+        .next_matching(Duration::from_secs(5), is_change)
+        .expect("a list change on the subscription");
+    assert_eq!(
+        heard["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        json!(listen),
+        "{heard}"
+    );
+    // Cancelled, the subscription hears nothing more, and says nothing.
+    s.notify(
+        "notifications/cancelled",
+        json!({"requestId": listen, "_meta": meta}),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let change = s.request(
+        "tools/call",
+        json!({"_meta": meta, "name": "fx_change_tools", "arguments": {}}),
+    );
+    assert_eq!(s.response(change)["result"]["isError"], json!(false));
+    assert_eq!(s.next_matching(Duration::from_millis(500), is_change), None);
+    assert_eq!(
+        s.next_matching(Duration::from_millis(10), |m| m["id"] == json!(listen)),
+        None,
+        "a cancelled request is not answered"
+    );
+}

@@ -568,3 +568,229 @@ fn hostile_http_is_answered_and_the_next_request_served() {
     );
     drop(idle);
 }
+
+/// The `_meta` a 2026-07-28 request carries in place of a handshake.
+pub fn stateless_meta() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    })
+}
+
+/// A stateless 2026-07-28 request: body and headers.
+fn stateless_request(id: u64, method: &str, mut params: Value) -> (String, Vec<(String, String)>) {
+    params["_meta"] = stateless_meta();
+    let mut headers = vec![
+        ("MCP-Protocol-Version".to_string(), "2026-07-28".to_string()),
+        ("Mcp-Method".to_string(), method.to_string()),
+    ];
+    if let Some(name) = params["name"].as_str() {
+        headers.push(("Mcp-Name".to_string(), name.to_string()));
+    }
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    (body.to_string(), headers)
+}
+
+fn stateless(conn: &mut Conn, id: u64, method: &str, params: Value) -> Answer {
+    let (body, headers) = stateless_request(id, method, params);
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    conn.send("POST", &headers, &body)
+}
+
+/// A response that stays open (a `subscriptions/listen` stream): its
+/// messages as they arrive.
+struct Events {
+    reader: BufReader<TcpStream>,
+    /// Decoded SSE text not yet split into events.
+    text: String,
+}
+
+impl Events {
+    fn open(port: u16, body: &str, headers: &[(String, String)]) -> Events {
+        let s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let mut req = format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        (&s).write_all(req.as_bytes()).unwrap();
+        let mut reader = BufReader::new(s);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim_end().is_empty() {
+                break;
+            }
+            head.push_str(&line);
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/event-stream"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        Events {
+            reader,
+            text: String::new(),
+        }
+    }
+
+    /// The next JSON-RPC message within `within`; None if none came, or
+    /// the stream ended.
+    fn next(&mut self, within: Duration) -> Option<Value> {
+        let until = Instant::now() + within;
+        loop {
+            while let Some(end) = self.text.find("\n\n") {
+                let event: String = self.text.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
+                if let Ok(msg) = serde_json::from_str(&data) {
+                    return Some(msg);
+                }
+            }
+            let left = until.checked_duration_since(Instant::now())?;
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut size = String::new();
+            match self.reader.read_line(&mut size) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let n = usize::from_str_radix(size.trim(), 16)
+                .unwrap_or_else(|_| panic!("chunk size {size:?}"));
+            let mut chunk = vec![0; n + 2];
+            self.reader.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                return None;
+            }
+            self.text
+                .push_str(&String::from_utf8_lossy(&chunk[..n]).replace("\r\n", "\n"));
+        }
+    }
+}
+
+/// `warden_sessions_open` from /metrics.
+fn sessions_open(port: u16) -> u64 {
+    let (answer, _) = raw(
+        port,
+        format!("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+        Duration::from_secs(5),
+    );
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("warden_sessions_open{transport=\"http\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no warden_sessions_open in {answer}"))
+}
+
+#[test]
+fn a_stateless_client_listens_for_list_changes_until_it_goes_or_warden_drains() {
+    let port = free_port();
+    let mut s = setup("[log]\nstderr = \"warn\"\n[server]\nshutdown_grace = \"5s\"\n")
+        .actor("fx", &mcp_actor("fx", &[], ""))
+        .start_http(port);
+    wait_listening(&mut s, port);
+    let mut conn = Conn::open(port);
+    // The server is up once its tools are listed.
+    assert!(eventually(Duration::from_secs(10), || {
+        let a = stateless(&mut conn, 1, "tools/list", json!({}));
+        a.message()["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "fx_change_tools"))
+    }));
+    let listen = |id: u64| {
+        let (body, headers) = stateless_request(
+            id,
+            "subscriptions/listen",
+            json!({"notifications": {"toolsListChanged": true, "resourceSubscriptions": ["fx://nothing"]}}),
+        );
+        Events::open(port, &body, &headers)
+    };
+    let mut events = listen(7);
+    let ack = events
+        .next(Duration::from_secs(5))
+        .expect("an acknowledgement");
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    // What warden passes on: list changes; single resources' updates not yet.
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true}),
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 7,
+        "{ack}"
+    );
+
+    let changed = stateless(
+        &mut conn,
+        2,
+        "tools/call",
+        json!({"name": "fx_change_tools", "arguments": {}}),
+    );
+    assert_eq!(
+        changed.message()["result"]["isError"],
+        json!(false),
+        "{changed:?}"
+    );
+    let heard = events.next(Duration::from_secs(5)).expect("a list change");
+    assert_eq!(
+        heard["method"], "notifications/tools/list_changed",
+        "{heard}"
+    );
+    assert_eq!(
+        heard["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 7,
+        "{heard}"
+    );
+    // Nothing more: one change, one notification.
+    assert_eq!(events.next(Duration::from_millis(300)), None);
+
+    // A client that goes away ends its subscription (and its slot).
+    assert_eq!(sessions_open(port), 1, "the listen stream is open");
+    drop(events);
+    assert!(
+        eventually(Duration::from_secs(5), || sessions_open(port) == 0),
+        "the subscription outlived its client: {} open",
+        sessions_open(port)
+    );
+
+    // Draining ends a subscription with its final result.
+    let mut events = listen(8);
+    assert!(events.next(Duration::from_secs(5)).is_some());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let last = events.next(Duration::from_secs(5)).expect("a final result");
+    assert_eq!(last["id"], 8, "{last}");
+    assert_eq!(last["result"]["resultType"], "complete", "{last}");
+    assert_eq!(
+        last["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 8,
+        "{last}"
+    );
+    assert!(s.wait_exit(Duration::from_secs(10)).success());
+}
