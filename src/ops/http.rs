@@ -5,7 +5,10 @@
 //! which caps connections, sets TCP_NODELAY, and bounds every connection: a
 //! request head of at most 8 KiB that must arrive within 2 s (else the
 //! connection is closed), bodies of at most 64 KiB, and 5 s to answer. A
-//! slow or hostile peer costs one short-lived task and nothing else. The
+//! slow or hostile peer costs one short-lived task and nothing else. At the
+//! cap, a new connection takes the place of the one idle longest (no
+//! request on it, or none since its last answer went out), so idle
+//! connections never keep a client waiting; only busy ones count. The
 //! router reads only what the runtime exposes (`metrics_text`, `status`);
 //! other routers (MCP over HTTP, next) merge into it.
 //!
@@ -13,15 +16,20 @@
 //! is a start-up error), then [`serve`] in its own task until its token is
 //! cancelled.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -133,6 +141,7 @@ pub async fn serve(
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let service = TowerToHyperService::new(router);
+    let conns = Arc::new(Conns::default());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.head_deadline)
@@ -141,11 +150,6 @@ pub async fn serve(
         // decades ("Content-Type"), not hyper's lowercase.
         .title_case_headers(true);
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
         let stream = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -160,23 +164,153 @@ pub async fn serve(
                 }
             },
         };
-        // Small answers go out at once, not after a delayed ACK.
-        let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                done = connection => {
-                    if let Err(e) = done {
-                        tracing::debug!(actor = ACTOR, error = %e, "HTTP connection ended with an error");
-                    }
+        // At the cap, the connection idle longest makes room; with every
+        // one busy, this one waits for the first to end.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                conns.evict_idlest();
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 }
             }
+        };
+        // Small answers go out at once, not after a delayed ACK.
+        let _ = stream.set_nodelay(true);
+        let (id, state) = conns.add();
+        let tracked = {
+            let (service, state) = (service.clone(), state.clone());
+            hyper::service::service_fn(move |req| {
+                let busy = Busy::new(state.clone());
+                let answer = service.call(req);
+                async move {
+                    let r = answer.await?;
+                    Ok::<_, std::convert::Infallible>(
+                        r.map(|body| axum::body::Body::new(Tracked { body, _busy: busy })),
+                    )
+                }
+            })
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), tracked);
+        let (shutdown, conns) = (shutdown.clone(), conns.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut connection = std::pin::pin!(connection);
+            let done = tokio::select! {
+                _ = shutdown.cancelled() => None,
+                _ = state.evicted.cancelled() => {
+                    // Idle: closed at once (a request just begun is answered first).
+                    connection.as_mut().graceful_shutdown();
+                    tokio::time::timeout(limits.answer_deadline, connection).await.ok()
+                }
+                done = connection.as_mut() => Some(done),
+            };
+            if let Some(Err(e)) = done {
+                tracing::debug!(actor = ACTOR, error = %e, "HTTP connection ended with an error");
+            }
+            conns.remove(id);
         });
     }
     tracing::info!(actor = ACTOR, %addr, "HTTP listener stopped");
+}
+
+/// The connections open, each with what says whether it is idle.
+#[derive(Default)]
+struct Conns {
+    next: AtomicUsize,
+    open: Mutex<HashMap<usize, Arc<ConnState>>>,
+}
+
+struct ConnState {
+    /// Requests on it whose answers are not yet all sent.
+    busy: AtomicUsize,
+    /// When it last went idle (or opened).
+    idle_since: Mutex<Instant>,
+    evicted: tokio_util::sync::CancellationToken,
+}
+
+impl Conns {
+    fn add(&self) -> (usize, Arc<ConnState>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnState {
+            busy: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            evicted: CancellationToken::new(),
+        });
+        self.lock().insert(id, state.clone());
+        (id, state)
+    }
+
+    fn remove(&self, id: usize) {
+        self.lock().remove(&id);
+    }
+
+    /// Closes the connection idle longest, if one is.
+    fn evict_idlest(&self) {
+        let open = self.lock();
+        let idlest = open
+            .values()
+            .filter(|c| c.busy.load(Ordering::Acquire) == 0 && !c.evicted.is_cancelled())
+            .min_by_key(|c| *c.idle_since.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(c) = idlest {
+            c.evicted.cancel();
+            tracing::debug!(
+                actor = ACTOR,
+                open = open.len(),
+                "connection cap reached: closed the connection idle longest"
+            );
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Arc<ConnState>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One request on a connection, from its head until its answer's last
+/// byte (an SSE stream is busy as long as it is open).
+struct Busy(Arc<ConnState>);
+
+impl Busy {
+    fn new(state: Arc<ConnState>) -> Busy {
+        state.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(state)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body that keeps its connection busy until it is sent or dropped.
+struct Tracked {
+    body: axum::body::Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]

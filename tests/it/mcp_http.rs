@@ -794,3 +794,55 @@ fn a_stateless_client_listens_for_list_changes_until_it_goes_or_warden_drains() 
     );
     assert!(s.wait_exit(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_stay() {
+    let port = free_port();
+    // max_sessions = 8: the listener serves 64 connections at once.
+    let mut s = setup("[log]\nstderr = \"warn\"\n[http]\nmax_sessions = 8\n").start_http(port);
+    wait_listening(&mut s, port);
+    // One connection mid-call (busy), one kept alive after its answers (idle).
+    let mut busy = Conn::open(port);
+    let session = initialize(&mut busy);
+    let call = std::thread::spawn(move || {
+        let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                          "params": {"name": "sleeper", "arguments": {"ms": 1500}}});
+        busy.send(
+            "POST",
+            &[
+                ("Mcp-Session-Id", &session),
+                ("MCP-Protocol-Version", "2025-11-25"),
+            ],
+            &body.to_string(),
+        )
+    });
+    let mut kept = Conn::open(port);
+    let kept_session = initialize(&mut kept);
+    std::thread::sleep(Duration::from_millis(200));
+    // Three times the cap in idle connections.
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    let mut fresh = Conn::open(port);
+    let id = initialize(&mut fresh);
+    assert_eq!(
+        text(&echo(&mut fresh, &id, 2, "room").message()["result"]),
+        "room"
+    );
+    // The head deadline (2 s) would free slots too, but only later.
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "a new client waited {:?} behind 200 idle connections",
+        t0.elapsed()
+    );
+    // The busy connection was left alone: its call is answered on it.
+    let answer = call.join().unwrap();
+    assert_eq!(text(&answer.message()["result"]), "slept\n", "{answer:?}");
+    // The idle kept-alive connection made room, its session did not end.
+    let mut again = Conn::open(port);
+    let a = echo(&mut again, &kept_session, 3, "still a session");
+    assert_eq!(text(&a.message()["result"]), "still a session", "{a:?}");
+    drop(idle);
+}
