@@ -1,11 +1,14 @@
-//! The CI-sized chaos run: `warden-chaos` for 30 s against the real binary.
+//! The CI-sized chaos runs: `warden-chaos` for 30 s against the real binary,
+//! over stdio and over Streamable HTTP.
 //!
 //! A test target of its own: cargo runs test targets one after another, so
 //! its 32 calls in flight and its kills do not share the machine with the
-//! timing of the integration tests in `tests/it`. `scripts/chaos` runs the
-//! same driver for as long as asked.
+//! timing of the integration tests in `tests/it`; and its two runs take
+//! turns, for the same reason. `scripts/chaos` runs the same driver for as
+//! long as asked.
 
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,11 +16,15 @@ use serde_json::Value;
 const CHAOS: &str = env!("CARGO_BIN_EXE_warden-chaos");
 /// The run is 30 s; drain, exit and the final checks take seconds more.
 const DEADLINE: Duration = Duration::from_secs(120);
+/// One run at a time.
+static MACHINE: Mutex<()> = Mutex::new(());
 
-#[test]
-fn thirty_seconds_of_chaos_lose_no_answer_and_leave_no_process() {
+/// Runs warden-chaos for 30 s with `args` and checks what it counted.
+fn thirty_seconds(args: &[&str]) -> Value {
+    let _turn = MACHINE.lock().unwrap_or_else(|p| p.into_inner());
     let mut child = Command::new(CHAOS)
         .args(["--duration", "30s", "--json"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -72,4 +79,25 @@ fn thirty_seconds_of_chaos_lose_no_answer_and_leave_no_process() {
         "memory never reached trim: {}",
         r["recovery"]
     );
+    r
+}
+
+#[test]
+fn thirty_seconds_of_chaos_lose_no_answer_and_leave_no_process() {
+    let r = thirty_seconds(&[]);
+    assert_eq!(r["transport"], "stdio");
+}
+
+#[test]
+fn thirty_seconds_of_chaos_over_http_lose_no_answer_in_sessions_or_stateless() {
+    let r = thirty_seconds(&["--http"]);
+    assert_eq!(r["transport"], "http");
+    // Both families carried the load.
+    for via in ["session", "stateless"] {
+        assert!(
+            r["ok_by"][via].as_u64().unwrap_or(0) >= 100,
+            "{via}: {}",
+            r["ok_by"]
+        );
+    }
 }

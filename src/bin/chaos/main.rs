@@ -2,8 +2,8 @@
 //! client saw.
 //!
 //! ```text
-//! warden-chaos [--duration 30s] [--in-flight 32] [--seed N] [--json] [--keep]
-//!              [--warden PATH]
+//! warden-chaos [--duration 30s] [--in-flight 32] [--seed N] [--http] [--json]
+//!              [--keep] [--warden PATH]
 //! ```
 //!
 //! It writes a config that mixes builtin, command and MCP-server tools into a
@@ -18,8 +18,15 @@
 //! exited. It exits 0 when all of those hold, 1 when one does not, 2 when the
 //! run could not be set up.
 //!
+//! With `--http`, warden serves Streamable HTTP on a loopback port instead,
+//! and the calls go over it from legacy sessions and stateless 2026-07-28
+//! clients at once (see `http`); at the end warden gets SIGTERM, and must
+//! drain and exit 0.
+//!
 //! The helper programs (`warden`, `warden-fixture`, `warden-mcp-fixture`) are
 //! taken from the directory this binary is in.
+
+mod http;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -31,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const USAGE: &str = "usage: warden-chaos [--duration 30s] [--in-flight 32] [--seed N] [--json] [--keep] [--warden PATH]";
+const USAGE: &str = "usage: warden-chaos [--duration 30s] [--in-flight 32] [--seed N] [--http] [--json] [--keep] [--warden PATH]";
 
 /// Every tool's timeout and grace in the chaos config (the leak's are longer).
 const TIMEOUT: Duration = Duration::from_millis(1000);
@@ -61,6 +68,8 @@ struct Opts {
     json: bool,
     keep: bool,
     warden: PathBuf,
+    /// Streamable HTTP instead of stdio.
+    http: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -80,6 +89,7 @@ fn parse_args() -> Result<Opts, String> {
         json: false,
         keep: false,
         warden: bin_dir.join("warden"),
+        http: false,
     };
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
@@ -104,6 +114,7 @@ fn parse_args() -> Result<Opts, String> {
             }
             "--warden" => opts.warden = PathBuf::from(value("--warden")?),
             "--json" => opts.json = true,
+            "--http" => opts.http = true,
             "--keep" => opts.keep = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
@@ -287,6 +298,8 @@ struct Pending {
     tool: &'static str,
     sent: Instant,
     expect: Option<String>,
+    /// How it was sent: "stdio", "session" or "stateless".
+    via: &'static str,
 }
 
 #[derive(Default)]
@@ -296,6 +309,8 @@ struct Ledger {
     answered: HashSet<u64>,
     sent: u64,
     ok: u64,
+    /// Answered ok, by how the call was sent.
+    ok_by: BTreeMap<&'static str, u64>,
     errors: BTreeMap<String, u64>,
     twice: u64,
     late: u64,
@@ -349,6 +364,43 @@ impl Ledger {
         }
     }
 
+    /// Takes request `id` off the pending list for `answer`, counting an
+    /// answer twice, to nothing, or late.
+    fn settle(&mut self, id: u64, answer: &Value, at: Instant) -> Option<Pending> {
+        let Some(p) = self.pending.remove(&id) else {
+            if self.answered.contains(&id) {
+                self.twice += 1;
+                self.example(format!("second answer to {id}: {answer:.200}"));
+            } else {
+                self.unsolicited += 1;
+                self.example(format!("answer to an unknown id: {answer:.200}"));
+            }
+            return None;
+        };
+        self.answered.insert(id);
+        let took = at - p.sent;
+        let margin =
+            took.as_millis() as i64 - (deadline_of(p.tool) - LATE_SLACK).as_millis() as i64;
+        if self.answered.len() == 1 || margin > self.worst_margin_ms {
+            self.worst_margin_ms = margin;
+        }
+        if took > deadline_of(p.tool) {
+            self.late += 1;
+            self.example(format!("{} answered after {took:?}: {answer:.200}", p.tool));
+        }
+        Some(p)
+    }
+
+    /// Books an HTTP answer that carried no JSON-RPC response (a 503, say).
+    fn refused(&mut self, id: u64, status: u16, at: Instant) {
+        if let Some(p) = self.settle(id, &json!({"http": status}), at) {
+            *self
+                .errors
+                .entry(format!("http {status} ({})", p.tool))
+                .or_default() += 1;
+        }
+    }
+
     /// Books one line from warden's stdout.
     fn record(&mut self, line: &str, at: Instant) {
         let Ok(msg) = serde_json::from_str::<Value>(line) else {
@@ -365,27 +417,9 @@ impl Ledger {
             self.example(format!("answer without a request id: {msg:.200}"));
             return;
         };
-        let Some(p) = self.pending.remove(&id) else {
-            if self.answered.contains(&id) {
-                self.twice += 1;
-                self.example(format!("second answer to {id}: {msg:.200}"));
-            } else {
-                self.unsolicited += 1;
-                self.example(format!("answer to an unknown id: {msg:.200}"));
-            }
+        let Some(p) = self.settle(id, &msg, at) else {
             return;
         };
-        self.answered.insert(id);
-        let took = at - p.sent;
-        let margin =
-            took.as_millis() as i64 - (deadline_of(p.tool) - LATE_SLACK).as_millis() as i64;
-        if self.answered.len() == 1 || margin > self.worst_margin_ms {
-            self.worst_margin_ms = margin;
-        }
-        if took > deadline_of(p.tool) {
-            self.late += 1;
-            self.example(format!("{} answered after {took:?}: {msg:.200}", p.tool));
-        }
         let outcome = if let Some(e) = msg.get("error") {
             format!("jsonrpc {}", e["code"])
         } else if msg["result"]["isError"] == json!(true) {
@@ -408,6 +442,7 @@ impl Ledger {
         };
         if outcome == "ok" {
             self.ok += 1;
+            *self.ok_by.entry(p.via).or_default() += 1;
         } else {
             *self
                 .errors
@@ -417,9 +452,11 @@ impl Ledger {
     }
 }
 
-/// warden's stdin and the ledger of what was sent on it.
+/// warden's stdin (or its HTTP port) and the ledger of what was sent.
 struct Client {
     stdin: Mutex<Option<ChildStdin>>,
+    /// With `--http`: the port warden serves MCP on.
+    port: Option<u16>,
     ledger: Mutex<Ledger>,
     /// Signalled when an answer arrives or warden's stdout closes.
     changed: Condvar,
@@ -437,24 +474,76 @@ impl Client {
             .map_err(|e| format!("writing to warden: {e}"))
     }
 
-    /// Sends a `tools/call`, booked before it is written so that a quick
-    /// answer always finds it.
-    fn call(&self, tool: &'static str, args: Value, expect: Option<String>) -> Result<(), String> {
-        let id = {
-            let mut l = self.ledger.lock().unwrap();
-            l.next_id += 1;
-            let id = l.next_id;
-            l.pending.insert(
-                id,
-                Pending {
-                    tool,
-                    sent: Instant::now(),
-                    expect,
-                },
-            );
-            l.sent += 1;
-            id
+    /// A fresh request id.
+    fn next_id(&self) -> u64 {
+        let mut l = self.ledger.lock().unwrap();
+        l.next_id += 1;
+        l.next_id
+    }
+
+    /// Books a call before it is sent, so that a quick answer always finds it.
+    fn book(&self, id: u64, tool: &'static str, expect: Option<String>, via: &'static str) {
+        let mut l = self.ledger.lock().unwrap();
+        l.pending.insert(
+            id,
+            Pending {
+                tool,
+                sent: Instant::now(),
+                expect,
+                via,
+            },
+        );
+        l.sent += 1;
+    }
+
+    /// What came back for call `id` over HTTP. A call whose connection
+    /// broke before its answer stays pending: lost.
+    fn deliver(&self, id: u64, outcome: Result<http::Answer, String>) {
+        let mut l = self.ledger.lock().unwrap();
+        match outcome {
+            Ok(a) if a.status == 200 => {
+                let answered = a.messages.iter().any(|(m, _)| {
+                    serde_json::from_str::<Value>(m).is_ok_and(|v| v.get("method").is_none())
+                });
+                for (m, at) in &a.messages {
+                    l.record(m, *at);
+                }
+                if !answered {
+                    l.example(format!("call {id}: its stream ended without an answer"));
+                }
+            }
+            Ok(a) => l.refused(id, a.status, Instant::now()),
+            Err(e) => l.example(format!("call {id}: {e}")),
+        }
+        drop(l);
+        self.changed.notify_all();
+    }
+
+    /// Sends a `tools/call`: on stdin, or over HTTP from a thread of its
+    /// own (statelessly), so that the caller does not wait for the answer.
+    fn call(
+        self: &Arc<Self>,
+        tool: &'static str,
+        args: Value,
+        expect: Option<String>,
+    ) -> Result<(), String> {
+        let id = self.next_id();
+        let via = if self.port.is_some() {
+            "stateless"
+        } else {
+            "stdio"
         };
+        self.book(id, tool, expect, via);
+        if let Some(port) = self.port {
+            let client = self.clone();
+            std::thread::spawn(move || {
+                let mode = http::Mode::Stateless;
+                let msg = http::call_message(id, tool, args, &mode);
+                let outcome = http::Conn::new(port).post(&msg, &mode, deadline_of(tool));
+                client.deliver(id, outcome);
+            });
+            return Ok(());
+        }
         self.write(&json!({
             "jsonrpc": "2.0", "id": id, "method": "tools/call",
             "params": {"name": tool, "arguments": args}
@@ -750,7 +839,7 @@ const ACTORS: &[&str] = &[
 /// One random act of chaos.
 fn strike(
     rng: &mut Rng,
-    client: &Client,
+    client: &Arc<Client>,
     warden: &Path,
     control: &Path,
     pid: i32,
@@ -839,18 +928,26 @@ fn run(opts: &Opts, dir: &Path) -> Result<Report, String> {
         .to_path_buf();
     write_config(dir, &bin_dir).map_err(|e| format!("writing the config: {e}"))?;
     let control = dir.join("control");
-    let mut child: Child = Command::new(&opts.warden)
+    let port = opts.http.then(http::free_port).transpose()?;
+    let mut serve = Command::new(&opts.warden);
+    serve
         .arg("serve")
         .arg("--config")
         .arg(dir.join("config.toml"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    if let Some(port) = port {
+        // stdout stays piped: in HTTP mode nothing may appear on it.
+        serve.arg("--http").arg(format!("127.0.0.1:{port}"));
+    }
+    let mut child: Child = serve
         .spawn()
         .map_err(|e| format!("starting {}: {e}", opts.warden.display()))?;
     let pid = child.id() as i32;
     let client = Arc::new(Client {
         stdin: Mutex::new(child.stdin.take()),
+        port,
         ledger: Mutex::new(Ledger::default()),
         changed: Condvar::new(),
         stdout_closed: AtomicBool::new(false),
@@ -861,7 +958,14 @@ fn run(opts: &Opts, dir: &Path) -> Result<Report, String> {
         std::thread::spawn(move || read_stdout(client, stdout))
     };
     let outcome = drive(opts, &client, &control, pid);
-    // Whatever happened, warden is asked to exit and then made to.
+    // Whatever happened, warden is asked to exit and then made to: over
+    // HTTP by SIGTERM (it drains), over stdio by the end of its input.
+    if port.is_some() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
     client.stdin.lock().unwrap().take();
     let until = Instant::now() + EXIT_DEADLINE;
     let exit = loop {
@@ -910,8 +1014,20 @@ fn run(opts: &Opts, dir: &Path) -> Result<Report, String> {
             opts.seed
         ),
     );
+    let transport = if opts.http {
+        format!(
+            "Streamable HTTP: {} legacy sessions and stateless 2026-07-28 calls",
+            http::SESSIONS
+        )
+    } else {
+        "stdio".to_string()
+    };
+    line("transport", transport.clone());
     line("requests sent", l.sent.to_string());
     line("answered ok", l.ok.to_string());
+    for (via, n) in &l.ok_by {
+        line(&format!("  sent {via}"), n.to_string());
+    }
     line("answered with an error", errors.to_string());
     for (k, v) in &l.errors {
         line(&format!("  {k}"), v.to_string());
@@ -982,10 +1098,13 @@ fn run(opts: &Opts, dir: &Path) -> Result<Report, String> {
     text.push_str(if passed { "PASS\n" } else { "FAIL\n" });
     let json = json!({
         "duration_s": elapsed.as_secs_f64(),
+        "transport": if opts.http { "http" } else { "stdio" },
+        "notifications": l.notifications,
         "in_flight": opts.in_flight,
         "seed": opts.seed,
         "sent": l.sent,
         "ok": l.ok,
+        "ok_by": l.ok_by,
         "errors": l.errors,
         "lost": lost,
         "twice": l.twice,
@@ -1016,7 +1135,18 @@ type Outcome = (Watch, u64, u64, Actions, Value, Duration);
 /// The run proper: load, chaos and the process watch until `duration`, then
 /// the drain.
 fn drive(opts: &Opts, client: &Arc<Client>, control: &Path, pid: i32) -> Result<Outcome, String> {
-    initialize(client)?;
+    let sessions = match client.port {
+        Some(port) => {
+            http::Conn::wait_listening(port)?;
+            (0..http::SESSIONS)
+                .map(|_| http::open_session(port))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None => {
+            initialize(client)?;
+            Vec::new()
+        }
+    };
     let started = Instant::now();
     let end = started + opts.duration;
     let stop = Arc::new(AtomicBool::new(false));
@@ -1048,7 +1178,25 @@ fn drive(opts: &Opts, client: &Arc<Client>, control: &Path, pid: i32) -> Result<
     };
     let mut rng = Rng(opts.seed);
     let mut load_error = None;
-    while Instant::now() < end {
+    if let Some(port) = client.port {
+        // Half the workers in the legacy sessions, half stateless.
+        let workers: Vec<_> = (0..opts.in_flight)
+            .map(|k| {
+                let mode = if k % 2 == 0 {
+                    http::Mode::Session(sessions[(k / 2) % sessions.len()].clone())
+                } else {
+                    http::Mode::Stateless
+                };
+                let client = client.clone();
+                let seed = opts.seed ^ (k as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
+                std::thread::spawn(move || http_worker(&client, port, mode, seed, end))
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+    while client.port.is_none() && Instant::now() < end {
         if !client.wait_below(opts.in_flight, end) {
             if client.stdout_closed.load(Ordering::Relaxed) {
                 load_error = Some("warden closed its stdout during the run".to_string());
@@ -1081,6 +1229,28 @@ fn drive(opts: &Opts, client: &Arc<Client>, control: &Path, pid: i32) -> Result<
     }
     let watch = std::mem::take(&mut *watch.lock().unwrap());
     Ok((watch, rss_before, rss_after, acts, recovery, elapsed))
+}
+
+/// One connection's worth of the load over HTTP: a call at a time until `end`.
+fn http_worker(client: &Client, port: u16, mode: http::Mode, seed: u64, end: Instant) {
+    let mut rng = Rng(seed);
+    let mut conn = http::Conn::new(port);
+    while Instant::now() < end {
+        let id = client.next_id();
+        let (tool, args) = next_call(&mut rng, id);
+        let expect = match tool {
+            "echo" | "fx_echo" => Some(format!("m{id}")),
+            _ => None,
+        };
+        let via = match mode {
+            http::Mode::Session(_) => "session",
+            http::Mode::Stateless => "stateless",
+        };
+        client.book(id, tool, expect, via);
+        let msg = http::call_message(id, tool, args, &mode);
+        let outcome = conn.post(&msg, &mode, deadline_of(tool));
+        client.deliver(id, outcome);
+    }
 }
 
 /// The recovery policy's action counts from `warden status --json`.
