@@ -846,3 +846,41 @@ fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_stay() {
     assert_eq!(text(&a.message()["result"]), "still a session", "{a:?}");
     drop(idle);
 }
+
+#[test]
+fn over_http_on_several_threads_every_progress_report_comes_before_the_answer() {
+    // A server that reports at once, on a runtime of two threads: the
+    // caller used to route the token only after rmcp had queued the request.
+    let port = free_port();
+    let mut s = setup(&format!("{QUIET}[server]\nworker_threads = 2\n"))
+        .actor("fx", &mcp_actor("fx", &[], ""))
+        .start_http(port);
+    wait_listening(&mut s, port);
+    let mut conn = Conn::open(port);
+    let session = initialize(&mut conn);
+    let mut short = Vec::new();
+    for round in 0..200u64 {
+        let body = json!({"jsonrpc": "2.0", "id": 100 + round, "method": "tools/call",
+                          "params": {"name": "fx_progress", "arguments": {"steps": 3, "ms": 0},
+                                     "_meta": {"progressToken": format!("t{round}")}}});
+        let a = conn.send(
+            "POST",
+            &[("Mcp-Session-Id", &session), ("MCP-Protocol-Version", "2025-11-25")],
+            &body.to_string(),
+        );
+        if text(&a.message()["result"]) != "done 3" {
+            // The fixture server is still starting.
+            assert!(round < 100, "{a:?}");
+            continue;
+        }
+        let reports = a
+            .messages
+            .iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .count();
+        if reports != 3 {
+            short.push((round, reports));
+        }
+    }
+    assert!(short.is_empty(), "rounds with fewer than 3 reports before the answer: {short:?}");
+}

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::pipe::WithoutProgress;
+use super::pipe::{RouteProgress, WithoutProgress};
 use super::server::{SaidLimit, ServerMsg, STDERR_LINES_PER_SECOND, STDERR_LINE_MAX};
 use crate::core::call::{
     Backend, BoxFuture, Call, Payload, Progress, ProgressFn, ToolOutput, ToolResult,
@@ -147,11 +147,17 @@ impl Link {
     /// token warden put on the request.
     async fn exchange(
         &self,
-        request: ClientRequest,
+        mut request: ClientRequest,
         cancel: &CancellationToken,
         progress: Option<ProgressFn>,
         what: &str,
     ) -> Result<ServerResult, ToolError> {
+        // The transport routes the token to the sink as it writes the
+        // request: a report the server sends at once finds its way.
+        let routed = progress.is_some();
+        if let Some(sink) = progress {
+            request.extensions_mut().insert(RouteProgress(sink));
+        }
         let mut handle = match self
             .peer
             .send_request_with_option(request, PeerRequestOptions::no_options())
@@ -160,17 +166,8 @@ impl Link {
             Ok(h) => h,
             Err(_) => return Err(self.gone().await),
         };
-        let _route = Route(
-            &self.progress,
-            progress.map(|sink| {
-                let token = handle.progress_token.clone();
-                self.progress
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(token.clone(), sink);
-                token
-            }),
-        );
+        // Whatever happens next, the route goes with the call.
+        let _route = Route(&self.progress, routed.then(|| handle.progress_token.clone()));
         let timeout = self.timeout;
         let answer = tokio::select! {
             answer = &mut handle.rx => answer,
@@ -263,6 +260,30 @@ pub struct Downstream {
     pub(super) secrets: Arc<[String]>,
 }
 
+/// A server's progress report, to the sink of the call it is about.
+pub(super) fn report_progress(
+    routes: &ProgressRoutes,
+    secrets: &[String],
+    params: ProgressNotificationParam,
+) {
+    let sink = routes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&params.progress_token)
+        .cloned();
+    if let Some(sink) = sink {
+        sink(Progress {
+            progress: params.progress,
+            total: params.total,
+            // Bounded and blanked like the server's log messages.
+            message: params.message.map(|m| {
+                let m = blank(&m, secrets);
+                cut(&m).unwrap_or_else(|| m.into_owned())
+            }),
+        });
+    }
+}
+
 /// `text` cut to [`STDERR_LINE_MAX`] bytes, saying how much was cut; `None`
 /// when it fits.
 fn cut(text: &str) -> Option<String> {
@@ -307,28 +328,13 @@ impl ClientHandler for Downstream {
         .with_protocol_version(ProtocolVersion::V_2025_11_25)
     }
 
+    /// Only reached by a report `ProgressTap` did not take first.
     async fn on_progress(
         &self,
         params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let sink = self
-            .progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&params.progress_token)
-            .cloned();
-        if let Some(sink) = sink {
-            sink(Progress {
-                progress: params.progress,
-                total: params.total,
-                // Bounded and blanked like the server's log messages.
-                message: params.message.map(|m| {
-                    let m = blank(&m, &self.secrets);
-                    cut(&m).unwrap_or_else(|| m.into_owned())
-                }),
-            });
-        }
+        report_progress(&self.progress, &self.secrets, params);
     }
 
     async fn on_logging_message(

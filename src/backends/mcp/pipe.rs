@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolResult, ClientNotification, ClientRequest, GetExtensions, GetMeta, JsonRpcMessage,
-    JsonRpcResponse, JsonRpcVersion2_0, RequestId, ServerResult,
+    JsonRpcResponse, JsonRpcVersion2_0, RequestId, ServerNotification, ServerResult,
 };
 use rmcp::service::{RoleClient, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
@@ -15,6 +15,8 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use tokio::io::{AsyncBufRead, AsyncWrite};
 
+use super::link::{report_progress, ProgressRoutes};
+use crate::core::call::ProgressFn;
 use crate::mcp::wire::{answered, Line, LineReader, Outbox};
 
 /// How long closing a server's stdin may wait for a write in progress.
@@ -26,6 +28,13 @@ const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
 /// server-everything: about a tenth of its calls per second).
 #[derive(Debug, Clone, Copy)]
 pub struct WithoutProgress;
+
+/// On a request: the sink of its progress reports, routed from the token
+/// rmcp put on it as the request is written (the caller learns the token
+/// only once rmcp has queued the request, which can be after the server's
+/// first report arrived).
+#[derive(Clone)]
+pub struct RouteProgress(pub ProgressFn);
 
 const PROGRESS_TOKEN: &str = "progressToken";
 
@@ -42,6 +51,18 @@ pub struct ChildTransport<R, W> {
     outbox: Arc<Outbox<W>>,
     /// `tools/call` requests sent and not yet answered or cancelled.
     calls: HashSet<RequestId>,
+    progress: Option<ProgressTap>,
+}
+
+/// Where a server's progress reports go as they are read, in the order of
+/// the server's output. rmcp would hand each notification to a task of its
+/// own, while a response goes straight to its caller: on more than one
+/// thread, a call's last reports could reach its caller after its answer
+/// (and be dropped then, as the client has forgotten the token).
+pub struct ProgressTap {
+    pub routes: ProgressRoutes,
+    /// The server's secret env values, blanked out of progress messages.
+    pub secrets: Arc<[String]>,
 }
 
 impl<R, W> ChildTransport<R, W>
@@ -54,7 +75,14 @@ where
             lines: LineReader::new(stdout, max_line),
             outbox: Arc::new(Outbox::new(stdin)),
             calls: HashSet::new(),
+            progress: None,
         }
+    }
+
+    /// Progress reports go to `tap` as they are read, not to rmcp.
+    pub fn with_progress(mut self, tap: ProgressTap) -> Self {
+        self.progress = Some(tap);
+        self
     }
 
     /// One line from the server as a message, or `None` to skip it.
@@ -67,6 +95,18 @@ where
             return Some(msg);
         }
         match serde_json::from_slice::<RxJsonRpcMessage<RoleClient>>(line) {
+            Ok(JsonRpcMessage::Notification(n))
+                if self.progress.is_some()
+                    && matches!(n.notification, ServerNotification::ProgressNotification(_)) =>
+            {
+                let (Some(tap), ServerNotification::ProgressNotification(p)) =
+                    (&self.progress, n.notification)
+                else {
+                    unreachable!("matched above")
+                };
+                report_progress(&tap.routes, &tap.secrets, p.params);
+                None
+            }
             Ok(msg) => {
                 if let Some(id) = answered(&msg) {
                     self.calls.remove(id);
@@ -124,6 +164,16 @@ where
         item: TxJsonRpcMessage<RoleClient>,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
         let mut item = item;
+        if let (JsonRpcMessage::Request(r), Some(tap)) = (&item, &self.progress) {
+            if let Some(RouteProgress(sink)) = r.request.extensions().get::<RouteProgress>() {
+                if let Some(token) = r.request.get_meta().get_progress_token() {
+                    tap.routes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(token, sink.clone());
+                }
+            }
+        }
         match &mut item {
             JsonRpcMessage::Request(r)
                 if matches!(r.request, ClientRequest::CallToolRequest(_)) =>

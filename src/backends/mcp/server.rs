@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use super::catalog::list_everything;
 use super::link::{Downstream, Link, ProgressRoutes, EXIT_STATUS_WAIT};
-use super::pipe::ChildTransport;
+use super::pipe::{ChildTransport, ProgressTap};
 use crate::config::{McpSpec, Rate, RateLimit};
 use crate::core::catalog::Catalog;
 use crate::core::ratelimit::TokenBucket;
@@ -158,6 +158,10 @@ impl Actor for ServerActor {
         tracing::info!(actor = %me, server_pid = pid, program = %spec.program, "MCP server launched");
 
         let progress: ProgressRoutes = Arc::default();
+        let tap = ProgressTap {
+            routes: progress.clone(),
+            secrets: secrets.clone(),
+        };
         let handler = Downstream {
             actor_name: me.clone(),
             prefix: spec.prefix.clone(),
@@ -176,7 +180,9 @@ impl Actor for ServerActor {
                 let start = async {
                     let stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
                     let service = handler
-                        .serve(ChildTransport::new(stdout, stdin, max_line))
+                        .serve(
+                            ChildTransport::new(stdout, stdin, max_line).with_progress(tap),
+                        )
                         .await
                         .map_err(|e| format!("the MCP handshake failed: {e}"))?;
                     let catalog = list_everything(service.peer(), &prefix)
