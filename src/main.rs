@@ -210,7 +210,7 @@ fn main() -> ExitCode {
             let guardian = warden::exec::guard::Guardian::start()
                 .map_err(|e| tracing::warn!(error = %e, "no guardian: if warden is SIGKILLed, what its children started may outlive it"))
                 .ok();
-            let loaded_threads = loaded.config.server.worker_threads;
+            let loaded_threads = loaded.config.server.threads(loaded.config.http.mcp);
             let cells = match warden::exec::contain::Cells::open(loaded.config.server.containment) {
                 Ok(cells) => cells,
                 Err(why) => {
@@ -336,7 +336,7 @@ fn tokio_runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
-/// `server.worker_threads = 1` (the default) runs every actor on one thread,
+/// `server.worker_threads = 1` (the default on stdio) runs every actor on one thread,
 /// where a call's hops between actors are task switches, not cross-thread
 /// wake-ups (about 5× faster per call, see BENCHMARKS.md); more selects
 /// tokio's multi-thread runtime, where a task holding one thread cannot stop

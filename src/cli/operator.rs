@@ -199,7 +199,7 @@ pub fn render(status: &Status, color: bool) -> String {
     };
     let health = crate::core::status::health(status).0.name();
     let mut out = format!(
-        "warden {}  pid {}  up {}  config {}\nstate {}  health {}  memory {}  in flight {}/{}\n",
+        "warden {}  pid {}  up {}  config {}\nstate {}  health {}  memory {}  in flight {}/{}  threads {}\n",
         printable(&w.version),
         w.pid,
         duration(w.uptime_s),
@@ -209,6 +209,7 @@ pub fn render(status: &Status, color: bool) -> String {
         w.rss_bytes.map_or("?".to_string(), mib),
         w.in_flight,
         w.max_in_flight,
+        w.threads,
     );
     let h = &status.health;
     if let Some(m) = &h.memory {
@@ -450,7 +451,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("memory 11.0 MiB  in flight 1/256\n"),
+            text.contains("memory 11.0 MiB  in flight 1/256  threads 1\n"),
             "{text}"
         );
         assert!(

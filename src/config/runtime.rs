@@ -19,10 +19,15 @@ pub const DEFAULT_MAX_LINE: u64 = 16 << 20;
 /// request; entering it on each poll is measurable per call, and it says nothing
 /// warden's own call line does not.
 pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
-/// Default for `server.worker_threads`: one thread runs every actor (about 5×
-/// faster per call than two; see BENCHMARKS.md). Two or more let the watchdog
-/// answer even while a task holds a thread.
+/// `server.worker_threads` when unset, serving one client on stdio: one
+/// thread runs every actor (a call's hops are task switches, not wake-ups;
+/// see BENCHMARKS.md). Two or more let the watchdog answer even while a
+/// task holds a thread. Serving MCP over HTTP, the default is one thread per
+/// core instead: many clients at once gain more than one client's call
+/// loses there (BENCHMARKS.md, "Threads for HTTP").
 pub const DEFAULT_WORKER_THREADS: usize = 1;
+/// The most threads the HTTP default takes, however many cores there are.
+pub const MAX_DEFAULT_HTTP_THREADS: usize = 8;
 /// Default for `defaults.concurrency`: workers per tool.
 pub const DEFAULT_CONCURRENCY: usize = 2;
 /// Default for `defaults.queue`: jobs waiting per tool beyond the busy workers.
@@ -215,7 +220,9 @@ pub struct ServerConfig {
     pub max_line: ByteSize,
     /// Threads running the actors: 1 is a single-threaded runtime (no
     /// cross-thread wake-ups per call); more is tokio's multi-thread runtime.
-    pub worker_threads: usize,
+    /// Unset: 1 on stdio, one per core (at most 8) serving MCP over HTTP;
+    /// see [`ServerConfig::threads`].
+    pub worker_threads: Option<usize>,
     /// What keeps a program and everything it starts where warden can end
     /// them all (see `exec::contain`).
     pub containment: Containment,
@@ -237,6 +244,22 @@ pub enum Containment {
     Subreaper,
 }
 
+impl ServerConfig {
+    /// The runtime threads to start: `worker_threads` if set, else 1 on
+    /// stdio and one per core (at most 8) when `http_mcp`.
+    pub fn threads(&self, http_mcp: bool) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            if http_mcp {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(MAX_DEFAULT_HTTP_THREADS)
+            } else {
+                DEFAULT_WORKER_THREADS
+            }
+        })
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -244,7 +267,7 @@ impl Default for ServerConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_line: ByteSize(DEFAULT_MAX_LINE),
-            worker_threads: DEFAULT_WORKER_THREADS,
+            worker_threads: None,
             containment: Containment::Auto,
         }
     }
@@ -545,7 +568,11 @@ pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Prob
     if config.server.max_in_flight == 0 {
         bad("server.max_in_flight", "must be at least 1");
     }
-    if config.server.worker_threads == 0 || config.server.worker_threads > 64 {
+    if config
+        .server
+        .worker_threads
+        .is_some_and(|n| n == 0 || n > 64)
+    {
         bad("server.worker_threads", "must be between 1 and 64");
     }
     if config.server.max_line.0 < 1024 {

@@ -324,6 +324,8 @@ impl Runtime {
                         why_not: cells.why_not().map(str::to_string),
                     }
                 },
+                threads: tokio::runtime::Handle::try_current()
+                    .map_or(0, |h| h.metrics().num_workers()),
             },
             health: HealthLine {
                 memory: snapshot.as_ref().map(|s| MemoryLine {

@@ -42,6 +42,9 @@ pub struct WardenLine {
     /// What holds each program together with everything it starts.
     #[serde(default)]
     pub containment: ContainmentLine,
+    /// The runtime's threads (`server.worker_threads`, or its default).
+    #[serde(default)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -412,6 +415,7 @@ pub mod tests {
                     cells: Some("/sys/fs/cgroup/warden-42".into()),
                     why_not: None,
                 },
+                threads: 1,
             },
             health: HealthLine {
                 memory: None,

@@ -848,6 +848,33 @@ fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_stay() {
 }
 
 #[test]
+fn http_runs_a_thread_per_core_unless_told_and_stdio_runs_one() {
+    const STATUS: &str = "name = \"status\"\nkind = \"builtin\"\n";
+    let threads = |status: &Value| -> Value {
+        let status: Value = serde_json::from_str(&text(status)).unwrap();
+        status["warden"]["threads"].clone()
+    };
+    let cores = std::thread::available_parallelism().unwrap().get().min(8);
+    for (config, want) in [("", cores), ("[server]\nworker_threads = 3\n", 3)] {
+        let port = free_port();
+        let mut s = setup(&format!("{QUIET}{config}"))
+            .actor("status", STATUS)
+            .start_http(port);
+        wait_listening(&mut s, port);
+        let a = stateless(
+            &mut Conn::open(port),
+            1,
+            "tools/call",
+            json!({"name": "status", "arguments": {}}),
+        );
+        assert_eq!(threads(&a.message()["result"]), json!(want), "{config:?}");
+    }
+    let mut s = setup(QUIET).actor("status", STATUS).start();
+    s.initialize();
+    assert_eq!(threads(&s.call_result("status", json!({}))), json!(1));
+}
+
+#[test]
 fn over_http_on_several_threads_every_progress_report_comes_before_the_answer() {
     // A server that reports at once, on a runtime of two threads: the
     // caller used to route the token only after rmcp had queued the request.
