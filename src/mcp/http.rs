@@ -29,7 +29,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 
 use crate::core::runtime::Runtime;
-use crate::mcp::server::WardenServer;
+use crate::mcp::server::{Offer, WardenServer};
 
 /// How long a client refused for the session cap should wait, in seconds.
 const RETRY_AFTER_S: &str = "1";
@@ -78,8 +78,9 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
     let service = {
         let open = open.clone();
         let runtime = runtime.clone();
+        let offer = Offer::new(&runtime);
         StreamableHttpService::new(
-            move || Ok(WardenServer::for_http(runtime.clone(), open.clone())),
+            move || Ok(WardenServer::for_http(runtime.clone(), open.clone(), &offer)),
             Arc::new(sessions),
             config,
         )

@@ -82,10 +82,20 @@ impl Drop for HttpSession {
     }
 }
 
-impl WardenServer {
+/// What every session of one runtime is offered alike: warden's own tools
+/// and the capabilities. Made once, not per session: over HTTP each
+/// stateless request is a session of its own.
+#[derive(Clone)]
+pub struct Offer {
+    /// The command and builtin tools (MCP servers' tools are listed live).
+    tools: Arc<Vec<Tool>>,
+    caps: ServerCapabilities,
+}
+
+impl Offer {
     // `enable_logging`: see the note on the `ServerHandler` impl below.
     #[allow(deprecated)]
-    pub fn new(runtime: Arc<Runtime>, session: Arc<Session>) -> Self {
+    pub fn new(runtime: &Runtime) -> Offer {
         let tools = runtime
             .tools
             .iter()
@@ -116,17 +126,35 @@ impl WardenServer {
             caps.resources = more.resources;
             caps.completions = more.completions;
         }
+        Offer {
+            tools: Arc::new(tools),
+            caps,
+        }
+    }
+}
+
+impl WardenServer {
+    pub fn new(runtime: Arc<Runtime>, session: Arc<Session>) -> Self {
+        let offer = Offer::new(&runtime);
+        WardenServer::offering(runtime, session, &offer)
+    }
+
+    fn offering(runtime: Arc<Runtime>, session: Arc<Session>, offer: &Offer) -> Self {
         WardenServer {
             runtime,
             session,
-            tools: Arc::new(tools),
-            caps,
+            tools: offer.tools.clone(),
+            caps: offer.caps.clone(),
             http: None,
         }
     }
 
     /// The handler of a new HTTP session (or stateless request).
-    pub fn for_http(runtime: Arc<Runtime>, open: Arc<crate::mcp::http::Open>) -> Self {
+    pub fn for_http(
+        runtime: Arc<Runtime>,
+        open: Arc<crate::mcp::http::Open>,
+        offer: &Offer,
+    ) -> Self {
         let (session, notices) = runtime.open_session("http");
         open.opened();
         let http = Arc::new(HttpSession {
@@ -137,7 +165,7 @@ impl WardenServer {
         });
         WardenServer {
             http: Some(http),
-            ..WardenServer::new(runtime, session)
+            ..WardenServer::offering(runtime, session, offer)
         }
     }
 
