@@ -21,6 +21,9 @@
 //! 127.0.0.1:PORT/mcp: one session (`initialize`, 2025-11-25) over
 //! Streamable HTTP, the sequential calls on one kept-alive connection, the
 //! concurrent ones on C connections, each call a POST answered by SSE or JSON.
+//! With `--stateless` as well, no session: every call is a stateless
+//! 2026-07-28 request (version and capabilities in `_meta`, the `Mcp-Method`
+//! and `Mcp-Name` headers).
 
 use std::collections::HashMap;
 use std::process::{ExitCode, Stdio};
@@ -40,13 +43,15 @@ const EXIT_DEADLINE: Duration = Duration::from_secs(5);
 const IDLE_SETTLE: Duration = Duration::from_millis(300);
 /// The protocol version offered in `initialize`.
 const PROTOCOL_VERSION: &str = "2025-11-25";
+/// The version of stateless requests (`--http PORT --stateless`).
+const STATELESS_VERSION: &str = "2026-07-28";
 /// What every call sends, and what every answer must carry back.
 const MESSAGE: &str = "hello";
 
 /// How long the tool may take to answer its first call.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
-const USAGE: &str = "usage: warden-bench --name LABEL --calls N --concurrency C [--tool echo] [--expect TEXT] [--spawn | --http PORT] -- <server command and args...>";
+const USAGE: &str = "usage: warden-bench --name LABEL --calls N --concurrency C [--tool echo] [--expect TEXT] [--spawn | --http PORT [--stateless]] -- <server command and args...>";
 
 struct Args {
     name: String,
@@ -56,6 +61,8 @@ struct Args {
     spawn: bool,
     /// Speak MCP over HTTP to 127.0.0.1:PORT instead of the command's stdio.
     http: Option<u16>,
+    /// Over HTTP: stateless 2026-07-28 requests, no session.
+    stateless: bool,
     command: Vec<String>,
 }
 
@@ -70,14 +77,16 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut concurrency = None;
     let mut spawn = false;
     let mut http = None;
+    let mut stateless = false;
     let mut i = 0;
     while i < argv.len() {
         let flag = argv[i].as_str();
         if flag == "--" {
             break;
         }
-        if flag == "--spawn" {
-            spawn = true;
+        if flag == "--spawn" || flag == "--stateless" {
+            spawn |= flag == "--spawn";
+            stateless |= flag == "--stateless";
             i += 1;
             continue;
         }
@@ -125,6 +134,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         concurrency: concurrency.ok_or_else(|| format!("--concurrency is required\n{USAGE}"))?,
         spawn,
         http,
+        stateless,
         command,
     })
 }
@@ -602,10 +612,16 @@ mod http {
         io: BufReader<TcpStream>,
         port: u16,
         session: Option<String>,
+        /// Each request a stateless 2026-07-28 one.
+        stateless: bool,
     }
 
     impl Conn {
-        pub async fn open(port: u16, session: Option<String>) -> Result<Conn, String> {
+        pub async fn open(
+            port: u16,
+            session: Option<String>,
+            stateless: bool,
+        ) -> Result<Conn, String> {
             let tcp = TcpStream::connect(("127.0.0.1", port))
                 .await
                 .map_err(|e| format!("connecting to 127.0.0.1:{port}: {e}"))?;
@@ -614,13 +630,22 @@ mod http {
                 io: BufReader::new(tcp),
                 port,
                 session,
+                stateless,
             })
         }
 
         /// POSTs one message; the JSON-RPC response in the answer (None
         /// for a notification's 202), and the session id the answer set.
         pub async fn post(&mut self, msg: &Value) -> Result<(Option<Value>, Instant), String> {
-            let body = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+            let mut msg = msg.clone();
+            if self.stateless {
+                msg["params"]["_meta"] = json!({
+                    "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                    "io.modelcontextprotocol/clientInfo": {"name": "warden-bench", "version": env!("CARGO_PKG_VERSION")},
+                });
+            }
+            let body = serde_json::to_vec(&msg).map_err(|e| e.to_string())?;
             let mut req = format!(
                 "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
                 self.port,
@@ -630,6 +655,15 @@ mod http {
                 req.push_str(&format!(
                     "Mcp-Session-Id: {s}\r\nMCP-Protocol-Version: {PROTOCOL_VERSION}\r\n"
                 ));
+            }
+            if self.stateless {
+                req.push_str(&format!(
+                    "MCP-Protocol-Version: {STATELESS_VERSION}\r\nMcp-Method: {}\r\n",
+                    msg["method"].as_str().unwrap_or("")
+                ));
+                if let Some(name) = msg["params"]["name"].as_str() {
+                    req.push_str(&format!("Mcp-Name: {name}\r\n"));
+                }
             }
             req.push_str("\r\n");
             let mut bytes = req.into_bytes();
@@ -716,6 +750,23 @@ mod http {
         }
     }
 
+    /// `initialize` and `notifications/initialized`: when the answer came.
+    async fn handshake(conn: &mut Conn, spawned_at: Instant) -> Result<Duration, String> {
+        let (init, at) = conn
+            .post(&json!({
+                "jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+                           "clientInfo": {"name": "warden-bench", "version": env!("CARGO_PKG_VERSION")}}
+            }))
+            .await?;
+        if init.as_ref().and_then(|m| m.get("result")).is_none() {
+            return Err(format!("initialize failed: {init:?}"));
+        }
+        conn.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await?;
+        Ok(at.duration_since(spawned_at))
+    }
+
     async fn call(conn: &mut Conn, id: u64) -> Result<(Value, Instant), String> {
         match conn.post(&echo_call(id)).await? {
             (Some(msg), at) => Ok((msg, at)),
@@ -736,25 +787,18 @@ mod http {
         let pid = proc.id().ok_or("the server exited at once")?;
         *child = Some(proc);
         let mut conn = loop {
-            match Conn::open(port, None).await {
+            match Conn::open(port, None, args.stateless).await {
                 Ok(c) => break c,
                 Err(e) if spawned_at.elapsed() > READY_DEADLINE => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         };
-        let (init, at) = conn
-            .post(&json!({
-                "jsonrpc": "2.0", "id": 0, "method": "initialize",
-                "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
-                           "clientInfo": {"name": "warden-bench", "version": env!("CARGO_PKG_VERSION")}}
-            }))
-            .await?;
-        let ready = at.duration_since(spawned_at);
-        if init.as_ref().and_then(|m| m.get("result")).is_none() {
-            return Err(format!("initialize failed: {init:?}"));
-        }
-        conn.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            .await?;
+        // Stateless: ready is the first answer, as there is no handshake.
+        let ready = if args.stateless {
+            None
+        } else {
+            Some(handshake(&mut conn, spawned_at).await?)
+        };
         let mut next_id = 1u64;
         let first_call = loop {
             let (msg, at) = call(&mut conn, next_id).await?;
@@ -767,6 +811,7 @@ mod http {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
+        let ready = ready.unwrap_or(first_call);
         tokio::time::sleep(IDLE_SETTLE).await;
         let rss_idle = rss_kib(pid)?;
         let tree_idle = tree_rss_kib(pid);
@@ -786,7 +831,7 @@ mod http {
         let session = conn.session.clone();
         let mut conns = Vec::with_capacity(args.concurrency);
         for _ in 0..args.concurrency {
-            conns.push(Conn::open(port, session.clone()).await?);
+            conns.push(Conn::open(port, session.clone(), args.stateless).await?);
         }
         let per = args.calls.div_ceil(args.concurrency);
         let start = Instant::now();
