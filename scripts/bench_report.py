@@ -33,8 +33,13 @@ PEERS = [
     ("spawn-true", "raw spawn loop of /bin/true (tokio)"),
     ("bare-http", "bare rmcp echo over Streamable HTTP (current-thread, TCP_NODELAY)"),
     ("bare-http-mt", "the same on the multi-thread runtime"),
-    ("warden-http", "warden serve --http, builtin echo"),
-    ("warden-http-2t", "warden serve --http, 2 runtime threads"),
+    ("bare-http-2026", "the same, stateless 2026-07-28 requests"),
+    ("warden-http-1t", "warden serve --http, builtin echo, 1 runtime thread"),
+    ("warden-http", "warden serve --http, builtin echo (default: a thread per core)"),
+    ("warden-http-2026", "the same, stateless 2026-07-28 requests"),
+    ("gw-warden", "bare-ct (stdio) served over HTTP by warden (`prefix = \"\"`)"),
+    ("gw-supergateway", "bare-ct served over HTTP by supergateway 4.0.0 --stateful"),
+    ("gw-mcp-proxy", "bare-ct served over HTTP by mcp-proxy 0.13.0"),
 ]
 
 
@@ -157,25 +162,48 @@ def report(runs, rounds, calls, concurrency):
 
 
 def http_section(runs, p, ratio):
-    http = [(w, b) for w, b in (("warden-http", "bare-http"), ("warden-http-2t", "bare-http-mt"),
-                                 ("warden-http-2t", "warden-http")) if w in runs and b in runs]
+    pairs = (("warden-http-1t", "bare-http"), ("warden-http", "bare-http-mt"),
+             ("warden-http-2026", "bare-http-2026"), ("warden-http", "warden-http-1t"))
+    http = [(w, b) for w, b in pairs if w in runs and b in runs]
     if http:
         p()
-        p("### Over Streamable HTTP (2025-11-25 session, one POST per call)")
+        p("### Over Streamable HTTP (one POST per call: in a 2025-11-25 session, or stateless)")
         p()
         p("| ratio | seq p50 | conc p50 | seq calls/s | conc calls/s |")
         p("|---|---:|---:|---:|---:|")
         for w, b in http:
             cells = [ratio(g, b, w) for g in (SEQ_P50, CONC_P50, SEQ_RATE, CONC_RATE)]
             p(f"| {w} / {b} | " + " | ".join(f"{c:.2f}×" for c in cells) + " |")
-        if ("warden-http", "bare-http") in http:
-            p50 = ratio(SEQ_P50, "bare-http", "warden-http")
-            rates = [ratio(g, "bare-http", "warden-http") for g in (SEQ_RATE, CONC_RATE)]
-            ok = [(f"p50 ≤ 1.2× bare (seq {p50:.2f}×)", p50 <= 1.2),
-                  (f"calls/s ≥ 0.8× bare (seq {rates[0]:.2f}×, conc {rates[1]:.2f}×)", min(rates) >= 0.8)]
+        for w, b in http[:3]:
+            p50 = ratio(SEQ_P50, b, w)
+            rates = [ratio(g, b, w) for g in (SEQ_RATE, CONC_RATE)]
+            ok = [(f"p50 ≤ 1.2× (seq {p50:.2f}×)", p50 <= 1.2),
+                  (f"calls/s ≥ 0.8× (seq {rates[0]:.2f}×, conc {rates[1]:.2f}×)", min(rates) >= 0.8)]
             p()
-            p("HTTP targets (issue 15) " + ("hold" if all(o for _, o in ok) else "do NOT hold")
+            p(f"HTTP targets (issue 15), {w} against {b}: " + ("hold" if all(o for _, o in ok) else "do NOT hold")
               + ": " + "; ".join(("✓ " if o else "✗ ") + t for t, o in ok) + ".")
+    peers = [n for n in ("gw-supergateway", "gw-mcp-proxy") if n in runs]
+    if "gw-warden" in runs and peers:
+        p()
+        p("### A stdio server over HTTP: warden against supergateway and mcp-proxy")
+        p()
+        p("The same bare current-thread echo behind each; memory is the whole tree, idle.")
+        p()
+        p("| warden against | seq p50 | seq calls/s | conc calls/s | idle tree RSS |")
+        p("|---|---:|---:|---:|---:|")
+        checks = []
+        for n in peers:
+            p50 = ratio(SEQ_P50, n, "gw-warden")
+            seq = ratio(SEQ_RATE, n, "gw-warden")
+            conc = ratio(CONC_RATE, n, "gw-warden")
+            mem = med(runs, "gw-warden", tree_mib) / med(runs, n, tree_mib)
+            p(f"| {n} | {p50:.2f}× | {seq:.2f}× | {conc:.2f}× | {mem:.2f}× |")
+            checks += [(f"{n}: calls/s at 32 ≥ 5× ({conc:.1f}×)", conc >= 5),
+                       (f"{n}: p50 < ½ ({p50:.2f}×)", p50 < 0.5),
+                       (f"{n}: memory < ⅓ ({mem:.2f}×)", mem < 1 / 3)]
+        p()
+        p("Gateway targets (issue 15) " + ("hold" if all(o for _, o in checks) else "do NOT hold")
+          + ": " + "; ".join(("✓ " if o else "✗ ") + t for t, o in checks) + ".")
 
 
 def plot(runs, path):
