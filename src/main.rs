@@ -167,7 +167,7 @@ fn main() -> ExitCode {
                     loaded.tools.len()
                 );
                 let http = &loaded.config.http;
-                if http.mcp && http.exposed() {
+                if loaded.config.mcp_unguarded() {
                     println!(
                         "{}: http.listen: warning: {} serves MCP beyond this machine with no authorization: anyone who reaches it can run every tool",
                         loaded.path.display(),

@@ -138,6 +138,11 @@ pub struct Common {
     pub rate: Option<Rate>,
     /// Calls allowed at once from a full bucket (default: one second's worth).
     pub burst: Option<u32>,
+    /// Over HTTP with `[auth]`: the scopes a principal needs, all of them, to
+    /// see and use this tool (for an MCP server: every export). None: any
+    /// principal warden accepts.
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 /// A program warden launches: a command tool's, or an MCP server.
@@ -333,6 +338,8 @@ pub struct ToolSpec {
     pub input_schema: serde_json::Map<String, serde_json::Value>,
     pub breaker: BreakerConfig,
     pub rate_limit: Option<RateLimit>,
+    /// The scopes a principal needs to see and use it (`[auth]`).
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -636,6 +643,14 @@ fn check_actor(
     if a.burst.is_some() && a.rate.is_none() {
         bad("burst", "needs `rate`".into());
     }
+    for s in &a.scopes {
+        if !super::runtime::is_scope(s) {
+            bad(
+                "scopes",
+                format!("{s:?} is not a scope (printable ASCII, no spaces or quotes)"),
+            );
+        }
+    }
     if problems.len() > before {
         return None;
     }
@@ -665,6 +680,7 @@ fn check_actor(
         input_schema,
         breaker,
         rate_limit,
+        scopes: a.scopes,
     })
 }
 

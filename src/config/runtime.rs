@@ -62,8 +62,92 @@ pub struct Config {
     pub log: LogConfig,
     pub control: ControlConfig,
     pub http: HttpConfig,
+    pub auth: AuthConfig,
     pub memory: MemoryConfig,
     pub lag: LagConfig,
+}
+
+impl Config {
+    /// MCP served beyond this machine to anyone who reaches it.
+    pub fn mcp_unguarded(&self) -> bool {
+        self.http.mcp && self.http.exposed() && self.auth.mode == AuthMode::None
+    }
+}
+
+/// `[auth]`: who may use MCP over HTTP, and with which tools. Off by
+/// default; stdio needs none (the client launched warden).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Where clients reach warden, such as "https://mcp.example.com" behind a
+    /// TLS-terminating proxy: the protected resource metadata's URLs are
+    /// built from it. Default: "http://" and `http.listen`.
+    pub public_url: String,
+    /// The authorization servers that issue tokens for this resource, named
+    /// in its metadata (RFC 9728).
+    pub authorization_servers: Vec<String>,
+    /// `mode = "token"`: the bearer tokens accepted.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// `auth.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    None,
+    /// Static bearer tokens, each with a name and scopes.
+    Token,
+    /// JWTs checked against an issuer's keys: not built yet.
+    Jwt,
+}
+
+/// One static bearer token: its principal's name, its scopes, and the token
+/// itself as a SHA-256 hash, or the name of the environment variable that
+/// holds it (read at start, kept only as its hash).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// The least entropy a token read from the environment may have, in bits.
+pub const MIN_TOKEN_BITS: f64 = 128.0;
+
+/// An estimate of a token's entropy: its length times the bits of the
+/// alphabet its characters are drawn from (digits, lower, upper, other).
+pub fn token_bits(token: &str) -> f64 {
+    let classes = [
+        (token.bytes().any(|b| b.is_ascii_digit()), 10.0),
+        (token.bytes().any(|b| b.is_ascii_lowercase()), 26.0),
+        (token.bytes().any(|b| b.is_ascii_uppercase()), 26.0),
+        (token.bytes().any(|b| !b.is_ascii_alphanumeric()), 32.0),
+    ];
+    let alphabet: f64 = classes.iter().filter(|(on, _)| *on).map(|(_, n)| n).sum();
+    // A token of one repeated character has no entropy however long.
+    let distinct = token
+        .chars()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    if distinct < 2 {
+        return 0.0;
+    }
+    token.chars().count() as f64 * alphabet.max(1.0).log2()
+}
+
+/// Whether `scope` is a scope token (RFC 6749: printable ASCII but space, `"` and `\\`).
+pub fn is_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 /// The memory budget of the whole process tree and the recovery levels, as
@@ -655,6 +739,54 @@ pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Prob
     }
     if config.http.body_deadline < Duration::from_millis(100) {
         bad("http.body_deadline", "must be at least 100ms");
+    }
+    let auth = &config.auth;
+    match auth.mode {
+        AuthMode::None => {}
+        AuthMode::Jwt => bad(
+            "auth.mode",
+            "\"jwt\" is not built yet; use \"token\" (static bearer tokens)",
+        ),
+        AuthMode::Token if auth.tokens.is_empty() => bad(
+            "auth.tokens",
+            "mode = \"token\" needs at least one [[auth.tokens]]",
+        ),
+        AuthMode::Token => {}
+    }
+    let url = &auth.public_url;
+    if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
+        bad("auth.public_url", "must be an http:// or https:// URL");
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, t) in auth.tokens.iter().enumerate() {
+        let field = |f: &str| format!("auth.tokens[{i}].{f}");
+        if t.name.is_empty() || !names.insert(t.name.as_str()) {
+            bad(&field("name"), "must be set, and unique");
+        }
+        match (&t.sha256, &t.env) {
+            (Some(h), None) => {
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    bad(&field("sha256"), "must be 64 hex digits: the SHA-256 of the token (`printf %s TOKEN | sha256sum`)");
+                }
+            }
+            (None, Some(var)) => match std::env::var(var) {
+                Err(_) => bad(&field("env"), &format!("${var} is not set")),
+                Ok(token) if token_bits(&token) < MIN_TOKEN_BITS => bad(
+                    &field("env"),
+                    &format!("the token in ${var} is too weak: about {:.0} bits, under {MIN_TOKEN_BITS:.0} (try `openssl rand -hex 32`)", token_bits(&token)),
+                ),
+                Ok(_) => {}
+            },
+            _ => bad(&field("sha256"), "a token needs exactly one of sha256 and env"),
+        }
+        for s in &t.scopes {
+            if !is_scope(s) {
+                bad(
+                    &field("scopes"),
+                    &format!("{s:?} is not a scope (printable ASCII, no spaces or quotes)"),
+                );
+            }
+        }
     }
     for (field, filter) in [
         ("log.level", &config.log.level),

@@ -57,6 +57,22 @@ pub struct Principal {
     pub scopes: Vec<String>,
 }
 
+impl Principal {
+    /// The scopes of `needed` this principal does not have.
+    pub fn lacks(&self, needed: &[String]) -> Vec<String> {
+        needed
+            .iter()
+            .filter(|s| !self.scopes.contains(s))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether it may see and use what needs `needed`.
+    pub fn may(&self, needed: &[String]) -> bool {
+        needed.iter().all(|s| self.scopes.contains(s))
+    }
+}
+
 /// What every request carries into the runtime.
 pub struct CallCtx<'a> {
     pub session: &'a Session,
@@ -166,6 +182,9 @@ pub trait Backend: Send + Sync {
 pub enum CallError {
     #[error("unknown tool `{0}`")]
     UnknownTool(String),
+    /// The caller's principal lacks scopes the tool needs: nothing ran.
+    #[error("`{tool}` needs the scope(s) {}", missing.join(" "))]
+    Forbidden { tool: String, missing: Vec<String> },
 }
 
 /// What a request asks of a backend, once admitted: a tool call, or a
@@ -235,6 +254,15 @@ impl Runtime {
             .tools
             .route(tool)
             .ok_or_else(|| CallError::UnknownTool(tool.to_string()))?;
+        if let Some(p) = ctx.principal {
+            let missing = p.lacks(&entry.spec.scopes);
+            if !missing.is_empty() {
+                return Err(CallError::Forbidden {
+                    tool: tool.to_string(),
+                    missing,
+                });
+            }
+        }
         let started = Instant::now();
         // jsonschema reads a `Value`; the map goes in and comes out uncopied.
         let mut args = Value::Object(args.unwrap_or_default());

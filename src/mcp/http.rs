@@ -29,6 +29,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 
 use crate::core::runtime::Runtime;
+use crate::mcp::auth::{Auth, METADATA_PATH, METADATA_PATH_MCP};
 use crate::mcp::server::{Offer, WardenServer};
 
 /// How long a client refused for the session cap should wait, in seconds.
@@ -80,64 +81,97 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
         let runtime = runtime.clone();
         let offer = Offer::new(&runtime);
         StreamableHttpService::new(
-            move || Ok(WardenServer::for_http(runtime.clone(), open.clone(), &offer)),
+            move || {
+                Ok(WardenServer::for_http(
+                    runtime.clone(),
+                    open.clone(),
+                    &offer,
+                ))
+            },
             Arc::new(sessions),
             config,
         )
     };
-    Router::new()
-        .route_service("/mcp", service)
-        .layer(axum::middleware::from_fn(
-            move |req: Request, next: Next| {
-                let open = open.clone();
-                let runtime = runtime.clone();
-                async move {
-                    let method: &'static str = match req.method().as_str() {
-                        "GET" => "GET",
-                        "POST" => "POST",
-                        "DELETE" => "DELETE",
-                        _ => "other",
-                    };
-                    // A request in a session already counted passes; a new one
-                    // (an `initialize`, or a stateless request) waits its turn.
-                    let new = !req.headers().contains_key("mcp-session-id");
-                    let json = req
-                        .headers()
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.starts_with("application/json"));
-                    let announced = req
-                        .headers()
-                        .get(header::CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                    let deadline = runtime.config.http.body_deadline;
-                    let mut r = if announced.is_some_and(|n| n > max_body as u64) {
-                        // Refused before a byte of it is read.
-                        too_large(max_body)
-                    } else if new && open.now() >= max {
-                        full(max)
-                    } else {
-                        match read_body(req, max_body, deadline).await {
-                            Ok(req) => next.run(req).await,
-                            Err(refused) => refused,
-                        }
-                    };
-                    // rmcp answers a JSON body it cannot parse 415, as if the
-                    // type were wrong; JSON-RPC says -32700, and HTTP 400.
-                    if method == "POST" && json && r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
-                    {
-                        r = parse_error();
-                    }
-                    // rmcp answers a DELETE 202; clients (the Python SDK)
-                    // take only 200 and 204 for a session ended.
-                    if method == "DELETE" && r.status() == StatusCode::ACCEPTED {
-                        *r.status_mut() = StatusCode::NO_CONTENT;
-                    }
-                    runtime.metrics.http_request(method, r.status().as_u16());
-                    r
+    // A broken [auth] fails closed: /mcp answers 503 saying why.
+    let auth = Auth::new(&runtime.config, &runtime.tools).map_err(|e| {
+        tracing::error!(actor = crate::core::names::TRANSPORT, error = %e, "[auth] cannot be used: MCP over HTTP refuses every request");
+        e
+    });
+    let metadata = match &auth {
+        Ok(Some(a)) => Some(a.metadata()),
+        _ => None,
+    };
+    let mut router = Router::new().route_service("/mcp", service);
+    if let Some(metadata) = metadata {
+        let serve = move || {
+            let metadata = metadata.clone();
+            async move { axum::Json(metadata) }
+        };
+        router = router
+            .route(METADATA_PATH, axum::routing::get(serve.clone()))
+            .route(METADATA_PATH_MCP, axum::routing::get(serve));
+    }
+    let auth = Arc::new(auth);
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let open = open.clone();
+            let runtime = runtime.clone();
+            let auth = auth.clone();
+            async move {
+                if req.uri().path() != "/mcp" {
+                    return next.run(req).await;
                 }
-            },
-        ))
+                let method: &'static str = match req.method().as_str() {
+                    "GET" => "GET",
+                    "POST" => "POST",
+                    "DELETE" => "DELETE",
+                    _ => "other",
+                };
+                // A request in a session already counted passes; a new one
+                // (an `initialize`, or a stateless request) waits its turn.
+                let new = !req.headers().contains_key("mcp-session-id");
+                let json = req
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("application/json"));
+                let announced = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                let deadline = runtime.config.http.body_deadline;
+                let mut r = if announced.is_some_and(|n| n > max_body as u64) {
+                    // Refused before a byte of it is read.
+                    too_large(max_body)
+                } else if new && open.now() >= max {
+                    full(max)
+                } else {
+                    match read_body(req, max_body, deadline).await {
+                        Ok((parts, bytes)) => match authorize(&auth, &runtime, parts, &bytes) {
+                            Ok(parts) => {
+                                next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                                    .await
+                            }
+                            Err(refused) => *refused,
+                        },
+                        Err(refused) => refused,
+                    }
+                };
+                // rmcp answers a JSON body it cannot parse 415, as if the
+                // type were wrong; JSON-RPC says -32700, and HTTP 400.
+                if method == "POST" && json && r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                    r = parse_error();
+                }
+                // rmcp answers a DELETE 202; clients (the Python SDK)
+                // take only 200 and 204 for a session ended.
+                if method == "DELETE" && r.status() == StatusCode::ACCEPTED {
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                }
+                runtime.metrics.http_request(method, r.status().as_u16());
+                r
+            }
+        },
+    ))
 }
 
 fn too_large(max: usize) -> Response {
@@ -157,10 +191,10 @@ async fn read_body(
     req: Request,
     max: usize,
     deadline: std::time::Duration,
-) -> Result<Request, Response> {
+) -> Result<(axum::http::request::Parts, axum::body::Bytes), Response> {
     let (parts, body) = req.into_parts();
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, max)).await {
-        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Ok(Ok(bytes)) => Ok((parts, bytes)),
         // Past the cap (or the client went away, when no answer reaches it).
         Ok(Err(_)) => Err(too_large(max)),
         Err(_) => Err((
@@ -169,6 +203,78 @@ async fn read_body(
         )
             .into_response()),
     }
+}
+
+/// With `[auth]`: the request's principal, put where the handler finds it,
+/// or the 401 or 403 that refuses it before anything runs.
+fn authorize(
+    auth: &Result<Option<Arc<Auth>>, String>,
+    runtime: &Runtime,
+    mut parts: axum::http::request::Parts,
+    body: &[u8],
+) -> Result<axum::http::request::Parts, Box<Response>> {
+    let auth = match auth {
+        Ok(None) => return Ok(parts),
+        Ok(Some(auth)) => auth,
+        Err(why) => {
+            return Err(Box::new(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("[auth] cannot be used: {why}\n"),
+                )
+                    .into_response(),
+            ))
+        }
+    };
+    let principal = auth.check(&parts.headers)?;
+    // What the request is for, and the scopes that needs (a batch: each).
+    if let Ok(msg) = serde_json::from_slice::<serde_json::Value>(body) {
+        let msgs = match &msg {
+            serde_json::Value::Array(all) => all.iter().collect(),
+            one => vec![one],
+        };
+        for m in msgs {
+            if let Some((what, needed)) = needs(runtime, m) {
+                let missing = principal.lacks(&needed);
+                if !missing.is_empty() {
+                    tracing::warn!(actor = crate::core::names::TRANSPORT, principal = %principal.name, %what, missing = %missing.join(" "), "refused for want of a scope");
+                    return Err(Box::new(auth.forbidden(&what, &missing)));
+                }
+            }
+        }
+    }
+    parts.extensions.insert(principal);
+    Ok(parts)
+}
+
+/// What a request names (a tool, a prompt, a resource), and the scopes it needs.
+fn needs(runtime: &Runtime, msg: &serde_json::Value) -> Option<(String, Vec<String>)> {
+    let params = &msg["params"];
+    let tools = &runtime.tools;
+    let (what, entry) = match msg["method"].as_str()? {
+        "tools/call" => {
+            let name = params["name"].as_str()?;
+            (format!("tool `{name}`"), tools.route(name)?.entry)
+        }
+        "prompts/get" => {
+            let name = params["name"].as_str()?;
+            (format!("prompt `{name}`"), tools.route_prompt(name)?.entry)
+        }
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            let uri = params["uri"].as_str()?;
+            (format!("resource `{uri}`"), tools.route_uri(uri)?)
+        }
+        "completion/complete" => {
+            let r = &params["ref"];
+            match (r["name"].as_str(), r["uri"].as_str()) {
+                (Some(name), _) => (format!("prompt `{name}`"), tools.route_prompt(name)?.entry),
+                (None, Some(uri)) => (format!("resource `{uri}`"), tools.route_uri(uri)?),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    Some((what, entry.spec.scopes.clone()))
 }
 
 fn parse_error() -> Response {

@@ -8,6 +8,7 @@
 //! `backends::mcp`, nowhere else; in `warden serve` on stdio, `stdio` and
 //! `server` are the only code that writes stdout.
 
+pub mod auth;
 pub mod client;
 pub mod http;
 pub mod server;

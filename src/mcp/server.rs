@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use crate::core::call::{
-    CallCtx, CallError, Payload, Progress, ProgressFn, ToolOutput, ToolResult,
+    CallCtx, CallError, Payload, Principal, Progress, ProgressFn, ToolOutput, ToolResult,
 };
 use crate::core::catalog::{Catalog, Definition};
 use crate::core::error::ToolError;
@@ -175,10 +175,15 @@ impl WardenServer {
 
     /// What the MCP servers export, one list from each server's catalog,
     /// read into the protocol's types.
-    fn exported<T: DeserializeOwned>(&self, list: impl Fn(&Catalog) -> Vec<Definition>) -> Vec<T> {
+    fn exported<T: DeserializeOwned>(
+        &self,
+        principal: &Option<Arc<Principal>>,
+        list: impl Fn(&Catalog) -> Vec<Definition>,
+    ) -> Vec<T> {
         self.runtime
             .tools
             .servers()
+            .filter(|server| allowed(principal, &server.spec.scopes))
             .flat_map(|server| list(&server.catalog()))
             .filter_map(|def| T::deserialize(&Value::Object((*def).clone())).ok())
             .collect()
@@ -201,9 +206,23 @@ impl WardenServer {
         request: ClientRequest,
         context: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, McpError> {
+        let principal = principal_of(context);
+        if let Some(p) = &principal {
+            let missing = p.lacks(&entry.spec.scopes);
+            if !missing.is_empty() {
+                return Err(McpError::invalid_params(
+                    format!(
+                        "`{}` needs the scope(s) {}",
+                        entry.spec.name,
+                        missing.join(" ")
+                    ),
+                    None,
+                ));
+            }
+        }
         let ctx = CallCtx {
             session: &self.session,
-            principal: None,
+            principal: principal.as_deref(),
             cancel: &context.ct,
             progress: None,
         };
@@ -275,16 +294,32 @@ impl ServerHandler for WardenServer {
         if let Some(v) = context.protocol_version() {
             self.session.set_protocol(v.as_str());
         }
-        let mut tools = self.tools.as_ref().clone();
+        let principal = principal_of(&context);
         // What a server with `prefix = ""` exports under the name of one of
         // warden's own tools (or of an earlier server's) is not callable:
         // calls go to the first. It is not listed either.
         let mut names: std::collections::HashSet<String> =
-            tools.iter().map(|t| t.name.to_string()).collect();
+            self.tools.iter().map(|t| t.name.to_string()).collect();
+        let mut tools: Vec<Tool> = match &principal {
+            None => self.tools.as_ref().clone(),
+            Some(p) => self
+                .tools
+                .iter()
+                .filter(|t| {
+                    self.runtime
+                        .tools
+                        .get(&t.name)
+                        .is_some_and(|e| p.may(&e.spec.scopes))
+                })
+                .cloned()
+                .collect(),
+        };
         tools.extend(
-            self.exported::<Tool>(|c| c.tools.iter().map(|t| t.def.clone()).collect())
-                .into_iter()
-                .filter(|t| names.insert(t.name.to_string())),
+            self.exported::<Tool>(&principal, |c| {
+                c.tools.iter().map(|t| t.def.clone()).collect()
+            })
+            .into_iter()
+            .filter(|t| names.insert(t.name.to_string())),
         );
         Ok(ListToolsResult::with_all_items(tools))
     }
@@ -292,11 +327,14 @@ impl ServerHandler for WardenServer {
     async fn list_prompts(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        Ok(ListPromptsResult::with_all_items(self.exported(|c| {
-            c.prompts.iter().map(|p| p.def.clone()).collect()
-        })))
+        let principal = principal_of(&context);
+        Ok(ListPromptsResult::with_all_items(
+            self.exported(&principal, |c| {
+                c.prompts.iter().map(|p| p.def.clone()).collect()
+            }),
+        ))
     }
 
     async fn get_prompt(
@@ -325,21 +363,27 @@ impl ServerHandler for WardenServer {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        Ok(ListResourcesResult::with_all_items(self.exported(|c| {
-            c.resources.iter().map(|r| r.def.clone()).collect()
-        })))
+        let principal = principal_of(&context);
+        Ok(ListResourcesResult::with_all_items(
+            self.exported(&principal, |c| {
+                c.resources.iter().map(|r| r.def.clone()).collect()
+            }),
+        ))
     }
 
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        Ok(ListResourceTemplatesResult::with_all_items(self.exported(
-            |c| c.templates.iter().map(|t| t.def.clone()).collect(),
-        )))
+        let principal = principal_of(&context);
+        Ok(ListResourceTemplatesResult::with_all_items(
+            self.exported(&principal, |c| {
+                c.templates.iter().map(|t| t.def.clone()).collect()
+            }),
+        ))
     }
 
     async fn read_resource(
@@ -512,9 +556,10 @@ impl ServerHandler for WardenServer {
             .meta
             .get_progress_token()
             .map(|token| ProgressSink::new(context.peer.clone(), token));
+        let principal = principal_of(&context);
         let ctx = CallCtx {
             session: &self.session,
-            principal: None,
+            principal: principal.as_deref(),
             cancel: &context.ct,
             progress: progress.as_ref().map(|p| p.report.clone()),
         };
@@ -525,27 +570,53 @@ impl ServerHandler for WardenServer {
         // Whole microseconds: `0.124`, not `0.12375299999999999`.
         let duration_ms = started.elapsed().as_micros() as f64 / 1000.0;
         let session = self.session.id;
+        // The principal's name, never its token.
+        let principal = principal.as_ref().map(|p| p.name.as_str());
         match outcome {
             Err(CallError::UnknownTool(name)) => {
-                tracing::warn!(actor = names::TRANSPORT, %request_id, tool = %name, outcome = "unknown_tool", duration_ms, session, "call");
+                tracing::warn!(actor = names::TRANSPORT, %request_id, tool = %name, outcome = "unknown_tool", duration_ms, session, principal, "call");
                 Err(McpError::invalid_params(
                     format!("unknown tool `{name}`; tools/list shows the tools"),
                     Some(json!({"field": "name", "value": name})),
                 ))
             }
+            // Past the HTTP layer's 403 only in a batch: refused alike, as
+            // a protocol error, since nothing ran.
+            Err(e @ CallError::Forbidden { .. }) => {
+                tracing::warn!(actor = names::TRANSPORT, %request_id, %tool, outcome = "forbidden", duration_ms, session, principal, "call");
+                Err(McpError::invalid_params(
+                    e.to_string(),
+                    Some(json!({"field": "name", "value": tool})),
+                ))
+            }
             Ok(result) => {
                 match &result {
                     Ok(_) => {
-                        tracing::info!(actor = names::TRANSPORT, %request_id, %tool, outcome = "ok", duration_ms, session, "call")
+                        tracing::info!(actor = names::TRANSPORT, %request_id, %tool, outcome = "ok", duration_ms, session, principal, "call")
                     }
                     Err(e) => {
-                        tracing::warn!(actor = names::TRANSPORT, %request_id, %tool, outcome = %e.kind, duration_ms, error = %e.message, session, "call")
+                        tracing::warn!(actor = names::TRANSPORT, %request_id, %tool, outcome = %e.kind, duration_ms, error = %e.message, session, principal, "call")
                     }
                 }
                 Ok(to_mcp(result).into())
             }
         }
     }
+}
+
+/// Over HTTP with `[auth]`: the principal the request's token names.
+fn principal_of(context: &RequestContext<RoleServer>) -> Option<Arc<Principal>> {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()?
+        .extensions
+        .get::<Arc<Principal>>()
+        .cloned()
+}
+
+/// Whether what needs `scopes` is for the request's principal (always, without one).
+fn allowed(principal: &Option<Arc<Principal>>, scopes: &[String]) -> bool {
+    principal.as_ref().is_none_or(|p| p.may(scopes))
 }
 
 /// The severity of an MCP log level.

@@ -176,7 +176,7 @@ async fn start_http(runtime: &Arc<Runtime>) -> Option<tokio_util::sync::DropGuar
         Ok(listener) => {
             let mcp = runtime.config.http.mcp;
             tracing::info!(actor = NAME, %listen, mcp, "HTTP listener ready: /metrics, /health, /ready{}", if mcp { ", /mcp" } else { "" });
-            if mcp && runtime.config.http.exposed() {
+            if runtime.config.mcp_unguarded() {
                 tracing::warn!(actor = NAME, %listen, "MCP is served beyond this machine with no authorization: anyone who reaches this address can run every tool");
             }
             let stop = tokio_util::sync::CancellationToken::new();

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod auth;
 mod breaker;
 mod chaos;
 mod clients;

@@ -48,7 +48,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
@@ -407,7 +407,7 @@ fn serving_http_with_mcp_needs_an_address() {
 
 /// Sends raw bytes on a new connection; what comes back within `wait` (the
 /// head, at least), and how long it took.
-fn raw(port: u16, bytes: &[u8], wait: Duration) -> (String, Duration) {
+pub fn raw(port: u16, bytes: &[u8], wait: Duration) -> (String, Duration) {
     let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
     s.set_read_timeout(Some(wait)).unwrap();
     let t0 = Instant::now();
@@ -892,7 +892,10 @@ fn over_http_on_several_threads_every_progress_report_comes_before_the_answer() 
                                      "_meta": {"progressToken": format!("t{round}")}}});
         let a = conn.send(
             "POST",
-            &[("Mcp-Session-Id", &session), ("MCP-Protocol-Version", "2025-11-25")],
+            &[
+                ("Mcp-Session-Id", &session),
+                ("MCP-Protocol-Version", "2025-11-25"),
+            ],
             &body.to_string(),
         );
         if text(&a.message()["result"]) != "done 3" {
@@ -909,5 +912,8 @@ fn over_http_on_several_threads_every_progress_report_comes_before_the_answer() 
             short.push((round, reports));
         }
     }
-    assert!(short.is_empty(), "rounds with fewer than 3 reports before the answer: {short:?}");
+    assert!(
+        short.is_empty(),
+        "rounds with fewer than 3 reports before the answer: {short:?}"
+    );
 }

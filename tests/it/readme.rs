@@ -105,6 +105,30 @@ fn the_add_a_tool_example_checks_and_answers() {
 }
 
 #[test]
+fn the_authorization_example_checks_with_its_token_in_the_environment() {
+    let text = readme();
+    let auth = block(&text, "[auth]");
+    let setup = Setup::new(&format!("[log]\nstderr = \"off\"\n{auth}"));
+    let config = setup.config_path();
+    let check = |token: &str| {
+        run_to_end(
+            warden(
+                setup.path(),
+                &["check", "--config", config.to_str().unwrap()],
+            )
+            .env("WARDEN_DASHBOARD_TOKEN", token),
+            DEADLINE,
+        )
+    };
+    let (status, stdout, stderr) = check("9c2f6b1e8a4d7c3f0b5e2a9d6c1f8b4e");
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    // The same with a guessable token: refused, saying why.
+    let (status, stdout, _) = check("password");
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("is too weak"), "{stdout}");
+}
+
+#[test]
 fn warden_call_without_a_config_says_so_in_one_line() {
     let empty = tempfile::tempdir().unwrap();
     let (status, stdout, stderr) = run_to_end(

@@ -167,7 +167,10 @@ impl Link {
             Err(_) => return Err(self.gone().await),
         };
         // Whatever happens next, the route goes with the call.
-        let _route = Route(&self.progress, routed.then(|| handle.progress_token.clone()));
+        let _route = Route(
+            &self.progress,
+            routed.then(|| handle.progress_token.clone()),
+        );
         let timeout = self.timeout;
         let answer = tokio::select! {
             answer = &mut handle.rx => answer,

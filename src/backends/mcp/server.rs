@@ -180,9 +180,7 @@ impl Actor for ServerActor {
                 let start = async {
                     let stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
                     let service = handler
-                        .serve(
-                            ChildTransport::new(stdout, stdin, max_line).with_progress(tap),
-                        )
+                        .serve(ChildTransport::new(stdout, stdin, max_line).with_progress(tap))
                         .await
                         .map_err(|e| format!("the MCP handshake failed: {e}"))?;
                     let catalog = list_everything(service.peer(), &prefix)
