@@ -76,7 +76,7 @@ impl Config {
 
 /// `[auth]`: who may use MCP over HTTP, and with which tools. Off by
 /// default; stdio needs none (the client launched warden).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub mode: AuthMode,
@@ -89,6 +89,35 @@ pub struct AuthConfig {
     pub authorization_servers: Vec<String>,
     /// `mode = "token"`: the bearer tokens accepted.
     pub tokens: Vec<TokenConfig>,
+    /// `mode = "jwt"`: the `iss` every token must name.
+    pub issuer: String,
+    /// `mode = "jwt"`: the `aud` every token must name (RFC 8707: this
+    /// resource). Default: the URL of `/mcp` built from `public_url`.
+    pub audience: String,
+    /// `mode = "jwt"`: the issuer's keys: a JWKS file (read again when a
+    /// token names a key it lacks), or an `http://` URL to fetch it from.
+    pub jwks: String,
+    /// `mode = "jwt"`: slack for `exp` and `nbf` against clock skew.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+/// Default for `auth.leeway`.
+pub const DEFAULT_AUTH_LEEWAY: Duration = Duration::from_secs(30);
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            public_url: String::new(),
+            authorization_servers: Vec::new(),
+            tokens: Vec::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            jwks: String::new(),
+            leeway: DEFAULT_AUTH_LEEWAY,
+        }
+    }
 }
 
 /// `auth.mode`.
@@ -99,7 +128,7 @@ pub enum AuthMode {
     None,
     /// Static bearer tokens, each with a name and scopes.
     Token,
-    /// JWTs checked against an issuer's keys: not built yet.
+    /// JWTs (RS256, ES256, EdDSA) checked against an issuer's keys.
     Jwt,
 }
 
@@ -743,10 +772,25 @@ pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Prob
     let auth = &config.auth;
     match auth.mode {
         AuthMode::None => {}
-        AuthMode::Jwt => bad(
-            "auth.mode",
-            "\"jwt\" is not built yet; use \"token\" (static bearer tokens)",
-        ),
+        AuthMode::Jwt => {
+            if auth.issuer.is_empty() {
+                bad(
+                    "auth.issuer",
+                    "mode = \"jwt\" needs the issuer every token must name",
+                );
+            }
+            if auth.jwks.is_empty() {
+                bad(
+                    "auth.jwks",
+                    "mode = \"jwt\" needs the issuer's keys: a JWKS file, or an http:// URL",
+                );
+            } else if auth.jwks.starts_with("https://") {
+                bad("auth.jwks", "fetching over TLS is not built in yet: give a JWKS file that something keeps fresh, or an http:// URL of a local fetcher");
+            }
+            if auth.leeway > Duration::from_secs(300) {
+                bad("auth.leeway", "must be at most 5m");
+            }
+        }
         AuthMode::Token if auth.tokens.is_empty() => bad(
             "auth.tokens",
             "mode = \"token\" needs at least one [[auth.tokens]]",

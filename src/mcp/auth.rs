@@ -8,10 +8,18 @@
 //!
 //! `mode = "token"`: static bearer tokens, each with a name (the principal)
 //! and scopes, kept only as SHA-256 hashes and compared in constant time.
+//! `mode = "jwt"`: JWTs signed by the issuer's keys (a JWKS file, or fetched
+//! over http://, within a deadline): signature, `iss`, `aud`, `exp` and `nbf`
+//! are checked, with only the algorithm the key names; the principal is
+//! `sub`, its scopes `scope` (or `scp`). A token naming a key not known
+//! reads the keys again at once, and then at most once a minute. A checked
+//! token is remembered (by its hash) until it expires, so the signature is
+//! checked once, not per request.
 //! A client's token stays here: nothing downstream ever sees it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +42,7 @@ const MAX_AUTHORIZATION: usize = 8 * 1024;
 /// The tokens accepted and what the metadata says.
 pub struct Auth {
     tokens: Vec<Known>,
+    jwt: Option<Jwt>,
     /// This resource's identifier: the URL of `/mcp`.
     resource: String,
     metadata_url: String,
@@ -52,9 +61,6 @@ impl Auth {
         let auth = &config.auth;
         if auth.mode == AuthMode::None {
             return Ok(None);
-        }
-        if auth.mode == AuthMode::Jwt {
-            return Err("auth.mode = \"jwt\" is not built yet".into());
         }
         let mut tokens = Vec::with_capacity(auth.tokens.len());
         for t in &auth.tokens {
@@ -86,9 +92,24 @@ impl Auth {
             .iter()
             .flat_map(|t| t.spec.scopes.iter().cloned())
             .collect();
+        let resource = format!("{base}/mcp");
+        let jwt = (auth.mode == AuthMode::Jwt).then(|| Jwt {
+            issuer: auth.issuer.clone(),
+            audience: if auth.audience.is_empty() {
+                resource.clone()
+            } else {
+                auth.audience.clone()
+            },
+            leeway: auth.leeway,
+            jwks: auth.jwks.clone(),
+            keys: tokio::sync::RwLock::new(Keys::default()),
+            reread: tokio::sync::Mutex::new(None),
+            checked: std::sync::Mutex::new(HashMap::new()),
+        });
         Ok(Some(Arc::new(Auth {
             tokens,
-            resource: format!("{base}/mcp"),
+            jwt,
+            resource,
             metadata_url: format!("{base}{METADATA_PATH_MCP}"),
             authorization_servers: auth.authorization_servers.clone(),
             scopes_supported: scopes.into_iter().collect(),
@@ -96,7 +117,7 @@ impl Auth {
     }
 
     /// The principal of a request's bearer token, or the 401 that says why not.
-    pub fn check(&self, headers: &HeaderMap) -> Result<Arc<Principal>, Box<Response>> {
+    pub async fn check(&self, headers: &HeaderMap) -> Result<Arc<Principal>, Box<Response>> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(self.unauthorized(None));
         };
@@ -115,6 +136,23 @@ impl Auth {
             return Err(self.unauthorized(Some("the Authorization header is not `Bearer TOKEN`")));
         };
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(jwt) = &self.jwt {
+            return jwt.check(token, hash).await.map_err(|why| match why {
+                Refused::Token(why) => self.unauthorized(Some(&why)),
+                Refused::Keys(why) => {
+                    let mut r = (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(error_body(&format!(
+                            "the issuer's keys cannot be read: {why}"
+                        ))),
+                    )
+                        .into_response();
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    Box::new(r)
+                }
+            });
+        }
         // Every known token is compared, whichever matches.
         let mut found = None;
         for known in &self.tokens {
@@ -129,6 +167,8 @@ impl Auth {
     fn unauthorized(&self, invalid: Option<&str>) -> Box<Response> {
         let mut challenge = format!("Bearer resource_metadata=\"{}\"", self.metadata_url);
         if let Some(why) = invalid {
+            // A quoted-string: no quote or backslash of the reason breaks it.
+            let why = why.replace(['"', '\\'], "'");
             challenge.push_str(&format!(
                 ", error=\"invalid_token\", error_description=\"{why}\""
             ));
@@ -168,6 +208,248 @@ impl Auth {
             "resource_name": "warden",
         })
     }
+}
+
+/// How long fetching the issuer's keys may take.
+const JWKS_DEADLINE: Duration = Duration::from_secs(5);
+/// The largest JWKS read.
+const JWKS_MAX: usize = 1 << 20;
+/// After reading the keys again for an unknown key, the least wait before
+/// the next time.
+const REREAD_EVERY: Duration = Duration::from_secs(60);
+/// Checked tokens remembered at most; past it the memory starts over.
+const CHECKED_MAX: usize = 4096;
+
+/// JWTs of one issuer.
+struct Jwt {
+    issuer: String,
+    audience: String,
+    leeway: Duration,
+    /// A file path, or an http:// URL.
+    jwks: String,
+    keys: tokio::sync::RwLock<Keys>,
+    /// When the keys were last read for a key they lacked.
+    reread: tokio::sync::Mutex<Option<Instant>>,
+    /// Tokens already checked (by hash): their principal, until they expire.
+    checked: std::sync::Mutex<Checked>,
+}
+
+/// A token's hash → its principal, and until when.
+type Checked = HashMap<[u8; 32], (Arc<Principal>, std::time::SystemTime)>;
+
+#[derive(Default)]
+struct Keys {
+    loaded: bool,
+    by_kid: HashMap<String, (jsonwebtoken::DecodingKey, jsonwebtoken::Algorithm)>,
+    /// Keys without a `kid`: tried when a token names none.
+    unnamed: Vec<(jsonwebtoken::DecodingKey, jsonwebtoken::Algorithm)>,
+}
+
+enum Refused {
+    /// The token: 401.
+    Token(String),
+    /// The keys could not be read: 503.
+    Keys(String),
+}
+
+#[derive(serde::Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    exp: u64,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    scp: Option<Vec<String>>,
+}
+
+impl Jwt {
+    async fn check(&self, token: &str, hash: [u8; 32]) -> Result<Arc<Principal>, Refused> {
+        let now = std::time::SystemTime::now();
+        if let Some((p, until)) = self.lock_checked().get(&hash) {
+            if *until > now {
+                return Ok(p.clone());
+            }
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| Refused::Token(format!("not a JWT warden can read ({e})")))?;
+        let kid = header.kid.clone();
+        let (key, alg) = match self.key(kid.as_deref()).await? {
+            Some(k) => k,
+            None => {
+                return Err(Refused::Token(format!(
+                    "no key of the issuer is named {}",
+                    kid.as_deref()
+                        .map_or("(none)".to_string(), |k| format!("`{k}`"))
+                )))
+            }
+        };
+        // Only the algorithm the key is for: never `none`, never HS256
+        // with a public key for a secret.
+        let mut v = jsonwebtoken::Validation::new(alg);
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.validate_nbf = true;
+        v.leeway = self.leeway.as_secs();
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &v)
+            .map_err(|e| Refused::Token(format!("the token was refused: {}", describe(&e))))?;
+        let c = data.claims;
+        let scopes = match (c.scope, c.scp) {
+            (Some(s), _) => s.split_whitespace().map(str::to_string).collect(),
+            (None, Some(s)) => s,
+            (None, None) => Vec::new(),
+        };
+        let principal = Arc::new(Principal {
+            name: c.sub.unwrap_or_else(|| "(no sub)".to_string()),
+            scopes,
+        });
+        let until = std::time::UNIX_EPOCH + Duration::from_secs(c.exp) + self.leeway;
+        let mut checked = self.lock_checked();
+        if checked.len() >= CHECKED_MAX {
+            checked.clear();
+        }
+        checked.insert(hash, (principal.clone(), until));
+        Ok(principal)
+    }
+
+    fn lock_checked(&self) -> std::sync::MutexGuard<'_, Checked> {
+        self.checked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key `kid` names (or a key without a name), reading the keys
+    /// first when none are loaded, and again when it is not among them
+    /// (at once the first time, then at most once a minute).
+    async fn key(
+        &self,
+        kid: Option<&str>,
+    ) -> Result<Option<(jsonwebtoken::DecodingKey, jsonwebtoken::Algorithm)>, Refused> {
+        let find = |keys: &Keys| match kid {
+            Some(k) => keys.by_kid.get(k).cloned(),
+            None => keys.unnamed.first().cloned(),
+        };
+        {
+            let keys = self.keys.read().await;
+            if keys.loaded {
+                if let Some(k) = find(&keys) {
+                    return Ok(Some(k));
+                }
+            }
+        }
+        let loaded = self.keys.read().await.loaded;
+        if loaded {
+            let mut last = self.reread.lock().await;
+            if last.is_some_and(|t| t.elapsed() < REREAD_EVERY) {
+                return Ok(None);
+            }
+            *last = Some(Instant::now());
+        }
+        let fresh = self.read_keys().await.map_err(Refused::Keys)?;
+        let mut keys = self.keys.write().await;
+        *keys = fresh;
+        Ok(find(&keys))
+    }
+
+    async fn read_keys(&self) -> Result<Keys, String> {
+        let text = if let Some(url) = self.jwks.strip_prefix("http://") {
+            fetch(&format!("http://{url}")).await?
+        } else {
+            // Off the runtime's threads: a file on a stalled mount blocks.
+            let path = self.jwks.clone();
+            let read = tokio::task::spawn_blocking(move || std::fs::read(path));
+            match tokio::time::timeout(JWKS_DEADLINE, read).await {
+                Ok(Ok(Ok(b))) if b.len() <= JWKS_MAX => b,
+                Ok(Ok(Ok(_))) => {
+                    return Err(format!("{} is larger than {JWKS_MAX} bytes", self.jwks))
+                }
+                Ok(Ok(Err(e))) => return Err(format!("{}: {e}", self.jwks)),
+                Ok(Err(e)) => return Err(format!("{}: {e}", self.jwks)),
+                Err(_) => return Err(format!("{}: not read within {JWKS_DEADLINE:?}", self.jwks)),
+            }
+        };
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&text)
+            .map_err(|e| format!("{} is not a JWKS: {e}", self.jwks))?;
+        let mut keys = Keys {
+            loaded: true,
+            ..Keys::default()
+        };
+        for jwk in &set.keys {
+            let Some(alg) = algorithm_of(jwk) else {
+                tracing::warn!(actor = crate::core::names::TRANSPORT, kid = ?jwk.common.key_id, "a key of the issuer is of no algorithm warden takes (RS256, ES256, EdDSA): skipped");
+                continue;
+            };
+            let Ok(key) = jsonwebtoken::DecodingKey::from_jwk(jwk) else {
+                tracing::warn!(actor = crate::core::names::TRANSPORT, kid = ?jwk.common.key_id, "a key of the issuer cannot be read: skipped");
+                continue;
+            };
+            match &jwk.common.key_id {
+                Some(kid) => {
+                    keys.by_kid.insert(kid.clone(), (key, alg));
+                }
+                None => keys.unnamed.push((key, alg)),
+            }
+        }
+        tracing::info!(actor = crate::core::names::TRANSPORT, jwks = %self.jwks, keys = keys.by_kid.len() + keys.unnamed.len(), "read the issuer's keys");
+        Ok(keys)
+    }
+}
+
+/// The one algorithm a key is for: what it names, if warden takes it, else
+/// its type's (RS256 for RSA, ES256 for P-256, EdDSA for Ed25519).
+fn algorithm_of(jwk: &jsonwebtoken::jwk::Jwk) -> Option<jsonwebtoken::Algorithm> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, KeyAlgorithm};
+    use jsonwebtoken::Algorithm;
+    let by_type = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        None => Some(by_type),
+        Some(KeyAlgorithm::RS256) if by_type == Algorithm::RS256 => Some(by_type),
+        Some(KeyAlgorithm::ES256) if by_type == Algorithm::ES256 => Some(by_type),
+        Some(KeyAlgorithm::EdDSA) if by_type == Algorithm::EdDSA => Some(by_type),
+        Some(_) => None,
+    }
+}
+
+fn describe(e: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => "bad signature",
+        K::ExpiredSignature => "expired",
+        K::ImmatureSignature => "not valid yet (nbf)",
+        K::InvalidIssuer => "wrong issuer",
+        K::InvalidAudience => "wrong audience",
+        K::InvalidAlgorithm => "an algorithm the key is not for",
+        K::MissingRequiredClaim(_) => "a required claim (exp, iss, aud) is missing",
+        _ => "malformed",
+    }
+}
+
+/// GETs `url` (http:// only) within the deadline and the size cap.
+async fn fetch(url: &str) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt;
+    let uri: axum::http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<axum::body::Bytes>>();
+    let fetched = async {
+        let res = client.get(uri).await.map_err(|e| format!("{url}: {e}"))?;
+        if !res.status().is_success() {
+            return Err(format!("{url}: HTTP {}", res.status()));
+        }
+        let body = http_body_util::Limited::new(res.into_body(), JWKS_MAX)
+            .collect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        Ok(body.to_bytes().to_vec())
+    };
+    tokio::time::timeout(JWKS_DEADLINE, fetched)
+        .await
+        .map_err(|_| format!("{url}: no answer within {JWKS_DEADLINE:?}"))?
 }
 
 fn error_body(message: &str) -> Value {

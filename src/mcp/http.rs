@@ -147,7 +147,8 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
                     full(max)
                 } else {
                     match read_body(req, max_body, deadline).await {
-                        Ok((parts, bytes)) => match authorize(&auth, &runtime, parts, &bytes) {
+                        Ok((parts, bytes)) => match authorize(&auth, &runtime, parts, &bytes).await
+                        {
                             Ok(parts) => {
                                 next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                                     .await
@@ -207,7 +208,7 @@ async fn read_body(
 
 /// With `[auth]`: the request's principal, put where the handler finds it,
 /// or the 401 or 403 that refuses it before anything runs.
-fn authorize(
+async fn authorize(
     auth: &Result<Option<Arc<Auth>>, String>,
     runtime: &Runtime,
     mut parts: axum::http::request::Parts,
@@ -226,7 +227,7 @@ fn authorize(
             ))
         }
     };
-    let principal = auth.check(&parts.headers)?;
+    let principal = auth.check(&parts.headers).await?;
     // What the request is for, and the scopes that needs (a batch: each).
     if let Ok(msg) = serde_json::from_slice::<serde_json::Value>(body) {
         let msgs = match &msg {

@@ -279,7 +279,11 @@ fn a_principal_sees_and_calls_only_what_its_scopes_allow() {
 fn check_refuses_auth_that_cannot_work() {
     for (auth, says) in [
         ("mode = \"token\"\n", "auth.tokens: mode = \"token\" needs at least one"),
-        ("mode = \"jwt\"\n", "auth.mode: \"jwt\" is not built yet"),
+        ("mode = \"jwt\"\njwks = \"k.json\"\n", "auth.issuer: mode = \"jwt\" needs the issuer"),
+        (
+            "mode = \"jwt\"\nissuer = \"https://i\"\njwks = \"https://i/jwks.json\"\n",
+            "auth.jwks: fetching over TLS is not built in yet",
+        ),
         (
             "mode = \"token\"\n[[auth.tokens]]\nname = \"x\"\nsha256 = \"abc\"\n",
             "auth.tokens[0].sha256: must be 64 hex digits",
@@ -306,4 +310,284 @@ fn check_refuses_auth_that_cannot_work() {
     let (code, said) = setup.check();
     assert_eq!(code, Some(0), "{said}");
     assert!(!said.contains("warning"), "{said}");
+}
+
+// ---------------------------------------------------------------------------
+// mode = "jwt", with the test issuer's keys in tests/data/jwt.
+
+const ISSUER: &str = "https://issuer.test";
+const AUDIENCE: &str = "https://mcp.example.com/mcp";
+
+fn key_file(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/jwt")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims that pass, for `sub` with `scope`; tests change one thing each.
+fn claims(sub: &str, scope: &str) -> Value {
+    json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "scope": scope,
+           "iat": now(), "exp": now() + 600})
+}
+
+/// A token signed with the PEM key `pem` under `kid`.
+fn mint(pem: &str, kid: &str, claims: &Value) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let (alg, key) = if pem.starts_with("ed25519") {
+        (
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(&key_file(pem)).unwrap(),
+        )
+    } else {
+        (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&key_file(pem)).unwrap(),
+        )
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// base64url without padding, for a token made by hand.
+fn b64(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, &b| n << 8 | b as u32) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn jwt_setup(jwks: &str) -> Setup {
+    Setup::new(&format!(
+        "[log]\nstderr = \"warn\"\n[auth]\nmode = \"jwt\"\npublic_url = \"https://mcp.example.com\"\nissuer = \"{ISSUER}\"\njwks = \"{jwks}\"\n"
+    ))
+    .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+    .actor(
+        "secret",
+        "name = \"secret\"\nkind = \"builtin\"\nbuiltin = \"echo\"\nscopes = [\"files\"]\n",
+    )
+}
+
+#[test]
+fn jwts_are_checked_against_the_issuers_keys_and_a_rotation_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, key_file("jwks-before.json")).unwrap();
+    let port = free_port();
+    let mut s = jwt_setup(jwks.to_str().unwrap()).start_http(port);
+    wait_listening(&mut s, port);
+
+    let alice = mint("es256-a.pem", "es256-a", &claims("alice", "files other"));
+    let session = initialize(port, &alice);
+    assert_eq!(
+        text(&call(port, &alice, &session, "secret").message()["result"]),
+        "hi"
+    );
+    let eddsa = mint("ed25519.pem", "ed25519", &claims("erin", ""));
+    let erin = initialize(port, &eddsa);
+    assert_eq!(
+        text(&call(port, &eddsa, &erin, "echo").message()["result"]),
+        "hi"
+    );
+    // erin has no `files`: 403 naming it, nothing ran.
+    assert_eq!(call(port, &eddsa, &erin, "secret").status, 403);
+
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "t", "version": "1"}}});
+    let with = |c: Value| {
+        let mut c2 = claims("mallory", "files");
+        for (k, v) in c.as_object().unwrap() {
+            if v.is_null() {
+                c2.as_object_mut().unwrap().remove(k);
+            } else {
+                c2[k] = v.clone();
+            }
+        }
+        c2
+    };
+    let public_pem = String::from_utf8(key_file("es256-a.pub.pem")).unwrap();
+    let hs256_with_public_key = {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some("es256-a".into());
+        jsonwebtoken::encode(
+            &h,
+            &claims("mallory", "files"),
+            &jsonwebtoken::EncodingKey::from_secret(public_pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT","kid":"es256-a"}"#),
+        b64(claims("mallory", "files").to_string().as_bytes())
+    );
+    let refused = [
+        (
+            "signed by another key",
+            mint("es256-b.pem", "es256-a", &claims("mallory", "files")),
+            "bad signature",
+        ),
+        (
+            "expired",
+            mint("es256-a.pem", "es256-a", &with(json!({"exp": now() - 120}))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            mint("es256-a.pem", "es256-a", &with(json!({"nbf": now() + 120}))),
+            "not valid yet",
+        ),
+        (
+            "wrong issuer",
+            mint(
+                "es256-a.pem",
+                "es256-a",
+                &with(json!({"iss": "https://evil.test"})),
+            ),
+            "wrong issuer",
+        ),
+        (
+            "wrong audience",
+            mint(
+                "es256-a.pem",
+                "es256-a",
+                &with(json!({"aud": "https://other.example.com/mcp"})),
+            ),
+            "wrong audience",
+        ),
+        (
+            "no exp",
+            mint("es256-a.pem", "es256-a", &with(json!({"exp": null}))),
+            "refused",
+        ),
+        // jsonwebtoken has no `none` to read: refused as unreadable.
+        ("alg none", alg_none, "not a JWT"),
+        (
+            "HS256 keyed with the public key",
+            hs256_with_public_key,
+            "algorithm",
+        ),
+        ("not a JWT", "abc.def".to_string(), "not a JWT"),
+    ];
+    for (what, token, says) in refused {
+        let a = post(port, Some(&token), None, &init);
+        assert_eq!(a.status, 401, "{what}: {a:?}");
+        let challenge = a.header("www-authenticate").unwrap();
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{what}: {challenge}"
+        );
+        assert!(
+            a.message()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(says),
+            "{what}: {a:?}"
+        );
+        // And the next request is served.
+        assert_eq!(
+            text(&call(port, &alice, &session, "echo").message()["result"]),
+            "hi"
+        );
+    }
+
+    // Rotation: the issuer adds es256-b; its first token reads the keys again.
+    std::fs::write(&jwks, key_file("jwks-after.json")).unwrap();
+    let rotated = mint("es256-b.pem", "es256-b", &claims("bob", ""));
+    let bob = initialize(port, &rotated);
+    assert_eq!(
+        text(&call(port, &rotated, &bob, "echo").message()["result"]),
+        "hi"
+    );
+    // An unknown key now is refused without reading the keys again (once a minute).
+    let unknown = mint("es256-b.pem", "no-such-key", &claims("bob", ""));
+    let a = post(port, Some(&unknown), None, &init);
+    assert_eq!(a.status, 401, "{a:?}");
+    assert!(
+        a.message()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no key of the issuer is named `no-such-key`"),
+        "{a:?}"
+    );
+    let reads = || {
+        s.log_lines()
+            .iter()
+            .filter(|l| l["message"] == "read the issuer's keys")
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || reads() == 2),
+        "{} reads",
+        reads()
+    );
+    // The principal is `sub`; no token in the logs.
+    let logs = s
+        .log_lines()
+        .iter()
+        .map(|l| l.to_string())
+        .collect::<String>();
+    assert!(logs.contains("\"principal\":\"alice\""), "{logs:.500}");
+    assert!(
+        !logs.contains(&alice) && !logs.contains(&rotated),
+        "a token leaked"
+    );
+}
+
+#[test]
+fn the_issuers_keys_can_be_fetched_over_http_and_a_dead_issuer_is_503() {
+    // A test issuer on loopback that serves its JWKS to whoever asks.
+    let jwks = key_file("jwks-before.json");
+    let issuer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer_port = issuer.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in issuer.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                jwks.len()
+            );
+            let _ = std::io::Write::write_all(&mut conn, head.as_bytes());
+            let _ = std::io::Write::write_all(&mut conn, &jwks);
+        }
+    });
+    let port = free_port();
+    let mut s = jwt_setup(&format!("http://127.0.0.1:{issuer_port}/jwks.json")).start_http(port);
+    wait_listening(&mut s, port);
+    let token = mint("es256-a.pem", "es256-a", &claims("alice", "files"));
+    let session = initialize(port, &token);
+    assert_eq!(
+        text(&call(port, &token, &session, "secret").message()["result"]),
+        "hi"
+    );
+
+    // An issuer nobody answers for: 503 with Retry-After, not a 401 blaming the token.
+    let dead = free_port();
+    let port = free_port();
+    let mut s = jwt_setup(&format!("http://127.0.0.1:{dead}/jwks.json")).start_http(port);
+    wait_listening(&mut s, port);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "t", "version": "1"}}});
+    let a = post(port, Some(&token), None, &init);
+    assert_eq!(a.status, 503, "{a:?}");
+    assert_eq!(a.header("retry-after"), Some("5"), "{a:?}");
 }
