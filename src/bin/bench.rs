@@ -51,7 +51,7 @@ const MESSAGE: &str = "hello";
 /// How long the tool may take to answer its first call.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
-const USAGE: &str = "usage: warden-bench --name LABEL --calls N --concurrency C [--tool echo] [--expect TEXT] [--spawn | --http PORT [--stateless]] -- <server command and args...>";
+const USAGE: &str = "usage: warden-bench --name LABEL --calls N --concurrency C [--tool echo] [--expect TEXT] [--spawn | --http PORT [--stateless] [--bearer TOKEN]] -- <server command and args...>";
 
 struct Args {
     name: String,
@@ -63,6 +63,8 @@ struct Args {
     http: Option<u16>,
     /// Over HTTP: stateless 2026-07-28 requests, no session.
     stateless: bool,
+    /// Over HTTP: sent as `Authorization: Bearer TOKEN` on every request.
+    bearer: Option<String>,
     command: Vec<String>,
 }
 
@@ -78,6 +80,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut spawn = false;
     let mut http = None;
     let mut stateless = false;
+    let mut bearer = None;
     let mut i = 0;
     while i < argv.len() {
         let flag = argv[i].as_str();
@@ -112,6 +115,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--concurrency" => concurrency = Some(parse_count(key, &value)?),
             "--tool" => tool = value,
             "--expect" => expect = value,
+            "--bearer" => bearer = Some(value),
             "--http" => {
                 http = Some(
                     value
@@ -135,6 +139,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         spawn,
         http,
         stateless,
+        bearer,
         command,
     })
 }
@@ -614,6 +619,7 @@ mod http {
         session: Option<String>,
         /// Each request a stateless 2026-07-28 one.
         stateless: bool,
+        bearer: Option<String>,
     }
 
     impl Conn {
@@ -621,6 +627,7 @@ mod http {
             port: u16,
             session: Option<String>,
             stateless: bool,
+            bearer: Option<String>,
         ) -> Result<Conn, String> {
             let tcp = TcpStream::connect(("127.0.0.1", port))
                 .await
@@ -631,6 +638,7 @@ mod http {
                 port,
                 session,
                 stateless,
+                bearer,
             })
         }
 
@@ -655,6 +663,9 @@ mod http {
                 req.push_str(&format!(
                     "Mcp-Session-Id: {s}\r\nMCP-Protocol-Version: {PROTOCOL_VERSION}\r\n"
                 ));
+            }
+            if let Some(token) = &self.bearer {
+                req.push_str(&format!("Authorization: Bearer {token}\r\n"));
             }
             if self.stateless {
                 req.push_str(&format!(
@@ -787,7 +798,7 @@ mod http {
         let pid = proc.id().ok_or("the server exited at once")?;
         *child = Some(proc);
         let mut conn = loop {
-            match Conn::open(port, None, args.stateless).await {
+            match Conn::open(port, None, args.stateless, args.bearer.clone()).await {
                 Ok(c) => break c,
                 Err(e) if spawned_at.elapsed() > READY_DEADLINE => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -831,7 +842,9 @@ mod http {
         let session = conn.session.clone();
         let mut conns = Vec::with_capacity(args.concurrency);
         for _ in 0..args.concurrency {
-            conns.push(Conn::open(port, session.clone(), args.stateless).await?);
+            conns.push(
+                Conn::open(port, session.clone(), args.stateless, args.bearer.clone()).await?,
+            );
         }
         let per = args.calls.div_ceil(args.concurrency);
         let start = Instant::now();
