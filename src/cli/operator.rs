@@ -253,6 +253,16 @@ pub fn render(status: &Status, color: bool) -> String {
                 .map(|i| format!(", oldest idle {}", duration(i)))
                 .unwrap_or_default()
         ));
+        if !s.by_principal.is_empty() {
+            out.push_str(&format!(
+                "principals {}\n",
+                s.by_principal
+                    .iter()
+                    .map(|(k, n)| format!("{}: {n}", printable(k)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
     }
     let c = &w.containment;
     if !c.kind.is_empty() && !c.complete {

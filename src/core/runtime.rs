@@ -120,6 +120,9 @@ impl Runtime {
             line.open += 1;
             let key = format!("{} {}", s.transport, s.protocol().unwrap_or("unknown"));
             *line.by_protocol.entry(key).or_default() += 1;
+            if let Some(p) = s.principal() {
+                *line.by_principal.entry(p.to_string()).or_default() += 1;
+            }
             let idle = s.idle().as_secs();
             line.oldest_idle_s = Some(line.oldest_idle_s.map_or(idle, |o: u64| o.max(idle)));
         }

@@ -113,6 +113,8 @@ pub struct Session {
     level: AtomicU8,
     /// The protocol version the client and warden agreed on.
     protocol: OnceLock<String>,
+    /// Over HTTP with `[auth]`: the principal of its first authorized request.
+    principal: OnceLock<String>,
     opened: Instant,
     /// When the last call began, in ms after `opened`.
     last_call_ms: AtomicU64,
@@ -136,6 +138,7 @@ impl Session {
             cancel: parent.child_token(),
             level: AtomicU8::new(LEVEL_UNSET),
             protocol: OnceLock::new(),
+            principal: OnceLock::new(),
             opened: Instant::now(),
             last_call_ms: AtomicU64::new(0),
         };
@@ -145,6 +148,17 @@ impl Session {
     /// The protocol version agreed on (the first one said counts).
     pub fn set_protocol(&self, version: &str) {
         let _ = self.protocol.set(version.to_string());
+    }
+
+    /// Who the session's requests are from (the first one said counts).
+    pub fn set_principal(&self, name: &str) {
+        if self.principal.get().is_none() {
+            let _ = self.principal.set(name.to_string());
+        }
+    }
+
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.get().map(String::as_str)
     }
 
     pub fn protocol(&self) -> Option<&str> {

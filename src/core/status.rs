@@ -55,6 +55,9 @@ pub struct SessionsLine {
     /// The longest any open session has gone without a call, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_idle_s: Option<u64>,
+    /// With `[auth]`: principal → sessions open (names, never tokens).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_principal: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -408,6 +411,7 @@ pub mod tests {
                     open: 1,
                     by_protocol: BTreeMap::from([("stdio 2025-11-25".into(), 1)]),
                     oldest_idle_s: Some(3),
+                    by_principal: BTreeMap::new(),
                 },
                 containment: ContainmentLine {
                     kind: "cgroup2".into(),

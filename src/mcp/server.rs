@@ -280,6 +280,7 @@ impl ServerHandler for WardenServer {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, McpError> {
         context.peer.set_peer_info(request.clone());
+        principal_noted(&self.session, &context);
         let answer = self.negotiate_initialize(&request)?;
         self.session.set_protocol(answer.protocol_version.as_str());
         Ok(answer)
@@ -294,7 +295,7 @@ impl ServerHandler for WardenServer {
         if let Some(v) = context.protocol_version() {
             self.session.set_protocol(v.as_str());
         }
-        let principal = principal_of(&context);
+        let principal = principal_noted(&self.session, &context);
         // What a server with `prefix = ""` exports under the name of one of
         // warden's own tools (or of an earlier server's) is not callable:
         // calls go to the first. It is not listed either.
@@ -556,7 +557,7 @@ impl ServerHandler for WardenServer {
             .meta
             .get_progress_token()
             .map(|token| ProgressSink::new(context.peer.clone(), token));
-        let principal = principal_of(&context);
+        let principal = principal_noted(&self.session, &context);
         let ctx = CallCtx {
             session: &self.session,
             principal: principal.as_deref(),
@@ -612,6 +613,18 @@ fn principal_of(context: &RequestContext<RoleServer>) -> Option<Arc<Principal>> 
         .extensions
         .get::<Arc<Principal>>()
         .cloned()
+}
+
+/// The request's principal, noted on its session (for `status`).
+fn principal_noted(
+    session: &Session,
+    context: &RequestContext<RoleServer>,
+) -> Option<Arc<Principal>> {
+    let p = principal_of(context);
+    if let Some(p) = &p {
+        session.set_principal(&p.name);
+    }
+    p
 }
 
 /// Whether what needs `scopes` is for the request's principal (always, without one).

@@ -36,6 +36,7 @@ fn config() -> String {
 fn start() -> (Server, u16) {
     let port = free_port();
     let mut s = Setup::new(&config())
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
         .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
         .actor(
             "secret",
@@ -258,8 +259,22 @@ fn a_principal_sees_and_calls_only_what_its_scopes_allow() {
         text(&call(port, BOB, &bob, "echo").message()["result"]),
         "hi"
     );
+    // status names each session's principal, never a token.
+    let a = post(
+        port,
+        Some(ALICE),
+        Some(&alice),
+        &json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": {"name": "status", "arguments": {}}}),
+    );
+    let status: Value = serde_json::from_str(&text(&a.message()["result"])).unwrap();
+    assert_eq!(
+        status["warden"]["sessions"]["by_principal"],
+        json!({"alice": 1, "bob": 1}),
+        "{status}"
+    );
 
-    // No token, and no hash of one, in the logs, on stderr or in metrics.
+    // No token, and no hash of one, in the logs, on stderr, in metrics or status.
     let (metrics, _) = crate::mcp_http::raw(
         port,
         b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
@@ -269,7 +284,7 @@ fn a_principal_sees_and_calls_only_what_its_scopes_allow() {
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
         .collect::<String>();
-    let everything = format!("{logs}{}{metrics}", s.stderr_lines().join("\n"));
+    let everything = format!("{logs}{}{metrics}{status}", s.stderr_lines().join("\n"));
     for secret in [ALICE, BOB, &sha(ALICE), &sha(BOB)] {
         assert!(!everything.contains(secret), "{secret} leaked");
     }
@@ -590,4 +605,56 @@ fn the_issuers_keys_can_be_fetched_over_http_and_a_dead_issuer_is_503() {
     let a = post(port, Some(&token), None, &init);
     assert_eq!(a.status, 503, "{a:?}");
     assert_eq!(a.header("retry-after"), Some("5"), "{a:?}");
+}
+
+#[test]
+fn a_client_that_knows_only_the_url_follows_401_to_the_metadata_and_a_token() {
+    // Everything on loopback: warden's public URL is where the test reaches it.
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, key_file("jwks-before.json")).unwrap();
+    let mut s = Setup::new(&format!(
+        "[log]\nstderr = \"warn\"\n[auth]\nmode = \"jwt\"\npublic_url = \"http://127.0.0.1:{port}\"\nauthorization_servers = [\"{ISSUER}\"]\nissuer = \"{ISSUER}\"\njwks = \"{}\"\n",
+        jwks.display()
+    ))
+    .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+    .start_http(port);
+    wait_listening(&mut s, port);
+
+    // 1. The client tries, and is told where to look.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "t", "version": "1"}}});
+    let first = post(port, None, None, &init);
+    assert_eq!(first.status, 401);
+    let challenge = first.header("www-authenticate").unwrap();
+    let url = challenge
+        .split("resource_metadata=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("{challenge}"));
+    let path = url
+        .strip_prefix(&format!("http://127.0.0.1:{port}"))
+        .unwrap_or_else(|| panic!("{url} is not on warden's public URL"));
+    // 2. The metadata names the resource and who issues tokens for it.
+    let (answer, _) = crate::mcp_http::raw(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(5),
+    );
+    let metadata: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let resource = metadata["resource"].as_str().unwrap();
+    assert_eq!(resource, format!("http://127.0.0.1:{port}/mcp"));
+    assert_eq!(metadata["authorization_servers"][0], ISSUER);
+    // 3. The issuer (the test's) mints a token for that resource (RFC 8707).
+    let mut c = claims("carol", "");
+    c["aud"] = json!(resource);
+    let token = mint("ed25519.pem", "ed25519", &c);
+    // 4. And the call goes through.
+    let session = initialize(port, &token);
+    assert_eq!(
+        text(&call(port, &token, &session, "echo").message()["result"]),
+        "hi"
+    );
 }
