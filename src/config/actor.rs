@@ -200,6 +200,10 @@ pub struct McpFields {
     pub start_timeout: Option<Duration>,
     /// permanent (default), transient or temporary.
     pub restart: Option<RestartType>,
+    /// With `[auth]`: scopes one export needs besides the actor's `scopes`,
+    /// by the server's own tool name: `{ write_file = ["files:write"] }`.
+    #[serde(default)]
+    pub export_scopes: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// One actor file, read by its kind.
@@ -350,6 +354,20 @@ pub enum ToolKindSpec {
 }
 
 impl ToolSpec {
+    /// The scopes a principal needs for this tool, or for the export
+    /// `export` (the server's own name) of this MCP server.
+    pub fn scopes_for(&self, export: Option<&str>) -> Vec<String> {
+        let mut scopes = self.scopes.clone();
+        if let (Some(m), Some(name)) = (self.mcp(), export) {
+            for s in m.export_scopes.get(name).into_iter().flatten() {
+                if !scopes.contains(s) {
+                    scopes.push(s.clone());
+                }
+            }
+        }
+        scopes
+    }
+
     /// The registered name of the tool's actor: `tool:<name>`, or
     /// `server:<name>` for an MCP server.
     pub fn actor_name(&self) -> String {
@@ -388,6 +406,8 @@ pub struct McpSpec {
     pub ping_timeout: Duration,
     pub start_timeout: Duration,
     pub restart: RestartType,
+    /// Scopes one export needs besides the actor's, by the server's tool name.
+    pub export_scopes: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl McpSpec {
@@ -742,6 +762,14 @@ fn mcp_spec(
         bad("start_timeout", "must be longer than 0s".into());
     }
     let (cwd, env) = process_setup(&process, DEFAULT_MCP_ENV_PASS, bad);
+    for s in m.export_scopes.values().flatten() {
+        if !super::runtime::is_scope(s) {
+            bad(
+                "export_scopes",
+                format!("{s:?} is not a scope (printable ASCII, no spaces or quotes)"),
+            );
+        }
+    }
     let spec = McpSpec {
         program,
         args: process.args,
@@ -753,6 +781,7 @@ fn mcp_spec(
         ping_timeout,
         start_timeout,
         restart: m.restart.unwrap_or_default(),
+        export_scopes: m.export_scopes,
     };
     let mut schema = Schema::new();
     schema.insert("type".into(), "object".into());

@@ -255,7 +255,7 @@ impl Runtime {
             .route(tool)
             .ok_or_else(|| CallError::UnknownTool(tool.to_string()))?;
         if let Some(p) = ctx.principal {
-            let missing = p.lacks(&entry.spec.scopes);
+            let missing = p.lacks(&entry.spec.scopes_for(Some(&name)));
             if !missing.is_empty() {
                 return Err(CallError::Forbidden {
                     tool: tool.to_string(),

@@ -90,7 +90,14 @@ impl Auth {
         };
         let scopes: BTreeSet<String> = tools
             .iter()
-            .flat_map(|t| t.spec.scopes.iter().cloned())
+            .flat_map(|t| {
+                let exports = t.spec.mcp().map(|m| m.export_scopes.values().flatten());
+                t.spec
+                    .scopes
+                    .iter()
+                    .chain(exports.into_iter().flatten())
+                    .cloned()
+            })
             .collect();
         let resource = format!("{base}/mcp");
         let jwt = (auth.mode == AuthMode::Jwt).then(|| Jwt {

@@ -255,7 +255,9 @@ fn needs(runtime: &Runtime, msg: &serde_json::Value) -> Option<(String, Vec<Stri
     let (what, entry) = match msg["method"].as_str()? {
         "tools/call" => {
             let name = params["name"].as_str()?;
-            (format!("tool `{name}`"), tools.route(name)?.entry)
+            let target = tools.route(name)?;
+            let needed = target.entry.spec.scopes_for(Some(&target.name));
+            return Some((format!("tool `{name}`"), needed));
         }
         "prompts/get" => {
             let name = params["name"].as_str()?;

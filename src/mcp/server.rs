@@ -178,13 +178,13 @@ impl WardenServer {
     fn exported<T: DeserializeOwned>(
         &self,
         principal: &Option<Arc<Principal>>,
-        list: impl Fn(&Catalog) -> Vec<Definition>,
+        list: impl Fn(&crate::config::ToolSpec, &Catalog) -> Vec<Definition>,
     ) -> Vec<T> {
         self.runtime
             .tools
             .servers()
             .filter(|server| allowed(principal, &server.spec.scopes))
-            .flat_map(|server| list(&server.catalog()))
+            .flat_map(|server| list(&server.spec, &server.catalog()))
             .filter_map(|def| T::deserialize(&Value::Object((*def).clone())).ok())
             .collect()
     }
@@ -316,8 +316,12 @@ impl ServerHandler for WardenServer {
                 .collect(),
         };
         tools.extend(
-            self.exported::<Tool>(&principal, |c| {
-                c.tools.iter().map(|t| t.def.clone()).collect()
+            self.exported::<Tool>(&principal, |spec, c| {
+                c.tools
+                    .iter()
+                    .filter(|t| allowed(&principal, &spec.scopes_for(Some(&t.downstream))))
+                    .map(|t| t.def.clone())
+                    .collect()
             })
             .into_iter()
             .filter(|t| names.insert(t.name.to_string())),
@@ -332,7 +336,7 @@ impl ServerHandler for WardenServer {
     ) -> Result<ListPromptsResult, McpError> {
         let principal = principal_of(&context);
         Ok(ListPromptsResult::with_all_items(
-            self.exported(&principal, |c| {
+            self.exported(&principal, |_, c| {
                 c.prompts.iter().map(|p| p.def.clone()).collect()
             }),
         ))
@@ -368,7 +372,7 @@ impl ServerHandler for WardenServer {
     ) -> Result<ListResourcesResult, McpError> {
         let principal = principal_of(&context);
         Ok(ListResourcesResult::with_all_items(
-            self.exported(&principal, |c| {
+            self.exported(&principal, |_, c| {
                 c.resources.iter().map(|r| r.def.clone()).collect()
             }),
         ))
@@ -381,7 +385,7 @@ impl ServerHandler for WardenServer {
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let principal = principal_of(&context);
         Ok(ListResourceTemplatesResult::with_all_items(
-            self.exported(&principal, |c| {
+            self.exported(&principal, |_, c| {
                 c.templates.iter().map(|t| t.def.clone()).collect()
             }),
         ))

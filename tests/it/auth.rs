@@ -42,7 +42,14 @@ fn start() -> (Server, u16) {
             "secret",
             "name = \"secret\"\nkind = \"builtin\"\nbuiltin = \"echo\"\nscopes = [\"files\"]\n",
         )
-        .actor("fx", &mcp_actor("fx", &[], "scopes = [\"files\"]"))
+        .actor(
+            "fx",
+            &mcp_actor(
+                "fx",
+                &[],
+                "scopes = [\"files\"]\nexport_scopes = { add = [\"math\"] }",
+            ),
+        )
         .start_http(port);
     wait_listening(&mut s, port);
     (s, port)
@@ -187,7 +194,7 @@ fn the_protected_resource_metadata_says_where_tokens_come_from() {
             json!({
                 "resource": "https://mcp.example.com/mcp",
                 "authorization_servers": ["https://auth.example.com"],
-                "scopes_supported": ["files"],
+                "scopes_supported": ["files", "math"],
                 "bearer_methods_supported": ["header"],
                 "resource_name": "warden",
             }),
@@ -209,6 +216,16 @@ fn a_principal_sees_and_calls_only_what_its_scopes_allow() {
     let mut seen = tool_names(port, ALICE, &alice);
     seen.retain(|n| ["echo", "secret", "fx_echo"].contains(&n.as_str()));
     assert_eq!(seen, ["echo", "secret", "fx_echo"]);
+    // One export needs `math` as well, which alice lacks.
+    assert!(!tool_names(port, ALICE, &alice).contains(&"fx_add".to_string()));
+    let a = call(port, ALICE, &alice, "fx_add");
+    assert_eq!(a.status, 403, "{a:?}");
+    assert!(
+        a.header("www-authenticate")
+            .unwrap()
+            .contains("scope=\"math\""),
+        "{a:?}"
+    );
     assert_eq!(
         text(&call(port, ALICE, &alice, "secret").message()["result"]),
         "hi"
