@@ -110,7 +110,7 @@ impl Auth {
             leeway: auth.leeway,
             jwks: auth.jwks.clone(),
             keys: tokio::sync::RwLock::new(Keys::default()),
-            reread: tokio::sync::Mutex::new(None),
+            reads: tokio::sync::Mutex::new(Reads::default()),
             checked: std::sync::Mutex::new(HashMap::new()),
         });
         Ok(Some(Arc::new(Auth {
@@ -235,14 +235,26 @@ struct Jwt {
     /// A file path, or an http:// URL.
     jwks: String,
     keys: tokio::sync::RwLock<Keys>,
-    /// When the keys were last read for a key they lacked.
-    reread: tokio::sync::Mutex<Option<Instant>>,
+    /// One read of the keys at a time, and when the last ones were.
+    reads: tokio::sync::Mutex<Reads>,
     /// Tokens already checked (by hash): their principal, until they expire.
     checked: std::sync::Mutex<Checked>,
 }
 
 /// A token's hash → its principal, and until when.
 type Checked = HashMap<[u8; 32], (Arc<Principal>, std::time::SystemTime)>;
+
+#[derive(Default)]
+struct Reads {
+    /// When the keys were last read for a key they lacked.
+    for_unknown_kid: Option<Instant>,
+    /// The last read that failed, and why: for a few seconds, requests are
+    /// answered with it rather than each trying again.
+    failed: Option<(Instant, String)>,
+}
+
+/// How long a failed read of the keys is answered from memory.
+const FAILED_READ_HOLD: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Keys {
@@ -343,18 +355,44 @@ impl Jwt {
                 }
             }
         }
-        let loaded = self.keys.read().await.loaded;
+        // One read at a time; whoever waited may find it done.
+        let mut reads = self.reads.lock().await;
+        let loaded = {
+            let keys = self.keys.read().await;
+            if keys.loaded {
+                if let Some(k) = find(&keys) {
+                    return Ok(Some(k));
+                }
+            }
+            keys.loaded
+        };
+        if let Some((at, why)) = &reads.failed {
+            if at.elapsed() < FAILED_READ_HOLD {
+                return Err(Refused::Keys(why.clone()));
+            }
+        }
         if loaded {
-            let mut last = self.reread.lock().await;
-            if last.is_some_and(|t| t.elapsed() < REREAD_EVERY) {
+            if reads
+                .for_unknown_kid
+                .is_some_and(|t| t.elapsed() < REREAD_EVERY)
+            {
                 return Ok(None);
             }
-            *last = Some(Instant::now());
+            reads.for_unknown_kid = Some(Instant::now());
         }
-        let fresh = self.read_keys().await.map_err(Refused::Keys)?;
-        let mut keys = self.keys.write().await;
-        *keys = fresh;
-        Ok(find(&keys))
+        match self.read_keys().await {
+            Ok(fresh) => {
+                reads.failed = None;
+                let mut keys = self.keys.write().await;
+                *keys = fresh;
+                Ok(find(&keys))
+            }
+            Err(why) => {
+                tracing::warn!(actor = crate::core::names::TRANSPORT, jwks = %self.jwks, error = %why, "cannot read the issuer's keys");
+                reads.failed = Some((Instant::now(), why.clone()));
+                Err(Refused::Keys(why))
+            }
+        }
     }
 
     async fn read_keys(&self) -> Result<Keys, String> {

@@ -619,9 +619,21 @@ fn the_issuers_keys_can_be_fetched_over_http_and_a_dead_issuer_is_503() {
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
                       "params": {"protocolVersion": "2025-11-25", "capabilities": {},
                                  "clientInfo": {"name": "t", "version": "1"}}});
-    let a = post(port, Some(&token), None, &init);
-    assert_eq!(a.status, 503, "{a:?}");
-    assert_eq!(a.header("retry-after"), Some("5"), "{a:?}");
+    for _ in 0..3 {
+        let a = post(port, Some(&token), None, &init);
+        assert_eq!(a.status, 503, "{a:?}");
+        assert_eq!(a.header("retry-after"), Some("5"), "{a:?}");
+    }
+    // One read tried, not one per request: the failure is held for 5 s.
+    let failed_reads = || {
+        s.log_lines()
+            .iter()
+            .filter(|l| l["message"] == "cannot read the issuer's keys")
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(5), || failed_reads() >= 1));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(failed_reads(), 1);
 }
 
 #[test]
