@@ -169,7 +169,10 @@ fn the_whole_tree_goes_through_trim_degrade_restart_and_back_to_normal() {
     // The heaviest child held about 0.4 of the budget; the sample after the
     // restart may already count some of the third leak still growing (a
     // loaded machine measured 0.913 -> 0.615), so a quarter is the bar.
-    assert!(before >= 0.9 && after < before - 0.25, "{before} -> {after}");
+    assert!(
+        before >= 0.9 && after < before - 0.25,
+        "{before} -> {after}"
+    );
     for action in ["trim", "degrade", "restore"] {
         assert!(
             !recovery_actions(&st, action).is_empty(),
