@@ -347,24 +347,19 @@ impl Jwt {
             Some(k) => keys.by_kid.get(k).cloned(),
             None => keys.unnamed.first().cloned(),
         };
-        {
+        // The key, and whether any read of the keys has succeeded yet.
+        let lookup = || async {
             let keys = self.keys.read().await;
-            if keys.loaded {
-                if let Some(k) = find(&keys) {
-                    return Ok(Some(k));
-                }
-            }
+            (find(&keys), keys.loaded)
+        };
+        if let (Some(k), _) = lookup().await {
+            return Ok(Some(k));
         }
         // One read at a time; whoever waited may find it done.
         let mut reads = self.reads.lock().await;
-        let loaded = {
-            let keys = self.keys.read().await;
-            if keys.loaded {
-                if let Some(k) = find(&keys) {
-                    return Ok(Some(k));
-                }
-            }
-            keys.loaded
+        let loaded = match lookup().await {
+            (Some(k), _) => return Ok(Some(k)),
+            (None, loaded) => loaded,
         };
         if let Some((at, why)) = &reads.failed {
             if at.elapsed() < FAILED_READ_HOLD {

@@ -69,15 +69,13 @@ fn post(port: u16, token: Option<&str>, session: Option<&str>, body: &Value) -> 
     Conn::open(port).send("POST", &headers, &body.to_string())
 }
 
+/// The `initialize` the raw HTTP tests send.
+fn init_request() -> Value {
+    serde_json::from_str(crate::mcp_http::INITIALIZE).unwrap()
+}
+
 fn initialize(port: u16, token: &str) -> String {
-    let a = post(
-        port,
-        Some(token),
-        None,
-        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                           "clientInfo": {"name": "auth-test", "version": "1"}}}),
-    );
+    let a = post(port, Some(token), None, &init_request());
     assert_eq!(a.status, 200, "{a:?}");
     let session = a.header("mcp-session-id").unwrap().to_string();
     let done = post(
@@ -118,9 +116,7 @@ fn tool_names(port: u16, token: &str, session: &str) -> Vec<String> {
 #[test]
 fn without_a_valid_token_nothing_runs_and_the_challenge_names_the_metadata() {
     let (mut s, port) = start();
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                                 "clientInfo": {"name": "t", "version": "1"}}});
+    let init = init_request();
     let none = post(port, None, None, &init);
     assert_eq!(none.status, 401, "{none:?}");
     assert_eq!(
@@ -439,9 +435,7 @@ fn jwts_are_checked_against_the_issuers_keys_and_a_rotation_is_picked_up() {
     // erin has no `files`: 403 naming it, nothing ran.
     assert_eq!(call(port, &eddsa, &erin, "secret").status, 403);
 
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                                 "clientInfo": {"name": "t", "version": "1"}}});
+    let init = init_request();
     let with = |c: Value| {
         let mut c2 = claims("mallory", "files");
         for (k, v) in c.as_object().unwrap() {
@@ -616,9 +610,7 @@ fn the_issuers_keys_can_be_fetched_over_http_and_a_dead_issuer_is_503() {
     let port = free_port();
     let mut s = jwt_setup(&format!("http://127.0.0.1:{dead}/jwks.json")).start_http(port);
     wait_listening(&mut s, port);
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                                 "clientInfo": {"name": "t", "version": "1"}}});
+    let init = init_request();
     for _ in 0..3 {
         let a = post(port, Some(&token), None, &init);
         assert_eq!(a.status, 503, "{a:?}");
@@ -652,9 +644,7 @@ fn a_client_that_knows_only_the_url_follows_401_to_the_metadata_and_a_token() {
     wait_listening(&mut s, port);
 
     // 1. The client tries, and is told where to look.
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                                 "clientInfo": {"name": "t", "version": "1"}}});
+    let init = init_request();
     let first = post(port, None, None, &init);
     assert_eq!(first.status, 401);
     let challenge = first.header("www-authenticate").unwrap();
