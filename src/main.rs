@@ -88,6 +88,15 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Reload the config and actor files of a running instance: validate the
+    /// whole set, apply only what changed, drop no call. Exit 0 once applied,
+    /// 1 when refused (the running set keeps serving). SIGHUP does the same.
+    ///
+    /// Example: warden reload && warden status
+    Reload {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Print a running instance's metrics in the Prometheus text format.
     ///
     /// Example: warden metrics | grep warden_breaker_state
@@ -198,7 +207,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            if let Some(addr) = http {
+            if let Some(addr) = http.clone() {
                 if addr.parse::<std::net::SocketAddr>().is_err() {
                     eprintln!("warden: --http {addr:?} is not an address such as 127.0.0.1:8080");
                     return ExitCode::from(2);
@@ -230,6 +239,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            // A reload reads the files as this start did, --http included.
+            runtime.set_loader(Box::new(move || {
+                let mut loaded = load(&config)?;
+                if let Some(addr) = &http {
+                    loaded.config.http.listen = addr.clone();
+                    loaded.config.http.mcp = true;
+                }
+                Ok(loaded)
+            }));
             let rt = serve_runtime(loaded_threads);
             let code = match rt.block_on(warden::supervise::root::serve(runtime)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -289,6 +307,10 @@ fn main() -> ExitCode {
         Command::Metrics { target } => {
             let t = target.target();
             operator_exit(warden::cli::operator::metrics(&t))
+        }
+        Command::Reload { target } => {
+            let t = target.target();
+            operator_exit(warden::cli::operator::reload(&t))
         }
         Command::Breaker {
             tool,

@@ -171,6 +171,59 @@ pub async fn metrics(target: &Target) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `warden reload`: exit 0 once the new set is applied, 1 when refused.
+pub async fn reload(target: &Target) -> Result<(), Failure> {
+    let mut answer = target.request(json!({"cmd": "reload"})).await?;
+    let outcome: crate::core::reload::Outcome = serde_json::from_value(answer["reload"].take())
+        .map_err(|e| {
+            Failure(
+                1,
+                format!("warden answered a reload this command cannot read: {e}"),
+            )
+        })?;
+    match outcome {
+        crate::core::reload::Outcome::Applied(d) => {
+            if d.is_empty() {
+                println!("reload: nothing changed ({} tools)", d.unchanged);
+            } else {
+                println!(
+                    "reload: generation {} applied: {} added, {} changed, {} removed, {} unchanged",
+                    d.generation,
+                    d.added.len(),
+                    d.changed.len(),
+                    d.removed.len(),
+                    d.unchanged
+                );
+                for (what, names) in [
+                    ("added", &d.added),
+                    ("changed", &d.changed),
+                    ("removed", &d.removed),
+                ] {
+                    if !names.is_empty() {
+                        println!("  {what}: {}", printable(&names.join(", ")));
+                    }
+                }
+            }
+            for s in &d.restart_needed {
+                println!("  config.toml {s} changed: it takes effect when warden restarts");
+            }
+            Ok(())
+        }
+        crate::core::reload::Outcome::Refused { problems } => {
+            for p in &problems {
+                println!("{}", printable(p));
+            }
+            Err(Failure(
+                1,
+                format!(
+                    "reload refused: {} problem(s); the running configuration keeps serving",
+                    problems.len()
+                ),
+            ))
+        }
+    }
+}
+
 pub async fn breaker(target: &Target, tool: &str, action: &str) -> Result<(), Failure> {
     let answer = target
         .request(json!({"cmd": "breaker", "tool": tool, "action": action}))
@@ -211,6 +264,32 @@ pub fn render(status: &Status, color: bool) -> String {
         w.max_in_flight,
         w.threads,
     );
+    let r = &w.reload;
+    if r.generation > 0 || r.refused.is_some() || !r.restart_needed.is_empty() {
+        out.push_str(&format!(
+            "config generation {}, loaded {} ago",
+            r.generation,
+            duration(r.loaded_s)
+        ));
+        if !r.restart_needed.is_empty() {
+            out.push_str(&format!(
+                "; changed, waiting for a restart: {}",
+                printable(&r.restart_needed.join(" "))
+            ));
+        }
+        out.push('\n');
+        if let Some(refused) = &r.refused {
+            out.push_str(&format!(
+                "{} {} ago ({}):\n",
+                paint("last reload refused", "31"),
+                duration(refused.ago_s),
+                printable(&refused.trigger)
+            ));
+            for p in &refused.problems {
+                out.push_str(&format!("  {}\n", printable(p)));
+            }
+        }
+    }
     let h = &status.health;
     if let Some(m) = &h.memory {
         let level = h.recovery.level.name();

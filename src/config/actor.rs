@@ -102,7 +102,7 @@ impl Priority {
 }
 
 /// Resource limits applied in a command tool's process (setrlimit).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// CPU time (RLIMIT_CPU), rounded up to whole seconds.
@@ -324,7 +324,7 @@ fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
 }
 
 /// A tool ready to run: its actor file with the defaults applied.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ToolSpec {
     pub name: String,
     pub description: String,
@@ -346,7 +346,7 @@ pub struct ToolSpec {
     pub scopes: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ToolKindSpec {
     Command(CommandSpec),
     Builtin(Builtin),
@@ -393,7 +393,7 @@ impl ToolSpec {
 }
 
 /// A downstream MCP server, launched over stdio and supervised.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct McpSpec {
     pub program: String,
     pub args: Vec<String>,
@@ -458,7 +458,7 @@ pub fn looks_secret(name: &str) -> bool {
     .any(|w| n.contains(w))
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CommandSpec {
     pub program: String,
     pub args: Vec<ArgTemplate>,

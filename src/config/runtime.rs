@@ -52,7 +52,7 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const DEFAULT_COOLOFF: Duration = Duration::from_secs(300);
 
 /// The runtime configuration, `config.toml`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -76,7 +76,7 @@ impl Config {
 
 /// `[auth]`: who may use MCP over HTTP, and with which tools. Off by
 /// default; stdio needs none (the client launched warden).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub mode: AuthMode,
@@ -135,7 +135,7 @@ pub enum AuthMode {
 /// One static bearer token: its principal's name, its scopes, and the token
 /// itself as a SHA-256 hash, or the name of the environment variable that
 /// holds it (read at start, kept only as its hash).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     pub name: String,
@@ -182,7 +182,7 @@ pub fn is_scope(scope: &str) -> bool {
 /// The memory budget of the whole process tree and the recovery levels, as
 /// fractions of it. Each level is entered at its threshold and left 5 points
 /// below it, so a tree hovering at a threshold does not flap.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// The budget: "auto" (the cgroup v2 `memory.max` of warden's cgroup when
@@ -217,7 +217,7 @@ impl Default for MemoryConfig {
 
 /// Event-loop lag (how late a periodic tick fires, or how long a runtime
 /// thread has been stuck in one task) and what each threshold does.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LagConfig {
     /// Above it, lag is logged.
@@ -245,7 +245,7 @@ impl Default for LagConfig {
 pub const IDLE_FOOTPRINT: u64 = 16 << 20;
 
 /// The control socket `warden status`, `kill` and `metrics` talk to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// "auto": `$XDG_RUNTIME_DIR/warden` (or `/tmp/warden-<uid>`), one socket
@@ -269,7 +269,7 @@ pub const DEFAULT_MAX_SESSIONS: usize = 256;
 pub const DEFAULT_BODY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The optional HTTP listener: /metrics, /health, /ready, and MCP at /mcp.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// An address such as "127.0.0.1:9464"; empty: no listener.
@@ -319,7 +319,7 @@ impl HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Directory of the actor files; relative to the config file.
@@ -339,6 +339,9 @@ pub struct ServerConfig {
     /// What keeps a program and everything it starts where warden can end
     /// them all (see `exec::contain`).
     pub containment: Containment,
+    /// Reload when config.toml or a file in `actors_dir` changes (as
+    /// `warden reload` and SIGHUP do).
+    pub watch: bool,
 }
 
 /// `server.containment`: how warden holds each call's program and each MCP
@@ -382,12 +385,13 @@ impl Default for ServerConfig {
             max_line: ByteSize(DEFAULT_MAX_LINE),
             worker_threads: None,
             containment: Containment::Auto,
+            watch: false,
         }
     }
 }
 
 /// Restart policy of the tools supervisor, in OTP's vocabulary.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorConfig {
     /// Restarts allowed per tool within `window`; one more and the tool is `failed`.
@@ -413,7 +417,7 @@ impl Default for SupervisorConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Backoff {
     #[serde(with = "humantime_serde")]
@@ -432,7 +436,7 @@ impl Default for Backoff {
 }
 
 /// Per-tool defaults; every actor file may override them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToolDefaults {
     pub concurrency: usize,
@@ -504,7 +508,7 @@ impl Default for BreakerConfig {
 }
 
 /// An actor file's `[breaker]`: any field of `BreakerConfig`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerOverride {
     pub enabled: Option<bool>,
@@ -583,7 +587,7 @@ pub enum Rotation {
     Never,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Directory of the rolling JSON log files; relative to the config file.

@@ -568,7 +568,7 @@ mod tests {
         );
         let snap = runtime.force_breaker("echo", Force::Open).unwrap();
         assert_eq!(snap.state, "forced_open");
-        let entry = runtime.tools.get("echo").unwrap();
+        let entry = runtime.tools().get("echo").unwrap().clone();
         assert!(entry.breaker().try_acquire(Instant::now()).0.is_err());
         assert_eq!(
             runtime.force_breaker("echo", Force::Closed).unwrap().state,

@@ -250,10 +250,17 @@ impl Runtime {
         tool: &str,
         args: Option<Map<String, Value>>,
     ) -> Result<ToolResult, CallError> {
-        let Target { entry, name } = self
-            .tools
-            .route(tool)
-            .ok_or_else(|| CallError::UnknownTool(tool.to_string()))?;
+        // One generation for the whole call: a reload swaps the registry,
+        // the entry this call holds finishes it.
+        let tools = self.tools();
+        let Some(Target { entry, name }) = tools.route(tool) else {
+            if let Some(why) = tools.removed(tool) {
+                let result = Err(ToolError::unavailable(tool, why, None));
+                self.count(tool, &result, Instant::now());
+                return Ok(result);
+            }
+            return Err(CallError::UnknownTool(tool.to_string()));
+        };
         if let Some(p) = ctx.principal {
             let missing = p.lacks(&entry.spec.scopes_for(Some(&name)));
             if !missing.is_empty() {

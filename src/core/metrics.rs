@@ -25,6 +25,7 @@ pub struct Metrics {
     lag: prometheus::GaugeVec,
     sessions_open: IntGaugeVec,
     http_requests: IntCounterVec,
+    reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -120,8 +121,20 @@ impl Metrics {
             &["method", "status"],
         )
         .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "warden_reloads_total",
+                "Configuration reloads, by outcome (applied, unchanged, refused)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in ["applied", "unchanged", "refused"] {
+            reloads.with_label_values(&[outcome]);
+        }
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reloads.clone()),
             Box::new(sessions_open.clone()),
             Box::new(http_requests.clone()),
             Box::new(call_seconds.clone()),
@@ -152,7 +165,12 @@ impl Metrics {
             lag,
             sessions_open,
             http_requests,
+            reloads,
         }
+    }
+
+    pub fn reload(&self, outcome: &str) {
+        self.reloads.with_label_values(&[outcome]).inc();
     }
 
     pub fn set_sessions_open(&self, transport: &str, n: usize) {

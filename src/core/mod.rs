@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod names;
 pub mod ratelimit;
 pub mod registry;
+pub mod reload;
 pub mod restart;
 pub mod runtime;
 pub mod session;

@@ -1,12 +1,14 @@
 //! The tools: one live record per actor file, and the routing of a client's
 //! names to them.
 //!
-//! The set of tools and MCP servers is fixed at start-up; the tools a server
-//! exports change with it.
+//! A `Registry` is one generation of the configuration: immutable once made.
+//! A reload makes the next one (`core::reload`), keeping the entries of the
+//! tools that did not change, and the runtime swaps it in whole. The tools a
+//! server exports change with it, in its entry.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -84,7 +86,16 @@ struct Life {
 /// The shared, live record of one tool: written by its supervisor, its actor
 /// and the call path, read by `status`.
 pub struct ToolEntry {
+    /// Unique among every entry this process made: a tool replaced by a
+    /// reload is a new entry under the same name.
+    pub id: u64,
     pub spec: Arc<ToolSpec>,
+    /// The name its actor registers: `tool:x` (`server:x`), or, for an
+    /// entry that replaced another while that one drains, `tool:x@gN`.
+    actor: String,
+    /// Set once, when a reload replaced or removed the tool: why. Its actor
+    /// stops when its calls in flight are done.
+    retired: OnceLock<String>,
     /// The name a backend calls a command or builtin tool by.
     name: Arc<str>,
     pub validator: jsonschema::Validator,
@@ -110,14 +121,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+static NEXT_ENTRY: AtomicU64 = AtomicU64::new(1);
+
 impl ToolEntry {
     pub fn new(spec: ToolSpec) -> Result<Self, BadSchema> {
+        let actor = spec.actor_name();
+        ToolEntry::named(spec, actor)
+    }
+
+    /// An entry whose actor registers as `actor`.
+    pub fn named(spec: ToolSpec, actor: String) -> Result<Self, BadSchema> {
         let validator = jsonschema::validator_for(&Value::Object(spec.input_schema.clone()))
             .map_err(|e| BadSchema {
                 tool: spec.name.clone(),
                 reason: e.to_string(),
             })?;
         Ok(ToolEntry {
+            id: NEXT_ENTRY.fetch_add(1, Ordering::Relaxed),
+            actor,
+            retired: OnceLock::new(),
             name: Arc::from(spec.name.as_str()),
             validator,
             life: Mutex::new(Life {
@@ -137,6 +159,21 @@ impl ToolEntry {
             clean_exit: AtomicBool::new(false),
             spec: Arc::new(spec),
         })
+    }
+
+    /// The name its actor registers under (for `warden kill` and recovery).
+    pub fn actor_name(&self) -> &str {
+        &self.actor
+    }
+
+    /// Marks the tool as left behind by a reload; the first reason stays.
+    pub fn retire(&self, why: String) {
+        let _ = self.retired.set(why);
+    }
+
+    /// Why a reload left it behind, if one did.
+    pub fn retired(&self) -> Option<&str> {
+        self.retired.get().map(String::as_str)
     }
 
     /// "Tool `x`" or "MCP server `x`", as answers name it.
@@ -232,10 +269,14 @@ impl ToolEntry {
         let ms = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
         let running = self.gate.running();
         let in_flight = self.gate.in_flight();
+        let retired = self.retired();
         ToolLine {
             name: spec.actor_name(),
             tool: spec.name.clone(),
-            state: state.name().to_string(),
+            state: match retired {
+                Some(_) => "draining".to_string(),
+                None => state.name().to_string(),
+            },
             uptime_s: self.in_state_for().as_secs(),
             restarts: self.restarts.load(Ordering::Relaxed),
             workers: spec.concurrency,
@@ -262,6 +303,7 @@ impl ToolEntry {
                 _ => None,
             },
             reason: match &state {
+                _ if retired.is_some() => retired.map(str::to_string),
                 ToolState::Failed { reason, .. }
                 | ToolState::Unavailable { reason }
                 | ToolState::Stopped { reason } => Some(reason.clone()),
@@ -281,10 +323,19 @@ impl ToolEntry {
     }
 }
 
-/// Every tool and MCP server, by name.
+/// How many names of removed tools a registry remembers, to answer their
+/// calls `unavailable` (removed) rather than as unknown.
+const REMEMBERED_REMOVALS: usize = 256;
+
+/// Every tool and MCP server of one generation, by name.
 pub struct Registry {
     entries: Vec<Arc<ToolEntry>>,
     by_name: HashMap<String, usize>,
+    /// The configuration generation this registry is (0: the one warden
+    /// started with).
+    pub generation: u64,
+    /// Client-facing names reloads removed, and why; oldest first.
+    removed: Vec<(String, String)>,
 }
 
 /// Where a call to a client's tool name goes.
@@ -296,13 +347,51 @@ pub struct Target<'a> {
 
 impl Registry {
     pub fn new(specs: Vec<ToolSpec>) -> Result<Self, BadSchema> {
-        let mut entries = Vec::new();
-        let mut by_name = HashMap::new();
-        for spec in specs {
-            by_name.insert(spec.name.clone(), entries.len());
-            entries.push(Arc::new(ToolEntry::new(spec)?));
-        }
-        Ok(Registry { entries, by_name })
+        let entries = specs
+            .into_iter()
+            .map(|spec| ToolEntry::new(spec).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Registry::of(entries, 0, Vec::new()))
+    }
+
+    /// A registry of these entries. `removed`: names removed by reloads, of
+    /// which those that came back are forgotten, and the oldest past the
+    /// limit.
+    pub fn of(
+        entries: Vec<Arc<ToolEntry>>,
+        generation: u64,
+        mut removed: Vec<(String, String)>,
+    ) -> Self {
+        let by_name: HashMap<String, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.spec.name.clone(), i))
+            .collect();
+        let mut registry = Registry {
+            entries,
+            by_name,
+            generation,
+            removed: Vec::new(),
+        };
+        removed.retain(|(name, _)| registry.route(name).is_none());
+        let excess = removed.len().saturating_sub(REMEMBERED_REMOVALS);
+        removed.drain(..excess);
+        registry.removed = removed;
+        registry
+    }
+
+    /// Why a name a client calls is gone, if a reload removed it.
+    pub fn removed(&self, name: &str) -> Option<&str> {
+        self.removed
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, why)| why.as_str())
+    }
+
+    /// The names reloads removed, oldest first.
+    pub fn removals(&self) -> &[(String, String)] {
+        &self.removed
     }
 
     /// A tool, or an MCP server, by its own name.

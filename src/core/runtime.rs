@@ -2,32 +2,52 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+use tokio::sync::{mpsc, Notify, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Loaded};
+use crate::config::{Config, Loaded, Problem};
 use crate::core::breaker::{Force, State, Transition};
 use crate::core::health::{HealthView, Snapshot};
 use crate::core::levels::Level;
 use crate::core::metrics::Metrics;
 use crate::core::names;
-use crate::core::registry::{BadSchema, Registry, UnknownTool};
+use crate::core::registry::{BadSchema, Registry, ToolEntry, UnknownTool};
+use crate::core::reload::{self, Outcome, Trigger};
 use crate::core::session::{Notice, Notices, Session};
 use crate::core::status::{
-    ActorLine, BreakerLine, ContainmentLine, HealthLine, MemoryLine, RecoveryLine, SessionsLine,
-    Status, WardenLine,
+    ActorLine, BreakerLine, ContainmentLine, HealthLine, MemoryLine, RecoveryLine, RefusedLine,
+    ReloadLine, SessionsLine, Status, WardenLine,
 };
+
+/// Reload requests waiting for the reloader; more are refused at once.
+const RELOAD_QUEUE: usize = 8;
+/// How long `warden reload` waits for its reload to be applied.
+pub const RELOAD_DEADLINE: Duration = Duration::from_secs(8);
+
+/// Reads the configuration again, as `warden serve` first read it.
+pub type Loader = Box<dyn Fn() -> Result<Loaded, Vec<Problem>> + Send + Sync>;
 use crate::exec::Groups;
 
 /// Everything the actors and sessions share. Read-mostly; live counters are
 /// atomics or short locks.
 pub struct Runtime {
+    /// The configuration warden started with. A reload changes the tools
+    /// (through their specs) and the supervisor's policy; the rest of it
+    /// waits for a restart (`reload::restart_needed`).
     pub config: Config,
     pub config_path: PathBuf,
-    pub tools: Registry,
+    /// The tools of the configuration generation in force, swapped whole.
+    registry: RwLock<Arc<Registry>>,
+    /// Entries a reload replaced or removed whose actors still run.
+    retired: Mutex<Vec<Arc<ToolEntry>>>,
+    reloads: mpsc::Sender<reload::Request>,
+    /// Taken by the reloader when it starts.
+    reload_queue: Mutex<Option<mpsc::Receiver<reload::Request>>>,
+    loader: OnceLock<Loader>,
+    reload_view: Mutex<ReloadView>,
     pub metrics: Metrics,
     /// The process groups of every program warden runs.
     pub groups: Arc<Groups>,
@@ -52,6 +72,20 @@ pub struct Runtime {
     started: Instant,
 }
 
+/// The reloads as status shows them.
+struct ReloadView {
+    loaded_at: Instant,
+    loaded_unix: u64,
+    refused: Option<(Instant, Trigger, Vec<String>)>,
+    restart_needed: Vec<String>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Runtime {
     pub fn new(loaded: Loaded, groups: Arc<Groups>) -> Result<Arc<Self>, BadSchema> {
         let tools = Registry::new(loaded.tools)?;
@@ -68,12 +102,23 @@ impl Runtime {
                 children: None,
             })
             .collect();
+        let (reloads, reload_queue) = mpsc::channel(RELOAD_QUEUE);
         Ok(Arc::new(Runtime {
             metrics,
             in_flight: Semaphore::new(loaded.config.server.max_in_flight),
             config: loaded.config,
             config_path: loaded.path,
-            tools,
+            registry: RwLock::new(Arc::new(tools)),
+            retired: Mutex::new(Vec::new()),
+            reloads,
+            reload_queue: Mutex::new(Some(reload_queue)),
+            loader: OnceLock::new(),
+            reload_view: Mutex::new(ReloadView {
+                loaded_at: Instant::now(),
+                loaded_unix: unix_now(),
+                refused: None,
+                restart_needed: Vec::new(),
+            }),
             groups,
             health: HealthView::default(),
             draining: CancellationToken::new(),
@@ -85,6 +130,114 @@ impl Runtime {
             sessions: Mutex::new(Vec::new()),
             started: Instant::now(),
         }))
+    }
+
+    /// The tools of the generation in force. Route a request on one snapshot
+    /// and keep it while the request runs.
+    pub fn tools(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Swaps in the next generation's registry. The entries it leaves
+    /// behind (`retired`) stay in status until their actors stop.
+    pub fn install(&self, registry: Registry, retired: &[Arc<ToolEntry>]) {
+        for entry in registry.iter() {
+            self.metrics.register_tool(&entry.spec.name);
+        }
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(retired.iter().cloned());
+        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);
+    }
+
+    /// The retired entries still running.
+    pub fn retired(&self) -> Vec<Arc<ToolEntry>> {
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A retired entry's actor has stopped.
+    pub fn forget_retired(&self, id: u64) {
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|e| e.id != id);
+    }
+
+    /// How warden reads its configuration again (main sets it, with the
+    /// command line's overrides); by default `config::load` of the same path.
+    pub fn set_loader(&self, loader: Loader) {
+        let _ = self.loader.set(loader);
+    }
+
+    /// The configuration files as they are now, checked as `warden check` does.
+    pub fn load_again(&self) -> Result<Loaded, Vec<Problem>> {
+        match self.loader.get() {
+            Some(load) => load(),
+            None => crate::config::load(&self.config_path, &|k| std::env::var(k).ok()),
+        }
+    }
+
+    /// The reloader's queue; `None` once taken.
+    pub fn take_reload_queue(&self) -> Option<mpsc::Receiver<reload::Request>> {
+        self.reload_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Asks for a reload and waits (with a deadline) for how it ended.
+    pub async fn reload(&self, trigger: Trigger) -> Result<Outcome, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = reload::Request {
+            trigger,
+            reply: Some(tx),
+        };
+        self.reloads
+            .try_send(request)
+            .map_err(|_| "too many reloads waiting; try again".to_string())?;
+        match tokio::time::timeout(RELOAD_DEADLINE, rx).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(_)) => Err("warden is shutting down".into()),
+            Err(_) => Err(format!(
+                "no answer within {}; `warden status` shows whether it was applied",
+                humantime::format_duration(RELOAD_DEADLINE)
+            )),
+        }
+    }
+
+    /// Asks for a reload without waiting (a signal, a changed file). A
+    /// full queue drops it: the reloads queued read the files after it.
+    pub fn request_reload(&self, trigger: Trigger) {
+        let _ = self.reloads.try_send(reload::Request {
+            trigger,
+            reply: None,
+        });
+    }
+
+    /// Counts and keeps how a reload ended, for metrics and status.
+    pub fn record_reload(&self, trigger: Trigger, outcome: &Outcome) {
+        self.metrics.reload(outcome.label());
+        let mut view = self.reload_view.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Outcome::Applied(diff) => {
+                view.refused = None;
+                view.restart_needed = diff.restart_needed.clone();
+                if !diff.is_empty() {
+                    view.loaded_at = Instant::now();
+                    view.loaded_unix = unix_now();
+                }
+            }
+            Outcome::Refused { problems } => {
+                view.refused = Some((Instant::now(), trigger, problems.clone()));
+            }
+        }
     }
 
     /// A new client's session, over `transport` ("stdio" or "http").
@@ -216,7 +369,7 @@ impl Runtime {
     /// next one is due.
     pub fn tick_breakers(&self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
-        for entry in self.tools.iter() {
+        for entry in self.tools().iter() {
             let (t, until) = {
                 let mut b = entry.breaker();
                 (b.on_timer(now), b.opens_until())
@@ -233,8 +386,8 @@ impl Runtime {
 
     /// The operator forces a breaker open or closed, or resets it.
     pub fn force_breaker(&self, tool: &str, force: Force) -> Result<BreakerLine, UnknownTool> {
-        let entry = self
-            .tools
+        let tools = self.tools();
+        let entry = tools
             .get(tool)
             .ok_or_else(|| UnknownTool(tool.to_string()))?;
         let t = {
@@ -248,13 +401,14 @@ impl Runtime {
         if let Some(t) = t {
             self.breaker_transition(tool, &t);
         }
-        Ok(entry.breaker().snapshot(Instant::now()))
+        let snapshot = entry.breaker().snapshot(Instant::now());
+        Ok(snapshot)
     }
 
     /// The Prometheus text, with the queue depths brought up to date first.
     /// Memory and lag are as of the health actor's latest sample.
     pub fn metrics_text(&self) -> String {
-        for t in self.tools.iter() {
+        for t in self.tools().iter() {
             self.metrics.set_queue_depth(&t.spec.name, t.gate.queued());
         }
         self.metrics.set_in_flight(self.in_flight());
@@ -278,7 +432,30 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let tools = self.tools.iter().map(|t| t.status(&self.groups)).collect();
+        let registry = self.tools();
+        let retired = self.retired();
+        let tools = registry
+            .iter()
+            .chain(&retired)
+            .map(|t| t.status(&self.groups))
+            .collect();
+        let reload = {
+            let view = self.reload_view.lock().unwrap_or_else(|p| p.into_inner());
+            ReloadLine {
+                generation: registry.generation,
+                loaded_unix: view.loaded_unix,
+                loaded_s: view.loaded_at.elapsed().as_secs(),
+                restart_needed: view.restart_needed.clone(),
+                refused: view
+                    .refused
+                    .as_ref()
+                    .map(|(at, trigger, problems)| RefusedLine {
+                        trigger: trigger.name().to_string(),
+                        ago_s: at.elapsed().as_secs(),
+                        problems: problems.clone(),
+                    }),
+            }
+        };
         if let Some(a) = actors.iter_mut().find(|a| a.name == names::TOOLS) {
             a.children = Some(tools);
         }
@@ -329,6 +506,7 @@ impl Runtime {
                 },
                 threads: tokio::runtime::Handle::try_current()
                     .map_or(0, |h| h.metrics().num_workers()),
+                reload,
             },
             health: HealthLine {
                 memory: snapshot.as_ref().map(|s| MemoryLine {

@@ -45,6 +45,33 @@ pub struct WardenLine {
     /// The runtime's threads (`server.worker_threads`, or its default).
     #[serde(default)]
     pub threads: usize,
+    /// The configuration generation in force, and the last refused reload.
+    #[serde(default)]
+    pub reload: ReloadLine,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadLine {
+    /// 0: the configuration warden started with; each applied reload that
+    /// changed something adds one.
+    pub generation: u64,
+    /// When the generation in force was loaded (Unix seconds), and how long ago.
+    pub loaded_unix: u64,
+    pub loaded_s: u64,
+    /// Settings changed in config.toml that wait for a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<String>,
+    /// The last reload refused since the last one applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusedLine>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RefusedLine {
+    pub trigger: String,
+    pub ago_s: u64,
+    /// Each as `file: field: reason`.
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -420,6 +447,7 @@ pub mod tests {
                     why_not: None,
                 },
                 threads: 1,
+                reload: ReloadLine::default(),
             },
             health: HealthLine {
                 memory: None,

@@ -93,7 +93,7 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
         )
     };
     // A broken [auth] fails closed: /mcp answers 503 saying why.
-    let auth = Auth::new(&runtime.config, &runtime.tools).map_err(|e| {
+    let auth = Auth::new(&runtime.config, &runtime.tools()).map_err(|e| {
         tracing::error!(actor = crate::core::names::TRANSPORT, error = %e, "[auth] cannot be used: MCP over HTTP refuses every request");
         e
     });
@@ -251,7 +251,7 @@ async fn authorize(
 /// What a request names (a tool, a prompt, a resource), and the scopes it needs.
 fn needs(runtime: &Runtime, msg: &serde_json::Value) -> Option<(String, Vec<String>)> {
     let params = &msg["params"];
-    let tools = &runtime.tools;
+    let tools = runtime.tools();
     let (what, entry) = match msg["method"].as_str()? {
         "tools/call" => {
             let name = params["name"].as_str()?;

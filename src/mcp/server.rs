@@ -30,7 +30,7 @@ use crate::core::call::{
 use crate::core::catalog::{Catalog, Definition};
 use crate::core::error::ToolError;
 use crate::core::names;
-use crate::core::registry::ToolEntry;
+use crate::core::registry::{Registry, ToolEntry};
 use crate::core::runtime::Runtime;
 use crate::core::session::{LogLevel, Notice, Session};
 
@@ -44,9 +44,7 @@ const PROGRESS_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_m
 pub struct WardenServer {
     runtime: Arc<Runtime>,
     session: Arc<Session>,
-    /// The command and builtin tools (MCP servers' tools are listed live).
-    tools: Arc<Vec<Tool>>,
-    caps: ServerCapabilities,
+    offer: Offer,
     /// Over HTTP: what ends the session when rmcp lets go of the handler.
     http: Option<Arc<HttpSession>>,
 }
@@ -83,12 +81,13 @@ impl Drop for HttpSession {
 }
 
 /// What every session of one runtime is offered alike: warden's own tools
-/// and the capabilities. Made once, not per session: over HTTP each
-/// stateless request is a session of its own.
+/// and the capabilities. Made once per configuration generation, not per
+/// session: over HTTP each stateless request is a session of its own.
 #[derive(Clone)]
 pub struct Offer {
-    /// The command and builtin tools (MCP servers' tools are listed live).
-    tools: Arc<Vec<Tool>>,
+    /// The command and builtin tools of one generation (MCP servers' tools
+    /// are listed live).
+    tools: Arc<std::sync::Mutex<(u64, Arc<Vec<Tool>>)>>,
     caps: ServerCapabilities,
 }
 
@@ -96,8 +95,42 @@ impl Offer {
     // `enable_logging`: see the note on the `ServerHandler` impl below.
     #[allow(deprecated)]
     pub fn new(runtime: &Runtime) -> Offer {
-        let tools = runtime
-            .tools
+        let registry = runtime.tools();
+        // Prompts and resources come from MCP servers, which a reload may
+        // add: declared whether or not one runs now.
+        let caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_logging()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_resources()
+            .enable_resources_list_changed()
+            .enable_completions()
+            .build();
+        Offer {
+            tools: Arc::new(std::sync::Mutex::new((
+                registry.generation,
+                own_tools(&registry),
+            ))),
+            caps,
+        }
+    }
+
+    /// Warden's own tools in `registry`'s generation.
+    fn tools(&self, registry: &Registry) -> Arc<Vec<Tool>> {
+        let mut tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
+        if tools.0 != registry.generation {
+            *tools = (registry.generation, own_tools(registry));
+        }
+        tools.1.clone()
+    }
+}
+
+/// The command and builtin tools, as MCP lists them.
+fn own_tools(registry: &Registry) -> Arc<Vec<Tool>> {
+    Arc::new(
+        registry
             .iter()
             .filter(|t| t.spec.mcp().is_none())
             .map(|t| {
@@ -107,30 +140,8 @@ impl Offer {
                     Arc::new(t.spec.input_schema.clone()),
                 )
             })
-            .collect();
-        let mut caps = ServerCapabilities::builder()
-            .enable_tools()
-            .enable_tool_list_changed()
-            .enable_logging()
-            .build();
-        // Prompts and resources only come from MCP servers.
-        if runtime.tools.servers().next().is_some() {
-            let more = ServerCapabilities::builder()
-                .enable_prompts()
-                .enable_prompts_list_changed()
-                .enable_resources()
-                .enable_resources_list_changed()
-                .enable_completions()
-                .build();
-            caps.prompts = more.prompts;
-            caps.resources = more.resources;
-            caps.completions = more.completions;
-        }
-        Offer {
-            tools: Arc::new(tools),
-            caps,
-        }
-    }
+            .collect(),
+    )
 }
 
 impl WardenServer {
@@ -143,8 +154,7 @@ impl WardenServer {
         WardenServer {
             runtime,
             session,
-            tools: offer.tools.clone(),
-            caps: offer.caps.clone(),
+            offer: offer.clone(),
             http: None,
         }
     }
@@ -181,7 +191,7 @@ impl WardenServer {
         list: impl Fn(&crate::config::ToolSpec, &Catalog) -> Vec<Definition>,
     ) -> Vec<T> {
         self.runtime
-            .tools
+            .tools()
             .servers()
             .filter(|server| allowed(principal, &server.spec.scopes))
             .flat_map(|server| list(&server.spec, &server.catalog()))
@@ -190,8 +200,8 @@ impl WardenServer {
     }
 
     /// The server a resource URI belongs to.
-    fn owner_of(&self, uri: &str) -> Result<&Arc<ToolEntry>, McpError> {
-        self.runtime.tools.route_uri(uri).ok_or_else(|| {
+    fn owner_of(&self, uri: &str) -> Result<Arc<ToolEntry>, McpError> {
+        self.runtime.tools().route_uri(uri).cloned().ok_or_else(|| {
             McpError::resource_not_found(
                 format!("no server offers `{uri}`; resources/list shows the resources"),
                 Some(json!({"uri": uri})),
@@ -262,7 +272,7 @@ fn complete(mut result: ServerResult) -> ServerResult {
 #[allow(deprecated)]
 impl ServerHandler for WardenServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(self.caps.clone())
+        ServerConfig::new(self.offer.caps.clone())
             .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
             .with_instructions("Tools served by warden; `status` shows the runtime's health.")
     }
@@ -299,19 +309,15 @@ impl ServerHandler for WardenServer {
         // What a server with `prefix = ""` exports under the name of one of
         // warden's own tools (or of an earlier server's) is not callable:
         // calls go to the first. It is not listed either.
+        let registry = self.runtime.tools();
+        let own = self.offer.tools(&registry);
         let mut names: std::collections::HashSet<String> =
-            self.tools.iter().map(|t| t.name.to_string()).collect();
+            own.iter().map(|t| t.name.to_string()).collect();
         let mut tools: Vec<Tool> = match &principal {
-            None => self.tools.as_ref().clone(),
-            Some(p) => self
-                .tools
+            None => own.as_ref().clone(),
+            Some(p) => own
                 .iter()
-                .filter(|t| {
-                    self.runtime
-                        .tools
-                        .get(&t.name)
-                        .is_some_and(|e| p.may(&e.spec.scopes))
-                })
+                .filter(|t| registry.get(&t.name).is_some_and(|e| p.may(&e.spec.scopes)))
                 .cloned()
                 .collect(),
         };
@@ -347,7 +353,8 @@ impl ServerHandler for WardenServer {
         mut request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
-        let Some(target) = self.runtime.tools.route_prompt(&request.name) else {
+        let tools = self.runtime.tools();
+        let Some(target) = tools.route_prompt(&request.name) else {
             return Err(McpError::invalid_params(
                 format!(
                     "unknown prompt `{}`; prompts/list shows the prompts",
@@ -396,7 +403,8 @@ impl ServerHandler for WardenServer {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        let Some(entry) = self.runtime.tools.route_uri(&request.uri) else {
+        let tools = self.runtime.tools();
+        let Some(entry) = tools.route_uri(&request.uri) else {
             return Err(McpError::resource_not_found(
                 format!(
                     "no server offers `{}`; resources/list shows the resources",
@@ -420,12 +428,13 @@ impl ServerHandler for WardenServer {
         mut request: CompleteRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, McpError> {
+        let tools = self.runtime.tools();
         let target = match &mut request.r#ref {
-            Reference::Prompt(p) => self.runtime.tools.route_prompt(&p.name).map(|t| {
+            Reference::Prompt(p) => tools.route_prompt(&p.name).map(|t| {
                 p.name = t.name.to_string();
                 t.entry
             }),
-            Reference::Resource(r) => self.runtime.tools.route_uri(&r.uri),
+            Reference::Resource(r) => tools.route_uri(&r.uri),
             _ => None,
         };
         let Some(entry) = target else {
@@ -447,7 +456,7 @@ impl ServerHandler for WardenServer {
     ) -> Result<(), McpError> {
         let entry = self.owner_of(&request.uri)?;
         let request = ClientRequest::SubscribeRequest(SubscribeRequest::new(request));
-        self.forward(entry, request, &context).await.map(drop)
+        self.forward(&entry, request, &context).await.map(drop)
     }
 
     async fn unsubscribe(
@@ -457,7 +466,7 @@ impl ServerHandler for WardenServer {
     ) -> Result<(), McpError> {
         let entry = self.owner_of(&request.uri)?;
         let request = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(request));
-        self.forward(entry, request, &context).await.map(drop)
+        self.forward(&entry, request, &context).await.map(drop)
     }
 
     /// `subscriptions/listen` (2026-07-28): the list changes, each on the

@@ -11,7 +11,11 @@
 //! {"cmd":"kill","actor":"tool:echo"}                → {"ok":true,"killed":"tool:echo"}
 //! {"cmd":"kill","actor":"tool:x","signal":"TERM"}   → {"ok":true,"signalled":2}
 //! {"cmd":"breaker","tool":"x","action":"reset"}     → {"ok":true,"breaker":{...}}
+//! {"cmd":"reload"}                                  → {"ok":true,"reload":{"outcome":"applied",...}}
 //! ```
+//!
+//! A refused reload is still `ok` (the request was served): its `outcome` is
+//! `refused`, with the problems.
 //!
 //! Failures answer `{"ok":false,"error":"..."}`.
 
@@ -305,6 +309,7 @@ pub enum Request {
         tool: String,
         action: String,
     },
+    Reload {},
 }
 
 /// Why a control request was refused; the operator reads the message.
@@ -330,6 +335,8 @@ pub enum ControlError {
     NoSuchWorker { tool: String, workers: usize },
     #[error("no running actor `{0}` (warden status lists them)")]
     NoActor(String),
+    #[error("reload: {0}")]
+    Reload(String),
 }
 
 /// Reads one request line. Public for the fuzz targets.
@@ -347,6 +354,11 @@ async fn handle(line: &str, runtime: &Arc<Runtime>) -> Value {
         Request::Metrics {} => Ok(json!({"metrics": runtime.metrics_text()})),
         Request::Kill { actor, signal } => kill(runtime, &actor, signal.as_deref()),
         Request::Breaker { tool, action } => force_breaker(runtime, &tool, &action),
+        Request::Reload {} => runtime
+            .reload(crate::core::reload::Trigger::Control)
+            .await
+            .map(|outcome| json!({ "reload": outcome }))
+            .map_err(ControlError::Reload),
     };
     match result {
         Ok(Value::Object(mut m)) => {
@@ -380,7 +392,7 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, C
             .or_else(|| actor.strip_prefix("server:"))
             .unwrap_or(actor);
         runtime
-            .tools
+            .tools()
             .get(tool)
             .ok_or_else(|| ControlError::UnknownTool(tool.to_string()))?;
         let signal = parse_signal(sig)?;
@@ -401,7 +413,7 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, C
         let index: usize = worker
             .parse()
             .map_err(|_| ControlError::NotAWorker(worker.to_string()))?;
-        let cell = ractor::registry::where_is(tool)
+        let cell = ractor::registry::where_is(registered(runtime, tool))
             .ok_or_else(|| ControlError::NoActor(tool.to_string()))?;
         let mut workers = cell.get_children();
         workers.sort_by_key(|c| c.get_id().pid());
@@ -414,7 +426,7 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, C
         w.kill();
         return Ok(json!({"killed": actor}));
     }
-    let cell = ractor::registry::where_is(actor)
+    let cell = ractor::registry::where_is(registered(runtime, actor))
         .ok_or_else(|| ControlError::NoActor(actor.to_string()))?;
     if actor == names::CONTROL {
         // Answer first: killing ourselves drops this connection's accept loop.
@@ -426,6 +438,18 @@ fn kill(runtime: &Runtime, actor: &str, signal: Option<&str>) -> Result<Value, C
         cell.kill();
     }
     Ok(json!({"killed": actor}))
+}
+
+/// The name the actor an operator calls `actor` registers under: a tool
+/// replaced by a reload runs as `tool:x@gN` (while the one it replaced
+/// drains, both run), and `tool:x` means the one serving calls.
+fn registered(runtime: &Runtime, actor: &str) -> String {
+    let tool = actor
+        .strip_prefix("tool:")
+        .or_else(|| actor.strip_prefix("server:"));
+    tool.and_then(|t| runtime.tools().get(t).map(|e| e.actor_name().to_string()))
+        .filter(|name| name.starts_with(actor))
+        .unwrap_or_else(|| actor.to_string())
 }
 
 /// A signal by name, with or without `SIG`. Public for the fuzz targets.

@@ -234,12 +234,13 @@ impl RecoveryState {
     /// Each child of a tool with its own `memory` budget, against that budget.
     fn child_budgets(&mut self, s: &Snapshot) {
         let runtime = self.runtime.clone();
+        let tools = runtime.tools();
         let mut heaviest: HashMap<&str, f64> = HashMap::new();
         for child in &s.children {
             let Some(tool) = child.tool.as_deref() else {
                 continue;
             };
-            let Some(entry) = runtime.tools.get(tool) else {
+            let Some(entry) = tools.get(tool) else {
                 continue;
             };
             let Some(budget) = entry.spec.memory else {
@@ -261,7 +262,7 @@ impl RecoveryState {
             let f = heaviest.entry(entry.spec.name.as_str()).or_default();
             *f = f.max(fraction);
         }
-        for entry in runtime.tools.iter() {
+        for entry in tools.iter() {
             if entry.spec.memory.is_none() {
                 continue;
             }
@@ -288,7 +289,7 @@ impl RecoveryState {
     fn apply_degrade(&mut self, s: &Snapshot) {
         let global = self.runtime.health.level();
         let runtime = self.runtime.clone();
-        for entry in runtime.tools.iter() {
+        for entry in runtime.tools().iter() {
             let level = global.max(entry.own_level());
             let reduce = level >= Level::Degrade && entry.spec.priority == Priority::Normal;
             if entry.gate.set_reduced(reduce) {
@@ -316,9 +317,13 @@ impl RecoveryState {
             return;
         }
         let runtime = self.runtime.clone();
-        for entry in runtime.tools.iter().filter(|e| overdue(e, Instant::now())) {
+        for entry in runtime
+            .tools()
+            .iter()
+            .filter(|e| overdue(e, Instant::now()))
+        {
             let deadline = entry.spec.deadline();
-            if let Some(actor) = ractor::registry::where_is(entry.spec.actor_name()) {
+            if let Some(actor) = ractor::registry::where_is(entry.actor_name()) {
                 actor.kill();
                 self.record(
                     s,
@@ -356,7 +361,8 @@ fn metric_target(target: &str) -> &str {
 }
 
 fn child_name(runtime: &Runtime, c: &crate::core::health::Child) -> String {
-    match c.tool.as_deref().and_then(|t| runtime.tools.get(t)) {
+    let tools = runtime.tools();
+    match c.tool.as_deref().and_then(|t| tools.get(t)) {
         Some(entry) => format!("{} pid {}", entry.spec.actor_name(), c.pid),
         None => format!("pid {}", c.pid),
     }
@@ -381,7 +387,8 @@ mod tests {
             "[defaults]\ntimeout = \"100ms\"\ngrace = \"50ms\"\n",
             &[("echo", "name = \"echo\"\nkind = \"builtin\"\n")],
         );
-        let entry = runtime.tools.get("echo").unwrap();
+        let tools = runtime.tools();
+        let entry = tools.get("echo").unwrap();
         let now = Instant::now();
         assert!(
             !overdue(entry, now + Duration::from_secs(60)),

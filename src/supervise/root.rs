@@ -317,8 +317,10 @@ pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(actor = "warden", panic = %info, "an actor panicked");
     }));
+    let triggers = crate::supervise::reload::triggers(&runtime);
     let (_root, handle) = Actor::spawn(Some(NAME.into()), Root, runtime.clone()).await?;
     let signals = tokio::spawn(on_signals(runtime.draining.clone(), runtime.groups.clone()));
+    let reloader = tokio::spawn(crate::supervise::reload::run(runtime.clone(), triggers));
     // Removes killed cells once empty; as subreaper, finds and ends what left its group.
     let sweeper = tokio::spawn({
         let groups = runtime.groups.clone();
@@ -351,6 +353,7 @@ pub async fn serve(runtime: Arc<Runtime>) -> Result<(), ractor::SpawnErr> {
         }
     }
     signals.abort();
+    reloader.abort();
     sweeper.abort();
     runtime.groups.close();
     Ok(())

@@ -117,10 +117,9 @@ impl Actor for ToolActor {
         // A worker that cannot be replaced takes its tool down: the tools
         // supervisor restarts the whole actor.
         state.start_worker(&myself, lane).await?;
-        let _ = state.supervisor.cast(ToolsSupervisorMsg::WorkerReplaced(
-            state.worker.spec.name.clone(),
-            reason,
-        ));
+        let _ = state
+            .supervisor
+            .cast(ToolsSupervisorMsg::WorkerReplaced(myself.get_id(), reason));
         Ok(())
     }
 }

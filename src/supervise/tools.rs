@@ -15,7 +15,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 
 use crate::backends::mcp::{ServerActor, ServerArgs};
 use crate::config::{McpSpec, RestartType, SupervisorConfig, ToolKindSpec, DEFAULT_PATH};
@@ -31,22 +33,42 @@ pub struct ToolsSupervisor;
 
 pub enum ToolsSupervisorMsg {
     /// A tool's backoff (or a failed tool's cool-off) is over: start it again.
-    Restart(String),
-    /// A tool actor replaced one of its workers, for the reason given.
-    WorkerReplaced(String, String),
+    Restart(Arc<ToolEntry>),
+    /// The tool actor with this id replaced one of its workers, for the
+    /// reason given.
+    WorkerReplaced(ActorId, String),
+    /// A reload: start the actors of these new entries (not yet in the
+    /// registry), with this restart policy from now on.
+    Start(Vec<Arc<ToolEntry>>, SupervisorConfig, RpcReplyPort<()>),
+    /// A reload left these entries behind: each actor stops once its calls
+    /// in flight are answered.
+    Retire(Vec<Arc<ToolEntry>>),
+    /// Look at the retired actors again.
+    Sweep,
 }
 
 pub struct ToolsSupervisorState {
     runtime: Arc<Runtime>,
     policy: SupervisorConfig,
-    budgets: HashMap<String, RestartBudget>,
-    /// Failures in a row per tool without `window` of running in between:
+    /// By entry id (a tool replaced by a reload starts with a fresh budget).
+    budgets: HashMap<u64, RestartBudget>,
+    /// Failures in a row per entry without `window` of running in between:
     /// the backoff's exponent, so it resets only after sustained health.
-    streaks: HashMap<String, u32>,
-    /// The live tool and server actors, and which tool each is.
-    children: HashMap<ActorId, (String, ActorCell)>,
+    streaks: HashMap<u64, u32>,
+    /// The live tool and server actors, and which entry each runs.
+    children: HashMap<ActorId, (Arc<ToolEntry>, ActorCell)>,
+    /// Retired entries whose actors still run, and since when.
+    draining: HashMap<u64, Instant>,
     seed: u64,
 }
+
+/// How often the retired actors are looked at.
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+/// How long a retired entry is left before its actor may stop: a call that
+/// routed to it just before the swap reaches its gate within this.
+const RETIRE_SETTLE: Duration = Duration::from_millis(250);
+/// Past its calls' deadline by this much, a retired actor stops anyway.
+const RETIRE_EXTRA: Duration = Duration::from_secs(5);
 
 impl Actor for ToolsSupervisor {
     type Msg = ToolsSupervisorMsg;
@@ -63,11 +85,20 @@ impl Actor for ToolsSupervisor {
             budgets: HashMap::new(),
             streaks: HashMap::new(),
             children: HashMap::new(),
+            draining: HashMap::new(),
             seed: u64::from(std::process::id()) << 32 | 0x9E37_79B9,
             runtime: runtime.clone(),
         };
-        for entry in runtime.tools.iter() {
+        for entry in runtime.tools().iter() {
             state.start(&myself, entry.clone()).await;
+        }
+        // A supervisor that died while a reload's old actors drained: those
+        // it cannot watch over any more are stopped now.
+        for entry in runtime.retired() {
+            if let Some(cell) = ractor::registry::where_is(entry.actor_name()) {
+                cell.stop(Some("its supervisor was restarted while it drained".into()));
+            }
+            runtime.forget_retired(entry.id);
         }
         Ok(state)
     }
@@ -90,22 +121,56 @@ impl Actor for ToolsSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ToolsSupervisorMsg::Restart(name) => {
-                if let Some(entry) = state.runtime.tools.get(&name).cloned() {
-                    match entry.state() {
-                        ToolState::Restarting { .. } => state.start(&myself, entry).await,
-                        ToolState::Failed { retry_at, .. } if Instant::now() >= retry_at => {
-                            tracing::info!(actor = names::TOOLS, tool = %name, "cool-off over: trying the failed tool again with a fresh budget");
-                            state.budgets.remove(&name);
-                            state.start(&myself, entry).await;
-                        }
-                        _ => {}
+            ToolsSupervisorMsg::Restart(entry) => {
+                if entry.retired().is_some() {
+                    return Ok(());
+                }
+                match entry.state() {
+                    ToolState::Restarting { .. } => state.start(&myself, entry).await,
+                    ToolState::Failed { retry_at, .. } if Instant::now() >= retry_at => {
+                        tracing::info!(actor = names::TOOLS, tool = %entry.spec.name, "cool-off over: trying the failed tool again with a fresh budget");
+                        state.budgets.remove(&entry.id);
+                        state.start(&myself, entry).await;
+                    }
+                    _ => {}
+                }
+            }
+            ToolsSupervisorMsg::WorkerReplaced(id, reason) => {
+                if let Some((entry, _)) = state.children.get(&id) {
+                    let entry = entry.clone();
+                    if entry.retired().is_none() {
+                        state.on_failure(&myself, &entry, &reason, true);
                     }
                 }
             }
-            ToolsSupervisorMsg::WorkerReplaced(name, reason) => {
-                if let Some(entry) = state.runtime.tools.get(&name).cloned() {
-                    state.on_failure(&myself, &entry, &reason, true);
+            ToolsSupervisorMsg::Start(entries, policy, reply) => {
+                state.policy = policy;
+                for entry in entries {
+                    state.start(&myself, entry).await;
+                }
+                let _ = reply.send(());
+            }
+            ToolsSupervisorMsg::Retire(entries) => {
+                let now = Instant::now();
+                for entry in entries {
+                    let live = state.children.values().any(|(e, _)| e.id == entry.id);
+                    if live {
+                        state.draining.insert(entry.id, now);
+                    } else {
+                        // Nothing runs it (restarting, failed, unavailable).
+                        state.runtime.forget_retired(entry.id);
+                    }
+                    state.budgets.remove(&entry.id);
+                    state.streaks.remove(&entry.id);
+                }
+                if !state.draining.is_empty() {
+                    myself.send_after(SWEEP_EVERY, || ToolsSupervisorMsg::Sweep);
+                }
+            }
+            ToolsSupervisorMsg::Sweep => {
+                state.sweep();
+                if !state.draining.is_empty() {
+                    myself.send_after(SWEEP_EVERY, || ToolsSupervisorMsg::Sweep);
                 }
             }
         }
@@ -121,15 +186,19 @@ impl Actor for ToolsSupervisor {
         let Some((cell, reason)) = child_ended(event) else {
             return Ok(());
         };
-        let Some((name, _)) = state.children.remove(&cell.get_id()) else {
+        let Some((entry, _)) = state.children.remove(&cell.get_id()) else {
             return Ok(());
         };
+        if entry.retired().is_some() {
+            tracing::info!(actor = names::TOOLS, tool = %entry.spec.name, actor_name = entry.actor_name(), why = entry.retired(), "retired actor stopped");
+            state.draining.remove(&entry.id);
+            state.runtime.forget_retired(entry.id);
+            return Ok(());
+        }
         if state.runtime.draining.is_cancelled() {
             return Ok(());
         }
-        let Some(entry) = state.runtime.tools.get(&name).cloned() else {
-            return Ok(());
-        };
+        let name = entry.spec.name.clone();
         let Some(m) = entry.spec.mcp() else {
             state.on_failure(&myself, &entry, &format!("tool actor {reason}"), false);
             return Ok(());
@@ -175,6 +244,29 @@ pub fn child_ended(event: SupervisionEvent) -> Option<(ActorCell, String)> {
 }
 
 impl ToolsSupervisorState {
+    /// Stops each retired actor whose calls are all answered (or that is
+    /// past their deadline: what still runs is answered by the watchdog).
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        for (entry, cell) in self.children.values() {
+            let Some(&since) = self.draining.get(&entry.id) else {
+                continue;
+            };
+            let waited = now.saturating_duration_since(since);
+            let idle = entry.gate.in_flight() == 0;
+            let overdue = waited >= entry.spec.deadline() + RETIRE_EXTRA;
+            if waited >= RETIRE_SETTLE && (idle || overdue) {
+                if overdue && !idle {
+                    tracing::warn!(actor = names::TOOLS, tool = %entry.spec.name, in_flight = entry.gate.in_flight(), "retired actor still has calls past their deadline; stopping it");
+                }
+                cell.stop(entry.retired().map(str::to_string));
+                // Stopped once; its supervision event forgets it.
+                self.draining
+                    .insert(entry.id, now + Duration::from_secs(3600));
+            }
+        }
+    }
+
     /// Starts (or restarts) a tool's actor; a failed spawn counts as a failure.
     async fn start(&mut self, myself: &ActorRef<ToolsSupervisorMsg>, entry: Arc<ToolEntry>) {
         let name = entry.spec.name.clone();
@@ -197,7 +289,7 @@ impl ToolsSupervisorState {
             }
         };
         entry.set(ToolState::Starting, None);
-        let actor_name = Some(entry.spec.actor_name());
+        let actor_name = Some(entry.actor_name().to_string());
         let sup = myself.get_cell();
         let spawned = match launch {
             // The server's actor marks it running once its handshake is
@@ -229,7 +321,7 @@ impl ToolsSupervisorState {
         };
         match spawned {
             Ok((cell, lanes)) => {
-                self.children.insert(cell.get_id(), (name.clone(), cell));
+                self.children.insert(cell.get_id(), (entry.clone(), cell));
                 if let Some(lanes) = lanes {
                     entry.set(ToolState::Running, Some(lanes as Arc<dyn Backend>));
                 }
@@ -257,7 +349,7 @@ impl ToolsSupervisorState {
         entry.set_last_error(reason);
         let budget = self
             .budgets
-            .entry(name.clone())
+            .entry(entry.id)
             .or_insert_with(|| RestartBudget::new(self.policy.max_restarts, self.policy.window));
         let Some(attempt) = budget.record(Instant::now()) else {
             let cooloff = self.policy.cooloff;
@@ -269,7 +361,7 @@ impl ToolsSupervisorState {
                 cooloff = %humantime::format_duration(cooloff),
                 "tool failed past its restart budget; its calls now answer unavailable until the cool-off ends"
             );
-            let live = self.children.iter().find(|(_, (n, _))| *n == name);
+            let live = self.children.iter().find(|(_, (e, _))| e.id == entry.id);
             if let Some((&id, (_, cell))) = live {
                 cell.stop(Some("restart budget spent".into()));
                 self.children.remove(&id);
@@ -285,7 +377,8 @@ impl ToolsSupervisorState {
                 },
                 None,
             );
-            myself.send_after(cooloff, move || ToolsSupervisorMsg::Restart(name));
+            let entry = entry.clone();
+            myself.send_after(cooloff, move || ToolsSupervisorMsg::Restart(entry));
             return;
         };
         entry.restarts.fetch_add(1, Ordering::Relaxed);
@@ -296,7 +389,7 @@ impl ToolsSupervisorState {
         }
         // Up for a whole window since its last start: healthy again, so the
         // backoff starts over from its minimum.
-        let streak = self.streaks.entry(name.clone()).or_default();
+        let streak = self.streaks.entry(entry.id).or_default();
         if entry.state() == ToolState::Running && entry.in_state_for() >= self.policy.window {
             *streak = 0;
         }
@@ -314,7 +407,8 @@ impl ToolsSupervisorState {
             },
             None,
         );
-        myself.send_after(delay, move || ToolsSupervisorMsg::Restart(name));
+        let entry = entry.clone();
+        myself.send_after(delay, move || ToolsSupervisorMsg::Restart(entry));
     }
 }
 
@@ -353,7 +447,7 @@ mod tests {
             Actor::spawn(Some(names::TOOLS.into()), ToolsSupervisor, runtime.clone())
                 .await
                 .unwrap();
-        let entry = runtime.tools.get("echo").unwrap().clone();
+        let entry = runtime.tools().get("echo").unwrap().clone();
         let echo = |rt: Arc<Runtime>| async move {
             let (session, _notices) = rt.open_session("stdio");
             let cancel = Default::default();

@@ -20,5 +20,6 @@ mod operator;
 mod protocol;
 mod readme;
 mod recovery;
+mod reload;
 mod shutdown;
 mod tools;

@@ -379,7 +379,7 @@ fn publish(entry: &ToolEntry, runtime: &Runtime, catalog: Catalog) {
     let changes = catalog.changes(&entry.catalog());
     // Resource URIs another server's template also matches: reads go to the
     // server that lists the URI, but the operator should know.
-    for other in runtime.tools.servers() {
+    for other in runtime.tools().servers() {
         if other.spec.name == entry.spec.name {
             continue;
         }
