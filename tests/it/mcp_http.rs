@@ -796,6 +796,64 @@ fn a_stateless_client_listens_for_list_changes_until_it_goes_or_warden_drains() 
 }
 
 #[test]
+fn over_http_a_reload_reaches_listening_clients_and_names_what_needs_a_restart() {
+    let port = free_port();
+    let mut s = setup(QUIET).start_http(port);
+    wait_listening(&mut s, port);
+    let (body, headers) = stateless_request(
+        1,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true}}),
+    );
+    let mut events = Events::open(port, &body, &headers);
+    assert!(events.next(Duration::from_secs(5)).is_some(), "an ack");
+
+    let actors = s.setup.path().join("actors");
+    std::fs::write(
+        actors.join("added.toml"),
+        "name = \"added\"\nkind = \"builtin\"\nbuiltin = \"echo\"\n",
+    )
+    .unwrap();
+    // [http] cannot change while warden listens: said, not ignored.
+    let config = s.setup.config_path();
+    std::fs::write(&config, format!("{QUIET}[http]\nmax_sessions = 7\n")).unwrap();
+    let out = crate::reload::ctl(&s.setup, &["reload"]);
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(printed.contains("1 added"), "{printed}");
+    assert!(
+        printed.contains("config.toml [http] changed: it takes effect when warden restarts"),
+        "{printed}"
+    );
+    let heard = events.next(Duration::from_secs(5)).expect("a list change");
+    assert_eq!(
+        heard["method"], "notifications/tools/list_changed",
+        "{heard}"
+    );
+
+    let mut conn = Conn::open(port);
+    let listed = stateless(&mut conn, 2, "tools/list", json!({}));
+    let names: Vec<&str> = listed.message()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.contains(&"added"), "{names:?}");
+    let called = stateless(
+        &mut conn,
+        3,
+        "tools/call",
+        json!({"name": "added", "arguments": {"message": "over http"}}),
+    );
+    assert_eq!(
+        called.message()["result"]["content"][0]["text"],
+        "over http",
+        "{called:?}"
+    );
+}
+
+#[test]
 fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_stay() {
     let port = free_port();
     // max_sessions = 8: the listener serves 64 connections at once.

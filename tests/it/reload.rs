@@ -13,7 +13,7 @@ use crate::harness::*;
 const CONFIG: &str =
     "[log]\nstderr = \"warn\"\n[supervisor]\nbackoff = { min = \"50ms\", max = \"200ms\" }\n";
 
-fn ctl(setup: &Setup, args: &[&str]) -> Output {
+pub fn ctl(setup: &Setup, args: &[&str]) -> Output {
     Command::new(WARDEN)
         .args(args)
         .env("WARDEN_CONTROL_DIR", setup.path().join("control"))

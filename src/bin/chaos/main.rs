@@ -845,7 +845,7 @@ fn strike(
     pid: i32,
     acts: &mut Actions,
 ) {
-    let (what, ok) = match rng.below(11) {
+    let (what, ok) = match rng.below(12) {
         0..=2 => {
             let actor = *rng.pick(ACTORS);
             (
@@ -892,6 +892,15 @@ fn strike(
                 operator(warden, control, pid, &["breaker", tool, action]),
             )
         }
+        8 => {
+            // A reload that changes one tool (the MCP server included): the
+            // new actor serves new calls, the old one finishes its own.
+            let tool = *rng.pick(&["sleepy", "spawn", "fx", "echo"]);
+            let ok = control.parent().is_some_and(|dir| {
+                toggle_description(&dir.join("actors").join(format!("{tool}.toml")))
+            }) && operator(warden, control, pid, &["reload"]);
+            ("warden reload (one actor file changed)", ok)
+        }
         7 => (
             // The MCP server exits mid-session, its calls in flight with it.
             "fx_crash (the MCP server exits)",
@@ -910,6 +919,20 @@ fn strike(
     if !ok {
         *acts.refused.entry(what).or_default() += 1;
     }
+}
+
+/// Adds a description to an actor file, or takes it away again: a change
+/// of the tool's spec, so a reload replaces it.
+fn toggle_description(file: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return false;
+    };
+    let text = match text.strip_prefix("description = \"reloaded\"\n") {
+        Some(rest) => rest.to_string(),
+        None => format!("description = \"reloaded\"\n{text}"),
+    };
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, file).is_ok()
 }
 
 // ---------------------------------------------------------------------------
