@@ -204,6 +204,38 @@ pub struct McpFields {
     /// by the server's own tool name: `{ write_file = ["files:write"] }`.
     #[serde(default)]
     pub export_scopes: std::collections::BTreeMap<String, Vec<String>>,
+    /// Export only these of the server's tools (by its names).
+    pub tools: Option<Vec<String>>,
+    /// Export all of the server's tools but these.
+    pub exclude: Option<Vec<String>>,
+    /// Export a tool under another name (before the prefix):
+    /// `{ create_issue = "new_issue" }`.
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+}
+
+/// Which of an MCP server's tools are exported, and as what (before the
+/// prefix). Prompts and resources are exported whole.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExportFilter {
+    pub only: Option<Vec<String>>,
+    pub exclude: Vec<String>,
+    pub rename: std::collections::BTreeMap<String, String>,
+}
+
+impl ExportFilter {
+    /// The name the server's tool `name` is exported under (before the
+    /// prefix), or none when it is not exported.
+    pub fn export<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        let listed = self
+            .only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|n| n == name));
+        if !listed || self.exclude.iter().any(|n| n == name) {
+            return None;
+        }
+        Some(self.rename.get(name).map_or(name, String::as_str))
+    }
 }
 
 /// One actor file, read by its kind.
@@ -408,6 +440,8 @@ pub struct McpSpec {
     pub restart: RestartType,
     /// Scopes one export needs besides the actor's, by the server's tool name.
     pub export_scopes: std::collections::BTreeMap<String, Vec<String>>,
+    /// `tools`, `exclude` and `rename`.
+    pub exports: ExportFilter,
 }
 
 impl McpSpec {
@@ -770,6 +804,7 @@ fn mcp_spec(
             );
         }
     }
+    let exports = export_filter(&prefix, m.tools, m.exclude, m.rename, bad);
     let spec = McpSpec {
         program,
         args: process.args,
@@ -782,10 +817,55 @@ fn mcp_spec(
         start_timeout,
         restart: m.restart.unwrap_or_default(),
         export_scopes: m.export_scopes,
+        exports,
     };
     let mut schema = Schema::new();
     schema.insert("type".into(), "object".into());
     (Some(ToolKindSpec::Mcp(spec)), schema)
+}
+
+/// `tools`, `exclude` and `rename`, checked: one of the first two, every
+/// new name valid once prefixed, no two tools renamed alike.
+fn export_filter(
+    prefix: &str,
+    only: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    rename: std::collections::BTreeMap<String, String>,
+    bad: &mut dyn FnMut(&str, String),
+) -> ExportFilter {
+    if only.is_some() && exclude.is_some() {
+        bad(
+            "exclude",
+            "give `tools` (what to export) or `exclude` (what not to), not both".into(),
+        );
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for (old, new) in &rename {
+        let exported = exported_name(prefix, new);
+        if !valid_tool_name(&exported) {
+            bad(
+                "rename",
+                format!("`{old}` = `{new}`: `{exported}` must match ^[a-zA-Z0-9_-]{{1,64}}$"),
+            );
+        }
+        if let Some(other) = seen.insert(new.as_str(), old.as_str()) {
+            bad(
+                "rename",
+                format!("`{other}` and `{old}` are both renamed `{new}`"),
+            );
+        }
+        if only.as_ref().is_some_and(|o| !o.contains(old)) {
+            bad(
+                "rename",
+                format!("`{old}` is renamed but not in `tools`, so it is not exported"),
+            );
+        }
+    }
+    ExportFilter {
+        only,
+        exclude: exclude.unwrap_or_default(),
+        rename,
+    }
 }
 
 fn command_spec(

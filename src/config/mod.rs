@@ -18,8 +18,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use actor::{
-    exported_name, looks_secret, secret_values, valid_tool_name, CommandSpec, Limits, McpSpec,
-    Priority, RestartType, ToolKindSpec, ToolSpec, DEFAULT_ENV_PASS, DEFAULT_MCP_ENV_PASS,
+    exported_name, looks_secret, secret_values, valid_tool_name, CommandSpec, ExportFilter, Limits,
+    McpSpec, Priority, RestartType, ToolKindSpec, ToolSpec, DEFAULT_ENV_PASS, DEFAULT_MCP_ENV_PASS,
     DEFAULT_PATH, DEFAULT_PING_EVERY, DEFAULT_PING_TIMEOUT, DEFAULT_START_TIMEOUT,
 };
 pub use builtin::Builtin;

@@ -194,14 +194,18 @@ impl Runtime {
 
     /// Asks for a reload and waits (with a deadline) for how it ended.
     pub async fn reload(&self, trigger: Trigger) -> Result<Outcome, String> {
+        if self.draining.is_cancelled() {
+            return Err("warden is shutting down".into());
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let request = reload::Request {
             trigger,
             reply: Some(tx),
         };
-        self.reloads
-            .try_send(request)
-            .map_err(|_| "too many reloads waiting; try again".to_string())?;
+        self.reloads.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => "too many reloads waiting; try again".to_string(),
+            mpsc::error::TrySendError::Closed(_) => "warden is shutting down".to_string(),
+        })?;
         match tokio::time::timeout(RELOAD_DEADLINE, rx).await {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(_)) => Err("warden is shutting down".into()),

@@ -806,3 +806,101 @@ fn a_2026_client_on_stdio_listens_for_list_changes_until_it_cancels() {
         "a cancelled request is not answered"
     );
 }
+
+/// `tools`, `exclude` and `rename` pick what a server exports; a name
+/// taken at run time (here: `prefix = ""` against warden's own `echo`) is
+/// skipped, logged and shown in status, and the call goes to the first owner.
+#[test]
+fn export_filters_pick_and_rename_tools_and_a_taken_name_is_skipped() {
+    let setup = Setup::new(CONFIG)
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+        .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+        .actor(
+            "fx",
+            &mcp_actor(
+                "fx",
+                &[],
+                "tools = [\"echo\", \"add\", \"pid\", \"nope\"]\nrename = { add = \"sum\" }\n",
+            ),
+        )
+        .actor(
+            "bare",
+            &mcp_actor(
+                "bare",
+                &[],
+                "prefix = \"\"\nexclude = [\"hang\", \"wedge\"]\n",
+            ),
+        );
+    let mut s = setup.start();
+    s.initialize();
+    wait_serving(&mut s, "fx_echo", Duration::from_secs(10));
+    wait_serving(&mut s, "pid", Duration::from_secs(10));
+    let id = s.request("tools/list", json!({}));
+    let listed = s.response(id);
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for want in ["fx_echo", "fx_sum", "fx_pid", "add", "pid", "echo"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for not in ["fx_add", "fx_sleep", "fx_hang", "hang", "wedge"] {
+        assert!(!names.contains(&not), "{not} exported: {names:?}");
+    }
+    assert_eq!(names.iter().filter(|n| **n == "echo").count(), 1);
+
+    let sum = s.call_result("fx_sum", json!({"a": 2, "b": 3}));
+    assert_eq!(sum["structuredContent"]["sum"], 5, "{sum}");
+    // What is not exported is not callable.
+    let sleep = s.call("fx_sleep", json!({"ms": 1}));
+    assert!(sleep["error"].is_object(), "{sleep}");
+    // `echo` is warden's own; `bare`'s is skipped (below), not listed twice.
+    let echo = s.call_result("echo", json!({"message": "own"}));
+    assert_eq!(text(&echo), "own");
+
+    let fx = tool_status(&mut s, "fx");
+    let skipped = fx["server"]["exports"]["skipped"].to_string();
+    assert!(
+        skipped.contains("nope") && skipped.contains("does not list it"),
+        "{skipped}"
+    );
+    let bare = tool_status(&mut s, "bare");
+    let skipped = bare["server"]["exports"]["skipped"].to_string();
+    assert!(
+        skipped.contains("`echo` is taken by warden's own tool"),
+        "{skipped}"
+    );
+}
+
+#[test]
+fn export_filters_that_cannot_work_are_config_problems() {
+    let setup = Setup::new(CONFIG)
+        .actor(
+            "a",
+            &mcp_actor("a", &[], "tools = [\"echo\"]\nexclude = [\"add\"]\n"),
+        )
+        .actor(
+            "b",
+            &mcp_actor(
+                "b",
+                &[],
+                "rename = { echo = \"x\", add = \"x\", pid = \"bad name\" }\n",
+            ),
+        )
+        .actor(
+            "c",
+            &mcp_actor("c", &[], "tools = [\"echo\"]\nrename = { add = \"sum\" }\n"),
+        );
+    let (code, out) = setup.check();
+    assert_eq!(code, Some(1), "{out}");
+    for want in [
+        "a.toml: exclude: give `tools`",
+        "b.toml: rename: `add` and `echo` are both renamed `x`",
+        "b.toml: rename: `pid` = `bad name`",
+        "c.toml: rename: `add` is renamed but not in `tools`",
+    ] {
+        assert!(out.contains(want), "{want:?} not in {out}");
+    }
+}

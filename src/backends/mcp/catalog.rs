@@ -8,19 +8,29 @@ use rmcp::model::{PaginatedRequestParams, Prompt, Resource, ResourceTemplate, To
 use rmcp::service::{Peer, RoleClient};
 use serde_json::{Map, Value};
 
-use crate::config::{exported_name, valid_tool_name};
+use crate::config::{exported_name, valid_tool_name, ExportFilter};
 use crate::core::catalog::{self, Catalog, Definition, Export};
 
 /// Renames what a server listed for export; names that would not be valid
-/// tool names are skipped, and said so.
+/// tool names, and a second tool under one name, are skipped and said so.
+/// `filter` picks and renames the tools; a tool it names that the server
+/// does not list is said too.
 pub fn build(
     prefix: &str,
+    filter: &ExportFilter,
     tools: Vec<Tool>,
     prompts: Vec<Prompt>,
     resources: Vec<Resource>,
     templates: Vec<ResourceTemplate>,
 ) -> Catalog {
     let mut c = Catalog::default();
+    for wanted in filter.only.iter().flatten().chain(filter.rename.keys()) {
+        if !tools.iter().any(|t| t.name == *wanted) {
+            c.skipped
+                .push(format!("tool {wanted:?}: the server does not list it"));
+        }
+    }
+    let mut twice = Vec::new();
     // Tools and prompts alike: an exported name reaches the client's
     // interface, and an ESC or a newline in it must not.
     let mut exported = |kind: &str, name: &str| {
@@ -34,14 +44,26 @@ pub fn build(
         ));
         None
     };
+    let mut names = std::collections::HashSet::new();
     let tools: Vec<_> = tools
         .into_iter()
-        .filter_map(|t| Some((exported("tool", &t.name)?, t)))
+        .filter_map(|t| {
+            let name = exported("tool", filter.export(&t.name)?)?;
+            if !names.insert(name.clone()) {
+                twice.push(format!(
+                    "tool {:?}: another of the server's tools is exported as `{name}`",
+                    t.name
+                ));
+                return None;
+            }
+            Some((name, t))
+        })
         .collect();
     let prompts: Vec<_> = prompts
         .into_iter()
         .filter_map(|p| Some((exported("prompt", &p.name)?, p)))
         .collect();
+    c.skipped.append(&mut twice);
     for (name, t) in tools {
         let downstream = Arc::from(t.name.as_ref());
         c.tools.push(export(&t, name, downstream));
@@ -124,7 +146,11 @@ where
 
 /// Lists the server's tools, and its prompts, resources and templates when
 /// its capabilities say it has them.
-pub async fn list_everything(peer: &Peer<RoleClient>, prefix: &str) -> Result<Catalog, ListError> {
+pub async fn list_everything(
+    peer: &Peer<RoleClient>,
+    prefix: &str,
+    filter: &ExportFilter,
+) -> Result<Catalog, ListError> {
     let caps = peer.peer_info().map(|i| i.capabilities.clone());
     let has = |f: fn(&rmcp::model::ServerCapabilities) -> bool| caps.as_ref().is_some_and(f);
     let params = |cursor| Some(PaginatedRequestParams::default().with_cursor(cursor));
@@ -161,7 +187,7 @@ pub async fn list_everything(peer: &Peer<RoleClient>, prefix: &str) -> Result<Ca
     } else {
         (Vec::new(), Vec::new())
     };
-    Ok(build(prefix, tools, prompts, resources, templates))
+    Ok(build(prefix, filter, tools, prompts, resources, templates))
 }
 
 fn export(item: &impl serde::Serialize, name: String, downstream: Arc<str>) -> Export {
@@ -203,6 +229,7 @@ mod tests {
         let long = "x".repeat(62);
         let c = build(
             "ev",
+            &ExportFilter::default(),
             vec![tool("echo"), tool(&long), tool("has space")],
             vec![],
             vec![],
@@ -217,10 +244,34 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_picks_and_renames_and_says_what_it_could_not() {
+        let filter = ExportFilter {
+            only: Some(vec!["a".into(), "b".into(), "gone".into()]),
+            exclude: vec![],
+            rename: [("a".to_string(), "b".to_string())].into(),
+        };
+        let c = build(
+            "p",
+            &filter,
+            vec![tool("a"), tool("b"), tool("c")],
+            vec![],
+            vec![],
+            vec![],
+        );
+        // `a` is exported as `p_b`; the server's own `b` would be a second `p_b`.
+        let names: Vec<(&str, &str)> = c.tools.iter().map(|t| (&*t.name, &*t.downstream)).collect();
+        assert_eq!(names, [("p_b", "a")]);
+        assert_eq!(c.skipped.len(), 2, "{:?}", c.skipped);
+        assert!(c.skipped[0].contains("\"gone\": the server does not list it"));
+        assert!(c.skipped[1].contains("\"b\": another of the server's tools is exported as `p_b`"));
+    }
+
+    #[test]
     fn prompt_names_are_checked_like_tool_names() {
         let prompt = |name: &str| Prompt::new(name, None::<String>, None);
         let c = build(
             "ev",
+            &ExportFilter::default(),
             vec![tool("bad\u{1b}]0;pwned\u{7}")],
             vec![
                 prompt("greet"),
@@ -241,8 +292,22 @@ mod tests {
 
     #[test]
     fn changes_are_seen_per_list() {
-        let a = build("p", vec![tool("a")], vec![], vec![], vec![]);
-        let b = build("p", vec![tool("a"), tool("b")], vec![], vec![], vec![]);
+        let a = build(
+            "p",
+            &ExportFilter::default(),
+            vec![tool("a")],
+            vec![],
+            vec![],
+            vec![],
+        );
+        let b = build(
+            "p",
+            &ExportFilter::default(),
+            vec![tool("a"), tool("b")],
+            vec![],
+            vec![],
+            vec![],
+        );
         let changes = a.changes(&b);
         assert!(changes.tools && !changes.prompts && !changes.resources);
         let same = a.changes(&a);

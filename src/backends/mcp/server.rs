@@ -174,6 +174,7 @@ impl Actor for ServerActor {
         let starter = {
             let myself = myself.clone();
             let prefix = spec.prefix.clone();
+            let filter = spec.exports.clone();
             let start_timeout = spec.start_timeout;
             let max_line = runtime.config.server.max_line.0 as usize;
             tokio::spawn(async move {
@@ -183,7 +184,7 @@ impl Actor for ServerActor {
                         .serve(ChildTransport::new(stdout, stdin, max_line).with_progress(tap))
                         .await
                         .map_err(|e| format!("the MCP handshake failed: {e}"))?;
-                    let catalog = list_everything(service.peer(), &prefix)
+                    let catalog = list_everything(service.peer(), &prefix, &filter)
                         .await
                         .map_err(|e| e.to_string())?;
                     Ok::<_, String>((service, catalog))
@@ -269,7 +270,7 @@ impl Actor for ServerActor {
                 let spec = &state.spec;
                 let listed = tokio::time::timeout(
                     spec.ping_timeout.max(Duration::from_secs(5)),
-                    list_everything(service.peer(), &spec.prefix),
+                    list_everything(service.peer(), &spec.prefix, &spec.exports),
                 )
                 .await;
                 match listed {
@@ -372,14 +373,39 @@ async fn wait_ended(mut ended: watch::Receiver<Option<String>>) {
 }
 
 /// Stores a server's catalog in its entry and tells the client what changed.
-fn publish(entry: &ToolEntry, runtime: &Runtime, catalog: Catalog) {
+/// A tool exported under a name already taken (by one of warden's own tools
+/// or another server's export: possible with `prefix = ""` or `rename`) is
+/// skipped, and said so: the name stays with what had it first.
+fn publish(entry: &ToolEntry, runtime: &Runtime, mut catalog: Catalog) {
+    let registry = runtime.tools();
+    let taken = |name: &str| -> Option<String> {
+        if registry.get(name).is_some_and(|e| e.spec.mcp().is_none()) {
+            return Some(format!("warden's own tool `{name}`"));
+        }
+        registry
+            .servers()
+            .filter(|o| o.spec.name != entry.spec.name)
+            .find(|o| o.catalog().tool(name).is_some())
+            .map(|o| format!("MCP server `{}`", o.spec.name))
+    };
+    let skipped = &mut catalog.skipped;
+    catalog.tools.retain(|t| match taken(&t.name) {
+        Some(owner) => {
+            skipped.push(format!(
+                "tool {:?}: `{}` is taken by {owner}",
+                &*t.downstream, t.name
+            ));
+            false
+        }
+        None => true,
+    });
     for s in &catalog.skipped {
         tracing::warn!(actor = %entry.spec.actor_name(), skipped = %s, "not exported");
     }
     let changes = catalog.changes(&entry.catalog());
     // Resource URIs another server's template also matches: reads go to the
     // server that lists the URI, but the operator should know.
-    for other in runtime.tools().servers() {
+    for other in registry.servers() {
         if other.spec.name == entry.spec.name {
             continue;
         }
