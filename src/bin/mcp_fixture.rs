@@ -47,6 +47,9 @@
 //!                             `tools changed`
 //! extra {}                    (only when toggled on) text `extra`
 //! pid {}                      text of the process id
+//! touch {uri}                 send notifications/resources/updated for uri
+//! subscriptions {}            the resources/subscribe and unsubscribe seen,
+//!                             one `subscribe URI` / `unsubscribe URI` a line
 //!
 //! Prompts: `greet {name}` gives one user message `Hello, <name>!`.
 //! Resources: `fixture://hello` (text `hello from the fixture`) and the
@@ -188,6 +191,8 @@ impl Args {
 
 #[derive(Clone)]
 struct Fixture {
+    /// `subscribe URI` and `unsubscribe URI`, as they came.
+    subscriptions: Arc<Mutex<Vec<String>>>,
     tools: Arc<Vec<Tool>>,
     extra: Arc<Tool>,
     extra_enabled: Arc<AtomicBool>,
@@ -303,8 +308,23 @@ impl Fixture {
                 no_args(),
             ),
             Tool::new("pid", "Return the process id", no_args()),
+            Tool::new(
+                "touch",
+                "Send notifications/resources/updated for a URI",
+                schema(json!({
+                    "type": "object",
+                    "required": ["uri"],
+                    "properties": {"uri": {"type": "string"}}
+                })),
+            ),
+            Tool::new(
+                "subscriptions",
+                "The resources/subscribe and unsubscribe requests seen",
+                no_args(),
+            ),
         ];
         Fixture {
+            subscriptions: Arc::default(),
             tools: Arc::new(tools),
             extra: Arc::new(Tool::new(
                 "extra",
@@ -389,6 +409,7 @@ impl ServerHandler for Fixture {
                 .enable_tool_list_changed()
                 .enable_prompts()
                 .enable_resources()
+                .enable_resources_subscribe()
                 .build(),
         )
         .with_server_info(Implementation::new(
@@ -513,6 +534,17 @@ impl ServerHandler for Fixture {
             }
             "extra" if self.extra_enabled.load(Ordering::SeqCst) => text("extra"),
             "pid" => text(std::process::id().to_string()),
+            "touch" => {
+                let uri = args.str("uri")?;
+                let _ = context
+                    .peer
+                    .notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(
+                        uri,
+                    ))
+                    .await;
+                text("touched")
+            }
+            "subscriptions" => text(self.subscriptions.lock().unwrap().join("\n")),
             _ => Err(McpError::invalid_params(
                 format!("unknown tool `{}`", request.name),
                 Some(json!({"field": "name", "value": request.name})),
@@ -577,6 +609,26 @@ impl ServerHandler for Fixture {
         Ok(ListResourceTemplatesResult::with_all_items(vec![
             ResourceTemplate::new("fixture://item/{id}", "item").with_mime_type("text/plain"),
         ]))
+    }
+
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let line = format!("subscribe {}", request.uri);
+        self.subscriptions.lock().unwrap().push(line);
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let line = format!("unsubscribe {}", request.uri);
+        self.subscriptions.lock().unwrap().push(line);
+        Ok(())
     }
 
     async fn read_resource(

@@ -286,6 +286,26 @@ impl Runtime {
         line
     }
 
+    /// Whether an open session other than `except` is subscribed to `uri`.
+    pub fn subscribed_elsewhere(&self, uri: &str, except: u64) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .any(|s| s.id != except && !s.cancel().is_cancelled() && s.subscribed(uri))
+    }
+
+    /// Every resource URI an open session is subscribed to.
+    pub fn subscribed_uris(&self) -> std::collections::BTreeSet<String> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|s| !s.cancel().is_cancelled())
+            .flat_map(|s| s.subscriptions())
+            .collect()
+    }
+
     /// Tells every open session.
     pub fn notify(&self, notice: Notice) {
         self.notices.send(notice);

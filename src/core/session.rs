@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Notices buffered per session before a slow one starts losing them.
 pub const NOTICE_BUFFER: usize = 256;
+/// Resources one session may be subscribed to at once.
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
 
 /// Something a client should hear about without asking.
 #[derive(Debug, Clone)]
@@ -23,6 +25,11 @@ pub enum Notice {
     ToolsChanged,
     PromptsChanged,
     ResourcesChanged,
+    /// An MCP server says a resource changed: for the sessions subscribed
+    /// to its URI.
+    ResourceUpdated {
+        uri: String,
+    },
     /// A log message of an MCP server.
     Log {
         level: LogLevel,
@@ -118,7 +125,16 @@ pub struct Session {
     opened: Instant,
     /// When the last call began, in ms after `opened`.
     last_call_ms: AtomicU64,
+    /// The resource URIs the client subscribed to.
+    resources: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
+
+/// A subscription past [`MAX_SUBSCRIPTIONS`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a session may subscribe to at most {MAX_SUBSCRIPTIONS} resources; unsubscribe from some first"
+)]
+pub struct TooManySubscriptions;
 
 /// No `logging/setLevel` yet.
 const LEVEL_UNSET: u8 = u8::MAX;
@@ -141,6 +157,7 @@ impl Session {
             principal: OnceLock::new(),
             opened: Instant::now(),
             last_call_ms: AtomicU64::new(0),
+            resources: Default::default(),
         };
         (session, notices.subscribe())
     }
@@ -185,6 +202,35 @@ impl Session {
     /// Ends the session: its calls are cancelled.
     pub fn end(&self) {
         self.cancel.cancel();
+    }
+
+    fn resources(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.resources.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes to `uri`; false when it already was.
+    pub fn subscribe(&self, uri: &str) -> Result<bool, TooManySubscriptions> {
+        let mut resources = self.resources();
+        if resources.contains(uri) {
+            return Ok(false);
+        }
+        if resources.len() >= MAX_SUBSCRIPTIONS {
+            return Err(TooManySubscriptions);
+        }
+        Ok(resources.insert(uri.to_string()))
+    }
+
+    /// Unsubscribes from `uri`; false when it was not subscribed.
+    pub fn unsubscribe(&self, uri: &str) -> bool {
+        self.resources().remove(uri)
+    }
+
+    pub fn subscribed(&self, uri: &str) -> bool {
+        self.resources().contains(uri)
+    }
+
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.resources().iter().cloned().collect()
     }
 
     pub fn set_level(&self, level: LogLevel) {

@@ -14,9 +14,9 @@ use rmcp::model::{
     ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
     LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
     ProgressNotificationParam, ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams,
-    ReadResourceResponse, Reference, ResultType, ServerCapabilities, ServerConfig, ServerResult,
-    SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, SubscriptionFilter, Tool,
-    UnsubscribeRequest, UnsubscribeRequestParams,
+    ReadResourceResponse, Reference, ResourceUpdatedNotificationParam, ResultType,
+    ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams, SubscribeRequest,
+    SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequest, UnsubscribeRequestParams,
 };
 use rmcp::service::{RequestContext, RoleServer, SubscriptionContext, SubscriptionSendError};
 use rmcp::{ErrorData as McpError, Peer, ServerHandler};
@@ -106,6 +106,7 @@ impl Offer {
             .enable_prompts_list_changed()
             .enable_resources()
             .enable_resources_list_changed()
+            .enable_resources_subscribe()
             .enable_completions()
             .build();
         Offer {
@@ -216,7 +217,109 @@ impl WardenServer {
         request: ClientRequest,
         context: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, McpError> {
-        let principal = principal_of(context);
+        self.forward_as(entry, request, principal_of(context), &context.ct)
+            .await
+    }
+
+    /// Subscribes the session to `uri`; its server hears it from the first
+    /// session only (as `resources/subscribe`: warden's servers speak the
+    /// protocols before 2026-07-28, where it is not deprecated).
+    #[allow(deprecated)]
+    async fn watch(&self, uri: &str, context: &RequestContext<RoleServer>) -> Result<(), McpError> {
+        let entry = self.owner_of(uri)?;
+        let elsewhere = self.runtime.subscribed_elsewhere(uri, self.session.id);
+        let new = self
+            .session
+            .subscribe(uri)
+            .map_err(|e| McpError::invalid_params(e.to_string(), Some(json!({"uri": uri}))))?;
+        if !new || elsewhere {
+            return Ok(());
+        }
+        let request = ClientRequest::SubscribeRequest(SubscribeRequest::new(
+            SubscribeRequestParams::new(uri),
+        ));
+        if let Err(e) = self.forward(&entry, request, context).await {
+            self.session.unsubscribe(uri);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes the session from `uri`; its server hears it once no
+    /// other session is subscribed.
+    #[allow(deprecated)]
+    async fn unwatch_as(
+        &self,
+        uri: &str,
+        principal: Option<Arc<Principal>>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), McpError> {
+        if !self.session.unsubscribe(uri) || self.runtime.subscribed_elsewhere(uri, self.session.id)
+        {
+            return Ok(());
+        }
+        let Some(entry) = self.runtime.tools().route_uri(uri).cloned() else {
+            return Ok(());
+        };
+        let request = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(
+            UnsubscribeRequestParams::new(uri),
+        ));
+        self.forward_as(&entry, request, principal, cancel)
+            .await
+            .map(drop)
+    }
+
+    /// The list changes and resource updates for one `subscriptions/listen`,
+    /// until it ends.
+    async fn listen_until_ended(
+        &self,
+        notices: &mut broadcast::Receiver<Notice>,
+        sink: &rmcp::service::SubscriptionSink,
+        subscription: &SubscriptionContext,
+    ) -> Result<(), McpError> {
+        loop {
+            let notice = tokio::select! {
+                _ = subscription.cancelled() => return Ok(()),
+                _ = self.runtime.draining.cancelled() => return Ok(()),
+                notice = notices.recv() => notice,
+            };
+            let sent = match notice {
+                Ok(Notice::ToolsChanged) => sink.notify_tool_list_changed().await,
+                Ok(Notice::PromptsChanged) => sink.notify_prompt_list_changed().await,
+                Ok(Notice::ResourcesChanged) => sink.notify_resource_list_changed().await,
+                // The sink passes only the URIs the subscription named.
+                Ok(Notice::ResourceUpdated { uri }) => sink.notify_resource_updated(uri).await,
+                // Log messages have no place on a subscription stream.
+                Ok(Notice::Log { .. }) => continue,
+                // Changes were missed: every list may be stale.
+                Err(broadcast::error::RecvError::Lagged(dropped)) => {
+                    tracing::warn!(
+                        actor = names::TRANSPORT,
+                        session = self.session.id,
+                        dropped,
+                        "notices dropped on a subscription: the client read them too slowly"
+                    );
+                    let _ = sink.notify_tool_list_changed().await;
+                    let _ = sink.notify_prompt_list_changed().await;
+                    sink.notify_resource_list_changed().await
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            };
+            match sent {
+                Ok(()) | Err(SubscriptionSendError::NotificationNotAccepted(_)) => {}
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// A request for an MCP server on behalf of `principal`, cancelled by `cancel`.
+    async fn forward_as(
+        &self,
+        entry: &ToolEntry,
+        request: ClientRequest,
+        principal: Option<Arc<Principal>>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<ServerResult, McpError> {
         if let Some(p) = &principal {
             let missing = p.lacks(&entry.spec.scopes);
             if !missing.is_empty() {
@@ -233,7 +336,7 @@ impl WardenServer {
         let ctx = CallCtx {
             session: &self.session,
             principal: principal.as_deref(),
-            cancel: &context.ct,
+            cancel,
             progress: None,
         };
         // Boxed, like every forwarded request: rmcp spawns one future type
@@ -447,44 +550,42 @@ impl ServerHandler for WardenServer {
         }
     }
 
-    /// To the server of the URI. Its `notifications/resources/updated` are
-    /// not passed on yet, so warden does not declare `resources.subscribe`.
+    /// The session subscribes; the server of the URI hears it only from the
+    /// first session that does (its `notifications/resources/updated` then go
+    /// to every session subscribed).
     async fn subscribe(
         &self,
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        let entry = self.owner_of(&request.uri)?;
-        let request = ClientRequest::SubscribeRequest(SubscribeRequest::new(request));
-        self.forward(&entry, request, &context).await.map(drop)
+        self.watch(&request.uri, &context).await
     }
 
+    /// The server hears it only when no other session is still subscribed.
     async fn unsubscribe(
         &self,
         request: UnsubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        let entry = self.owner_of(&request.uri)?;
-        let request = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(request));
-        self.forward(&entry, request, &context).await.map(drop)
+        self.unwatch_as(&request.uri, principal_of(&context), &context.ct)
+            .await
     }
 
-    /// `subscriptions/listen` (2026-07-28): the list changes, each on the
-    /// stream of the request that asked for them. Updates of single
-    /// resources are not passed on from the servers yet (issue 17), so
-    /// a filter naming resources gets back none of them.
+    /// `subscriptions/listen` (2026-07-28): the list changes and the updates
+    /// of the resources named, each on the stream of the request that asked
+    /// for them.
     fn accepted_subscription_filter(
         &self,
-        _requested: &SubscriptionFilter,
+        requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
         // rmcp keeps what was asked for and what `get_info` declares.
-        Some(
-            SubscriptionFilter::builder()
-                .tools_list_changed()
-                .prompts_list_changed()
-                .resources_list_changed()
-                .build(),
-        )
+        let mut accepted = SubscriptionFilter::builder()
+            .tools_list_changed()
+            .prompts_list_changed()
+            .resources_list_changed()
+            .build();
+        accepted.resource_subscriptions = requested.resource_subscriptions.clone();
+        Some(accepted)
     }
 
     /// Until the client goes away (its stream closes, which cancels the
@@ -494,37 +595,29 @@ impl ServerHandler for WardenServer {
         let mut notices = self.runtime.notices();
         let sink = subscription.sink().clone();
         tracing::debug!(actor = names::TRANSPORT, session = self.session.id, accepted = ?sink.accepted(), "subscription opened");
-        loop {
-            let notice = tokio::select! {
-                _ = subscription.cancelled() => return Ok(()),
-                _ = self.runtime.draining.cancelled() => return Ok(()),
-                notice = notices.recv() => notice,
-            };
-            let sent = match notice {
-                Ok(Notice::ToolsChanged) => sink.notify_tool_list_changed().await,
-                Ok(Notice::PromptsChanged) => sink.notify_prompt_list_changed().await,
-                Ok(Notice::ResourcesChanged) => sink.notify_resource_list_changed().await,
-                // Log messages have no place on a subscription stream.
-                Ok(Notice::Log { .. }) => continue,
-                // Changes were missed: every list may be stale.
-                Err(broadcast::error::RecvError::Lagged(dropped)) => {
-                    tracing::warn!(
-                        actor = names::TRANSPORT,
-                        session = self.session.id,
-                        dropped,
-                        "notices dropped on a subscription: the client read them too slowly"
-                    );
-                    let _ = sink.notify_tool_list_changed().await;
-                    let _ = sink.notify_prompt_list_changed().await;
-                    sink.notify_resource_list_changed().await
-                }
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
-            };
-            match sent {
-                Ok(()) | Err(SubscriptionSendError::NotificationNotAccepted(_)) => {}
-                Err(_) => return Ok(()),
+        // The resources named are this session's subscriptions while it listens.
+        let uris = sink
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        for uri in &uris {
+            if let Err(e) = self.watch(uri, subscription.request_context()).await {
+                tracing::info!(actor = names::TRANSPORT, session = self.session.id, %uri, error = %e.message, "a resource of the subscription cannot be watched");
             }
         }
+        let ended = self
+            .listen_until_ended(&mut notices, &sink, &subscription)
+            .await;
+        // The request is over (its token cancelled): the server is told on a
+        // token of its own, bounded by the server's deadline.
+        let principal = principal_of(subscription.request_context());
+        for uri in &uris {
+            let _ = self
+                .unwatch_as(uri, principal.clone(), &Default::default())
+                .await;
+        }
+        ended
     }
 
     /// Over HTTP, list changes and log messages reach a session once its
@@ -697,6 +790,14 @@ pub async fn forward_notices(
             Notice::ToolsChanged => peer.notify_tool_list_changed().await.is_ok(),
             Notice::PromptsChanged => peer.notify_prompt_list_changed().await.is_ok(),
             Notice::ResourcesChanged => peer.notify_resource_list_changed().await.is_ok(),
+            Notice::ResourceUpdated { uri } => {
+                if !session.subscribed(&uri) {
+                    continue;
+                }
+                peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
+                    .await
+                    .is_ok()
+            }
             Notice::Log {
                 level,
                 logger,

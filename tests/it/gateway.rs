@@ -904,3 +904,47 @@ fn export_filters_that_cannot_work_are_config_problems() {
         assert!(out.contains(want), "{want:?} not in {out}");
     }
 }
+
+/// `resources/subscribe` reaches the server once, its updates reach the
+/// subscribed session only for what it subscribed to, and unsubscribing
+/// tells the server.
+#[test]
+fn resource_updates_pass_through_to_the_subscribed_session() {
+    let mut s = setup_fx(CONFIG, &[], "").start();
+    let init = s.initialize();
+    assert_eq!(
+        init["result"]["capabilities"]["resources"]["subscribe"], true,
+        "{init}"
+    );
+    wait_serving(&mut s, "fx_echo", Duration::from_secs(10));
+    let subscribe = |s: &mut Server, method: &str| {
+        let id = s.request(method, json!({"uri": "fixture://hello"}));
+        let r = s.response(id);
+        assert!(r["result"].is_object(), "{method}: {r}");
+    };
+    subscribe(&mut s, "resources/subscribe");
+    subscribe(&mut s, "resources/subscribe");
+    let seen = text(&s.call_result("fx_subscriptions", json!({})));
+    assert_eq!(seen, "subscribe fixture://hello", "once downstream");
+
+    let updated = |s: &mut Server, wait: Duration| {
+        s.next_matching(wait, |v| v["method"] == "notifications/resources/updated")
+    };
+    s.call_result("fx_touch", json!({"uri": "fixture://hello"}));
+    let heard = updated(&mut s, Duration::from_secs(5)).expect("the update");
+    assert_eq!(heard["params"]["uri"], "fixture://hello", "{heard}");
+    s.call_result("fx_touch", json!({"uri": "fixture://item/1"}));
+    assert!(
+        updated(&mut s, Duration::from_millis(300)).is_none(),
+        "an update for a URI the session did not subscribe to"
+    );
+
+    subscribe(&mut s, "resources/unsubscribe");
+    let seen = text(&s.call_result("fx_subscriptions", json!({})));
+    assert_eq!(
+        seen,
+        "subscribe fixture://hello\nunsubscribe fixture://hello"
+    );
+    s.call_result("fx_touch", json!({"uri": "fixture://hello"}));
+    assert!(updated(&mut s, Duration::from_millis(300)).is_none());
+}

@@ -265,6 +265,10 @@ fn a_reload_under_load_adds_changes_and_removes_tools_and_refuses_a_broken_set()
 fn sighup_reloads_the_same_way() {
     let mut s = setup().start();
     s.initialize();
+    crate::gateway::wait_serving(&mut s, "fx_echo", Duration::from_secs(10));
+    // The server's own list change at start is not the one this test waits for.
+    s.next_matching(Duration::from_millis(300), |_| false);
+    s.arrived_before(|v| v["method"] == "notifications/tools/list_changed");
     write_actor(&s.setup, "added", &builtin("added", "echo"));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(s.pid()),

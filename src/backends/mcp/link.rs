@@ -12,7 +12,7 @@ use ractor::ActorRef;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest,
     GetExtensions, Implementation, LoggingMessageNotificationParam, ProgressNotificationParam,
-    ProgressToken, ProtocolVersion, ServerResult,
+    ProgressToken, ProtocolVersion, ResourceUpdatedNotificationParam, ServerResult,
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RoleClient, ServiceError};
 use rmcp::ClientHandler;
@@ -383,7 +383,23 @@ impl ClientHandler for Downstream {
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
         let _ = self.actor.cast(ServerMsg::Refresh);
     }
+
+    /// To the sessions subscribed to the URI (each session's forwarder
+    /// looks); a URI longer than any a client could have subscribed to is dropped.
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if params.uri.len() <= MAX_URI {
+            self.runtime
+                .notify(Notice::ResourceUpdated { uri: params.uri });
+        }
+    }
 }
+
+/// The longest resource URI whose updates are passed on.
+const MAX_URI: usize = 8 * 1024;
 
 #[cfg(test)]
 mod tests {
