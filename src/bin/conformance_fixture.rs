@@ -6,9 +6,9 @@
 //! suite meets these names through the gateway.
 //!
 //! The tools that need the client (`test_sampling`, `test_elicitation*`)
-//! answer an error when the client did not declare the capability, as the
-//! suite's descriptions allow: warden does not yet pass a server's requests
-//! on to its client.
+//! send it `sampling/createMessage` or `elicitation/create` as the suite's
+//! descriptions say, and answer an error when the client (warden, for its
+//! client) did not declare the capability or answered one.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -19,12 +19,23 @@ use rmcp::model::{
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
     ProgressNotificationParam, Prompt, ProtocolVersion, ReadResourceRequestParams,
     ReadResourceResponse, ReadResourceResult, Resource, ResourceTemplate, ServerCapabilities,
-    ServerConfig, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
+    ServerConfig, ServerRequest, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData as McpError, ServerHandler, ServiceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+
+/// A string argument of a tool call ("" when missing).
+fn arg(request: &CallToolRequestParams, name: &str) -> String {
+    request
+        .arguments
+        .as_ref()
+        .and_then(|a| a.get(name))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
 
 /// A 1×1 red PNG.
 const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
@@ -160,23 +171,123 @@ impl Conformance {
         text("Tool with progress executed successfully")
     }
 
-    fn needs_client(
+    /// Sends the client `request` (built from JSON) and returns its answer as
+    /// JSON, or the error result the tool answers.
+    async fn ask_client(
         &self,
         context: &RequestContext<RoleServer>,
         capability: &str,
-    ) -> Result<CallToolResponse, McpError> {
+        request: Value,
+    ) -> Result<Value, CallToolResponse> {
+        let fail = |why: String| {
+            result(json!({"isError": true, "content": [{"type": "text", "text": why}]}))
+                .unwrap_or_else(|e| {
+                    CallToolResponse::from(CallToolResult::error(vec![
+                        rmcp::model::ContentBlock::text(e.message.to_string()),
+                    ]))
+                })
+        };
         let caps = context.peer.peer_info().map(|i| i.capabilities.clone());
         let has = match capability {
             "sampling" => caps.is_some_and(|c| c.sampling.is_some()),
             _ => caps.is_some_and(|c| c.elicitation.is_some()),
         };
-        // Not reached through warden today: it declares neither to its servers.
-        let why = if has {
-            format!("this fixture does not send {capability} requests yet")
-        } else {
-            format!("the client does not support {capability}")
+        if !has {
+            return Err(fail(format!("the client does not support {capability}")));
+        }
+        let request = serde_json::from_value::<ServerRequest>(request)
+            .map_err(|e| fail(format!("the fixture built a bad request: {e}")))?;
+        match context.peer.send_request(request).await {
+            Ok(answer) => serde_json::to_value(answer).map_err(|e| fail(e.to_string())),
+            Err(e) => Err(fail(format!("the client answered an error: {e}"))),
+        }
+    }
+
+    async fn sampling(
+        &self,
+        context: &RequestContext<RoleServer>,
+        prompt: &str,
+    ) -> Result<CallToolResponse, McpError> {
+        let request = json!({"method": "sampling/createMessage", "params": {
+            "messages": [{"role": "user", "content": {"type": "text", "text": prompt}}],
+            "maxTokens": 100
+        }});
+        match self.ask_client(context, "sampling", request).await {
+            Ok(answer) => {
+                let said = answer["content"]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                text(&format!("LLM response: {said}"))
+            }
+            Err(failed) => Ok(failed),
+        }
+    }
+
+    async fn elicitation(
+        &self,
+        context: &RequestContext<RoleServer>,
+        tool: &str,
+        message: &str,
+    ) -> Result<CallToolResponse, McpError> {
+        let schema = match tool {
+            "test_elicitation" => json!({
+                "type": "object",
+                "properties": {
+                    "username": {"type": "string", "description": "User's response"},
+                    "email": {"type": "string", "description": "User's email address"}
+                },
+                "required": ["username", "email"]
+            }),
+            "test_elicitation_sep1034_defaults" => json!({
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "default": "John Doe"},
+                    "age": {"type": "integer", "default": 30},
+                    "score": {"type": "number", "default": 95.5},
+                    "status": {"type": "string", "enum": ["active", "inactive", "pending"], "default": "active"},
+                    "verified": {"type": "boolean", "default": true}
+                }
+            }),
+            _ => json!({
+                "type": "object",
+                "properties": {
+                    "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+                    "titledSingle": {"type": "string", "oneOf": [
+                        {"const": "value1", "title": "First Option"},
+                        {"const": "value2", "title": "Second Option"},
+                        {"const": "value3", "title": "Third Option"}
+                    ]},
+                    "legacyEnum": {"type": "string", "enum": ["opt1", "opt2", "opt3"],
+                        "enumNames": ["Option One", "Option Two", "Option Three"]},
+                    "untitledMulti": {"type": "array", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+                    "titledMulti": {"type": "array", "items": {"anyOf": [
+                        {"const": "value1", "title": "First Choice"},
+                        {"const": "value2", "title": "Second Choice"},
+                        {"const": "value3", "title": "Third Choice"}
+                    ]}}
+                }
+            }),
         };
-        result(json!({"isError": true, "content": [{"type": "text", "text": why}]}))
+        let request = json!({"method": "elicitation/create", "params": {
+            "mode": "form", "message": message, "requestedSchema": schema
+        }});
+        match self.ask_client(context, "elicitation", request).await {
+            Ok(answer) => {
+                let action = answer["action"].as_str().unwrap_or("?").to_string();
+                let content = answer["content"].to_string();
+                if tool == "test_elicitation" {
+                    text(&format!(
+                        "User response: <action: {action}, content: {content}>"
+                    ))
+                } else {
+                    text(&format!(
+                        "Elicitation completed: action={action}, content={content}"
+                    ))
+                }
+            }
+            Err(failed) => Ok(failed),
+        }
     }
 }
 
@@ -240,10 +351,19 @@ impl ServerHandler for Conformance {
             "test_tool_with_progress" => self.progress(&context).await,
             "test_error_handling" => result(json!({"isError": true, "content": [
                 {"type": "text", "text": "This tool intentionally returns an error for testing"}]})),
-            "test_sampling" => self.needs_client(&context, "sampling"),
-            "test_elicitation"
-            | "test_elicitation_sep1034_defaults"
-            | "test_elicitation_sep1330_enums" => self.needs_client(&context, "elicitation"),
+            "test_sampling" => {
+                let prompt = arg(&request, "prompt");
+                self.sampling(&context, &prompt).await
+            }
+            "test_elicitation" => {
+                let message = arg(&request, "message");
+                self.elicitation(&context, "test_elicitation", &message)
+                    .await
+            }
+            tool @ ("test_elicitation_sep1034_defaults" | "test_elicitation_sep1330_enums") => {
+                self.elicitation(&context, tool, "Please review these fields")
+                    .await
+            }
             "json_schema_2020_12_tool" => text("ok"),
             other => Err(McpError::invalid_params(
                 format!("unknown tool `{other}`"),

@@ -80,6 +80,16 @@ pub struct CallCtx<'a> {
     /// The client's cancellation of this request.
     pub cancel: &'a CancellationToken,
     pub progress: Option<ProgressFn>,
+    /// Asks the client something on a server's behalf during the call.
+    pub asker: Option<Arc<dyn Asker>>,
+}
+
+/// The client of a call, for the requests a server makes of it while the
+/// call runs (sampling, elicitation, roots). The request and the answer are
+/// the protocol's own types in `Payload`s (the answer may be an error the
+/// client gave); the protocol layer implements it.
+pub trait Asker: Send + Sync {
+    fn ask(&self, request: Payload) -> BoxFuture<'static, Payload>;
 }
 
 /// Something the runtime passes through without reading: a downstream
@@ -145,6 +155,8 @@ pub struct Call {
     pub progress: Option<ProgressFn>,
     /// The lane of the tool's gate the call holds: `0..concurrency`.
     pub lane: usize,
+    /// The call's client, for a server's requests to it.
+    pub asker: Option<Arc<dyn Asker>>,
 }
 
 /// What runs a running tool's calls: its actor's workers, or the link to
@@ -204,6 +216,7 @@ trait Work {
 struct ToolCall {
     tool: Arc<str>,
     args: Map<String, Value>,
+    asker: Option<Arc<dyn Asker>>,
 }
 
 impl Work for ToolCall {
@@ -222,6 +235,7 @@ impl Work for ToolCall {
             cancel,
             progress,
             lane,
+            asker: self.asker,
         })
     }
 }
@@ -276,7 +290,11 @@ impl Runtime {
         let result = match check_args(&entry.validator, &args) {
             Ok(()) => {
                 let args = args.as_object_mut().map(std::mem::take).unwrap_or_default();
-                let work = ToolCall { tool: name, args };
+                let work = ToolCall {
+                    tool: name,
+                    args,
+                    asker: ctx.asker.clone(),
+                };
                 self.admit_and_run(ctx, entry, work, started).await
             }
             Err(e) => Err(e),

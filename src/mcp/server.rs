@@ -8,15 +8,16 @@ use std::time::Instant;
 
 #[allow(deprecated)]
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, CompleteRequest,
-    CompleteRequestParams, CompleteResult, ContentBlock, GetPromptRequest, GetPromptRequestParams,
-    GetPromptResponse, Implementation, InitializeRequestParams, InitializeResult,
-    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
-    ProgressNotificationParam, ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams,
-    ReadResourceResponse, Reference, ResourceUpdatedNotificationParam, ResultType,
-    ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams, SubscribeRequest,
-    SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequest, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, ClientResult,
+    CompleteRequest, CompleteRequestParams, CompleteResult, ContentBlock, ErrorCode,
+    GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation,
+    InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+    PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion, ReadResourceRequest,
+    ReadResourceRequestParams, ReadResourceResponse, Reference, ResourceUpdatedNotificationParam,
+    ResultType, ServerCapabilities, ServerConfig, ServerRequest, ServerResult,
+    SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, SubscriptionFilter, Tool,
+    UnsubscribeRequest, UnsubscribeRequestParams,
 };
 use rmcp::service::{RequestContext, RoleServer, SubscriptionContext, SubscriptionSendError};
 use rmcp::{ErrorData as McpError, Peer, ServerHandler};
@@ -338,6 +339,7 @@ impl WardenServer {
             principal: principal.as_deref(),
             cancel,
             progress: None,
+            asker: None,
         };
         // Boxed, like every forwarded request: rmcp spawns one future type
         // for every request, as large as its largest branch, and copies it.
@@ -584,7 +586,19 @@ impl ServerHandler for WardenServer {
             .prompts_list_changed()
             .resources_list_changed()
             .build();
-        accepted.resource_subscriptions = requested.resource_subscriptions.clone();
+        // The URIs some server offers; the others are left out of the ack.
+        let tools = self.runtime.tools();
+        accepted.resource_subscriptions = requested
+            .resource_subscriptions
+            .as_ref()
+            .map(|uris| -> Vec<String> {
+                uris.iter()
+                    .filter(|uri| tools.route_uri(uri).is_some())
+                    .take(crate::core::session::MAX_SUBSCRIPTIONS)
+                    .cloned()
+                    .collect()
+            })
+            .filter(|uris| !uris.is_empty());
         Some(accepted)
     }
 
@@ -669,6 +683,10 @@ impl ServerHandler for WardenServer {
             principal: principal.as_deref(),
             cancel: &context.ct,
             progress: progress.as_ref().map(|p| p.report.clone()),
+            asker: Some(Arc::new(ClientAsker {
+                peer: context.peer.clone(),
+                stateless: self.session.protocol().is_some_and(|v| v >= "2026-07-28"),
+            })),
         };
         let outcome = self.runtime.call(&ctx, &tool, request.arguments).await;
         if let Some(progress) = progress {
@@ -816,6 +834,58 @@ pub async fn forward_notices(
         if !sent && peer.is_transport_closed() {
             return;
         }
+    }
+}
+
+/// The client of one call, for a server's requests during it.
+struct ClientAsker {
+    peer: Peer<RoleServer>,
+    /// A 2026-07-28 client cannot be sent requests (it would be answered
+    /// with an input-required result, which warden does not bridge yet).
+    stateless: bool,
+}
+
+impl crate::core::call::Asker for ClientAsker {
+    fn ask(&self, request: Payload) -> crate::core::call::BoxFuture<'static, Payload> {
+        let peer = self.peer.clone();
+        let stateless = self.stateless;
+        Box::pin(async move {
+            let not_here = |why: String| McpError::new(ErrorCode::METHOD_NOT_FOUND, why, None);
+            let answer: Result<ClientResult, McpError> = match request.downcast::<ServerRequest>() {
+                Err(_) => Err(McpError::internal_error("a request that is not MCP", None)),
+                Ok(_) if stateless => Err(not_here(
+                    "the client speaks 2026-07-28, which takes no requests during a call; warden does not bridge them yet".into(),
+                )),
+                Ok(request) => {
+                    let caps = peer.peer_info().map(|i| i.capabilities.clone());
+                    let (what, declared) = match &request {
+                        ServerRequest::CreateMessageRequest(_) => {
+                            ("sampling", caps.as_ref().is_some_and(|c| c.sampling.is_some()))
+                        }
+                        ServerRequest::ElicitRequest(_) => (
+                            "elicitation",
+                            caps.as_ref().is_some_and(|c| c.elicitation.is_some()),
+                        ),
+                        ServerRequest::ListRootsRequest(_) => {
+                            ("roots", caps.as_ref().is_some_and(|c| c.roots.is_some()))
+                        }
+                        _ => ("this request", false),
+                    };
+                    if declared {
+                        peer.send_request(request).await.map_err(|e| match e {
+                            rmcp::service::ServiceError::McpError(e) => e,
+                            other => McpError::internal_error(
+                                format!("the client did not answer: {other}"),
+                                None,
+                            ),
+                        })
+                    } else {
+                        Err(not_here(format!("the client does not support {what}")))
+                    }
+                }
+            };
+            Payload::new(answer)
+        })
     }
 }
 

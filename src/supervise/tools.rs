@@ -456,6 +456,7 @@ mod tests {
                 principal: None,
                 cancel: &cancel,
                 progress: None,
+                asker: None,
             };
             let args = serde_json::json!({"message": "x"}).as_object().cloned();
             rt.call(&ctx, "echo", args).await.unwrap()

@@ -948,3 +948,70 @@ fn resource_updates_pass_through_to_the_subscribed_session() {
     s.call_result("fx_touch", json!({"uri": "fixture://hello"}));
     assert!(updated(&mut s, Duration::from_millis(300)).is_none());
 }
+
+/// A server's `sampling/createMessage` during a call reaches the client of
+/// that call over stdio and the answer goes back down; a client without the
+/// capability, or two calls in flight (whose request would it be?), make the
+/// server's request an error instead of a guess.
+#[test]
+fn a_servers_requests_reach_the_client_of_the_call_in_flight() {
+    let fixture = env!("CARGO_BIN_EXE_warden-conformance-fixture");
+    let mut s = Setup::new(CONFIG)
+        .actor(
+            "cf",
+            &format!("name = \"cf\"\nkind = \"mcp\"\ncommand = \"{fixture}\"\n"),
+        )
+        .start();
+    let id = s.request(
+        "initialize",
+        json!({
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"sampling": {}},
+            "clientInfo": {"name": "warden-tests", "version": "0"}
+        }),
+    );
+    s.response(id);
+    s.notify("notifications/initialized", json!({}));
+    wait_serving(&mut s, "cf_test_simple_text", Duration::from_secs(10));
+
+    let call = s.start_call("cf_test_sampling", json!({"prompt": "two plus two"}));
+    let asked = s
+        .next_matching(ANSWER_DEADLINE, |v| v["method"] == "sampling/createMessage")
+        .expect("the server's request reaches the client");
+    assert_eq!(
+        asked["params"]["messages"][0]["content"]["text"], "two plus two",
+        "{asked}"
+    );
+    s.send(&json!({"jsonrpc": "2.0", "id": asked["id"], "result": {
+        "role": "assistant", "content": {"type": "text", "text": "four"},
+        "model": "test-model", "stopReason": "endTurn"
+    }}));
+    let answer = s.response(call);
+    assert_eq!(text(&answer["result"]), "LLM response: four", "{answer}");
+
+    // This client did not declare elicitation: the server hears so.
+    let refused = s.call_result("cf_test_elicitation", json!({"message": "who?"}));
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert!(
+        text(&refused).contains("does not support elicitation"),
+        "{refused}"
+    );
+
+    // Two calls in flight (one takes 100 ms): the request cannot be tied to
+    // one of them, so the server is answered an error, and its tool says so.
+    let slow = s.start_call("cf_test_tool_with_progress", json!({}));
+    let asks = s.start_call("cf_test_sampling", json!({"prompt": "whose?"}));
+    let refused = s.response(asks);
+    assert_eq!(refused["result"]["isError"], true, "{refused}");
+    assert!(
+        text(&refused["result"]).contains("2 calls of this server are in flight"),
+        "{refused}"
+    );
+    assert!(s.response(slow)["result"].is_object());
+    assert!(
+        s.next_matching(Duration::from_millis(200), |v| v["method"]
+            == "sampling/createMessage")
+            .is_none(),
+        "the ambiguous request reached the client"
+    );
+}

@@ -734,7 +734,8 @@ fn a_stateless_client_listens_for_list_changes_until_it_goes_or_warden_drains() 
         ack["method"], "notifications/subscriptions/acknowledged",
         "{ack}"
     );
-    // What warden passes on: list changes; single resources' updates not yet.
+    // What warden passes on: list changes, and updates of the resources a
+    // server offers (no server offers `fx://nothing`).
     assert_eq!(
         ack["params"]["notifications"],
         json!({"toolsListChanged": true}),

@@ -11,11 +11,17 @@ use ractor::ActorRef;
 #[allow(deprecated)]
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest,
-    GetExtensions, Implementation, LoggingMessageNotificationParam, ProgressNotificationParam,
-    ProgressToken, ProtocolVersion, ResourceUpdatedNotificationParam, ServerResult,
+    ClientResult, CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult,
+    ElicitRequest, ElicitRequestParams, ElicitResult, ElicitationCapability, ErrorCode,
+    GetExtensions, Implementation, ListRootsRequest, ListRootsResult,
+    LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, ProtocolVersion,
+    ResourceUpdatedNotificationParam, RootsCapabilities, SamplingCapability, ServerRequest,
+    ServerResult,
 };
-use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RoleClient, ServiceError};
-use rmcp::ClientHandler;
+use rmcp::service::{
+    NotificationContext, Peer, PeerRequestOptions, RequestContext, RoleClient, ServiceError,
+};
+use rmcp::{ClientHandler, ErrorData as McpError};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::pipe::{RouteProgress, WithoutProgress};
 use super::server::{SaidLimit, ServerMsg, STDERR_LINES_PER_SECOND, STDERR_LINE_MAX};
 use crate::core::call::{
-    Backend, BoxFuture, Call, Payload, Progress, ProgressFn, ToolOutput, ToolResult,
+    Asker, Backend, BoxFuture, Call, Payload, Progress, ProgressFn, ToolOutput, ToolResult,
 };
 use crate::core::error::{ErrorKind, ToolError};
 use crate::core::runtime::Runtime;
@@ -40,6 +46,58 @@ const CANCEL_SEND_DEADLINE: Duration = Duration::from_millis(200);
 /// Progress tokens warden put on its downstream requests, mapped back to the
 /// callers' progress sinks (which carry the callers' own tokens).
 pub(super) type ProgressRoutes = Arc<Mutex<HashMap<ProgressToken, ProgressFn>>>;
+
+/// The tool calls in flight on one server, each with its client's `Asker`
+/// (none for a caller that cannot be asked): a request the server makes
+/// during a call goes to the client of the one call in flight. With several
+/// in flight it cannot be told whose it is (stdio carries no link from a
+/// server's request to the call it serves), and the server is answered an
+/// error rather than a guess.
+#[derive(Clone, Default)]
+pub(super) struct Askers(Arc<Mutex<Vec<InFlight>>>);
+
+/// One call in flight: its place, and its client if it can be asked.
+type InFlight = (u64, Option<Arc<dyn Asker>>);
+
+/// A call's place in its server's `Askers`, given up when the call ends.
+struct Asking<'a>(&'a Askers, u64);
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        let mut calls = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        calls.retain(|(id, _)| *id != self.1);
+    }
+}
+
+static NEXT_ASKING: AtomicU64 = AtomicU64::new(1);
+
+impl Askers {
+    fn enter(&self, asker: Option<Arc<dyn Asker>>) -> Asking<'_> {
+        let id = NEXT_ASKING.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, asker));
+        Asking(self, id)
+    }
+
+    /// The client of the one call in flight, or why there is none.
+    fn only(&self) -> Result<Arc<dyn Asker>, String> {
+        let calls = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match calls.as_slice() {
+            [] => Err("no call of this server is in flight to ask on behalf of".into()),
+            [(_, Some(asker))] => Ok(asker.clone()),
+            [(_, None)] => Err("the call in flight has no client that can be asked".into()),
+            more => Err(format!(
+                "{} calls of this server are in flight and the request names none of them",
+                more.len()
+            )),
+        }
+    }
+}
+
+/// How long a server's request waits for the client's answer.
+const ASK_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Removes a progress route when the call ends, however it ends.
 struct Route<'a>(&'a ProgressRoutes, Option<ProgressToken>);
@@ -73,6 +131,8 @@ pub struct Link {
     /// The server's secret env values, blanked out of its error messages
     /// (they reach the client, the call log and `last_error`).
     pub(super) secrets: Arc<[String]>,
+    /// The calls in flight, for the server's requests to their clients.
+    pub(super) askers: Askers,
 }
 
 impl Backend for Link {
@@ -120,8 +180,10 @@ impl Link {
             args,
             cancel,
             progress,
+            asker,
             ..
         } = call;
+        let _asking = self.askers.enter(asker);
         let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
         let mut request = CallToolRequest::new(params);
         if progress.is_none() {
@@ -261,6 +323,46 @@ pub struct Downstream {
     pub(super) log_limit: Arc<std::sync::Mutex<SaidLimit>>,
     /// The server's secret env values, blanked out of what it says.
     pub(super) secrets: Arc<[String]>,
+    /// The calls in flight on the server, whose clients its requests reach.
+    pub(super) askers: Askers,
+}
+
+impl Downstream {
+    /// Passes a request of the server on to the client of the call it
+    /// belongs to, and brings back the client's answer (or its error).
+    async fn ask(
+        &self,
+        request: ServerRequest,
+        context: &RequestContext<RoleClient>,
+        what: &str,
+    ) -> Result<ClientResult, McpError> {
+        let refuse = |why: String| {
+            tracing::info!(actor = %self.actor_name, request = what, %why, "a server's request was not passed on");
+            McpError::new(
+                ErrorCode::INTERNAL_ERROR,
+                format!("warden cannot pass {what} on: {why}"),
+                None,
+            )
+        };
+        let asker = self.askers.only().map_err(refuse)?;
+        let answer = tokio::select! {
+            answer = asker.ask(Payload::new(request)) => answer,
+            _ = context.ct.cancelled() => return Err(refuse("the server cancelled it".into())),
+            _ = tokio::time::sleep(ASK_DEADLINE) => {
+                return Err(refuse(format!("the client did not answer within {}", humantime::format_duration(ASK_DEADLINE))))
+            }
+        };
+        answer
+            .downcast::<Result<ClientResult, McpError>>()
+            .unwrap_or_else(|_| Err(refuse("the client's answer is not MCP".into())))
+    }
+}
+
+fn unexpected(what: &str) -> McpError {
+    McpError::internal_error(
+        format!("the client answered {what} with something else"),
+        None,
+    )
 }
 
 /// A server's progress report, to the sink of the call it is about.
@@ -323,9 +425,16 @@ fn bounded_data(data: Value, secrets: &[String]) -> Value {
 
 #[allow(deprecated)]
 impl ClientHandler for Downstream {
+    /// Sampling, elicitation and roots are declared: a request for them is
+    /// passed to the client of the call in flight, which may not have them
+    /// (then the server is answered an error saying so).
     fn get_info(&self) -> ClientConfig {
+        let mut caps = ClientCapabilities::default();
+        caps.roots = Some(RootsCapabilities::default());
+        caps.sampling = Some(SamplingCapability::default());
+        caps.elicitation = Some(ElicitationCapability::default());
         ClientConfig::new(
-            ClientCapabilities::default(),
+            caps,
             Implementation::new("warden", env!("CARGO_PKG_VERSION")),
         )
         .with_protocol_version(ProtocolVersion::V_2025_11_25)
@@ -370,6 +479,44 @@ impl ClientHandler for Downstream {
             logger,
             data,
         });
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, McpError> {
+        let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
+        match self
+            .ask(request, &context, "sampling/createMessage")
+            .await?
+        {
+            ClientResult::CreateMessageResult(r) => Ok(*r),
+            _ => Err(unexpected("sampling/createMessage")),
+        }
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
+        match self.ask(request, &context, "elicitation/create").await? {
+            ClientResult::ElicitResult(r) => Ok(r),
+            _ => Err(unexpected("elicitation/create")),
+        }
+    }
+
+    async fn list_roots(
+        &self,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, McpError> {
+        let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
+        match self.ask(request, &context, "roots/list").await? {
+            ClientResult::ListRootsResult(r) => Ok(r),
+            _ => Err(unexpected("roots/list")),
+        }
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {

@@ -27,7 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
 use super::catalog::list_everything;
-use super::link::{Downstream, Link, ProgressRoutes, EXIT_STATUS_WAIT};
+use super::link::{Askers, Downstream, Link, ProgressRoutes, EXIT_STATUS_WAIT};
 use super::pipe::{ChildTransport, ProgressTap};
 use crate::config::{McpSpec, Rate, RateLimit};
 use crate::core::catalog::Catalog;
@@ -81,6 +81,8 @@ pub struct ServerState {
     /// Set once started (the link itself lives in the tool's entry).
     service: Option<RunningService<RoleClient, Downstream>>,
     progress: ProgressRoutes,
+    /// The calls in flight, shared by the link and the client handler.
+    askers: Askers,
     ended: watch::Receiver<Option<String>>,
     /// How the child ended, once the exit watcher said so.
     exit: Option<(String, bool)>,
@@ -158,6 +160,7 @@ impl Actor for ServerActor {
         tracing::info!(actor = %me, server_pid = pid, program = %spec.program, "MCP server launched");
 
         let progress: ProgressRoutes = Arc::default();
+        let askers = Askers::default();
         let tap = ProgressTap {
             routes: progress.clone(),
             secrets: secrets.clone(),
@@ -170,6 +173,7 @@ impl Actor for ServerActor {
             runtime: runtime.clone(),
             log_limit: Arc::default(),
             secrets,
+            askers: askers.clone(),
         };
         let starter = {
             let myself = myself.clone();
@@ -207,6 +211,7 @@ impl Actor for ServerActor {
             pid,
             service: None,
             progress,
+            askers,
             ended,
             exit: None,
             started: Instant::now(),
@@ -348,6 +353,7 @@ impl ServerState {
             missed_pings: AtomicU32::new(0),
             last_ping_us: AtomicU64::new(0),
             secrets: self.spec.secrets().into(),
+            askers: self.askers.clone(),
         });
         tracing::info!(
             actor = %self.entry.spec.actor_name(), server_pid = self.pid,
