@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::units::{ByteSize, MemoryLimit};
+use super::units::{ByteSize, MemoryLimit, Rate, RateLimit};
 use super::Problem;
 
 /// Default for `server.max_in_flight`: calls running or queued, all tools together.
@@ -100,6 +100,27 @@ pub struct AuthConfig {
     /// `mode = "jwt"`: slack for `exp` and `nbf` against clock skew.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// Calls (and prompt and resource requests) each principal may make per
+    /// time unit ("10/s"), all tools together; beyond it: rate_limited.
+    pub rate: Option<Rate>,
+    /// The most a principal may make at once after being idle (default: one
+    /// second's worth of `rate`).
+    pub burst: Option<u32>,
+}
+
+impl AuthConfig {
+    /// The limit of each principal: `rate` and `burst` of its token, else
+    /// of `[auth]`.
+    pub fn limit_of(&self, token: Option<&TokenConfig>) -> Option<RateLimit> {
+        let (rate, burst) = match token.and_then(|t| t.rate.map(|r| (r, t.burst))) {
+            Some(own) => own,
+            None => (self.rate?, self.burst),
+        };
+        Some(RateLimit {
+            rate,
+            burst: burst.unwrap_or_else(|| (rate.per_second.ceil() as u32).max(1)),
+        })
+    }
 }
 
 /// Default for `auth.leeway`.
@@ -116,6 +137,8 @@ impl Default for AuthConfig {
             audience: String::new(),
             jwks: String::new(),
             leeway: DEFAULT_AUTH_LEEWAY,
+            rate: None,
+            burst: None,
         }
     }
 }
@@ -145,6 +168,11 @@ pub struct TokenConfig {
     pub env: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// This principal's own `rate` and `burst` instead of `[auth]`'s.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// The least entropy a token read from the environment may have, in bits.
@@ -804,6 +832,18 @@ pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Prob
     let url = &auth.public_url;
     if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
         bad("auth.public_url", "must be an http:// or https:// URL");
+    }
+    let mut limits = vec![("auth".to_string(), auth.rate, auth.burst)];
+    for (i, t) in auth.tokens.iter().enumerate() {
+        limits.push((format!("auth.tokens[{i}]"), t.rate, t.burst));
+    }
+    for (at, rate, burst) in limits {
+        if burst == Some(0) {
+            bad(&format!("{at}.burst"), "must be at least 1");
+        }
+        if burst.is_some() && rate.is_none() {
+            bad(&format!("{at}.burst"), "needs `rate`");
+        }
     }
     let mut names = std::collections::HashSet::new();
     for (i, t) in auth.tokens.iter().enumerate() {

@@ -51,10 +51,12 @@ pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
 /// Who is calling: the principal's name and scopes (none on stdio, where
 /// the client launched warden).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
     pub name: String,
     pub scopes: Vec<String>,
+    /// Its rate limit, over every tool (`[auth] rate`).
+    pub limit: Option<crate::config::RateLimit>,
 }
 
 impl Principal {
@@ -338,6 +340,11 @@ impl Runtime {
     ) -> Result<W::Output, ToolError> {
         let tool = entry.spec.name.as_str();
         ctx.session.touch();
+        if let Some((p, limit)) = ctx.principal.and_then(|p| Some((p, p.limit?))) {
+            if let Err(wait) = self.take_principal_token(&p.name, limit, started) {
+                return Err(ToolError::principal_rate_limited(&p.name, limit, wait));
+            }
+        }
         if let Err(wait) = entry.take_token(started) {
             return Err(ToolError::rate_limited(tool, entry.spec.rate_limit, wait));
         }

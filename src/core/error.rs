@@ -166,6 +166,22 @@ impl ToolError {
         e
     }
 
+    /// A principal over its own limit (`[auth] rate`), whatever the tool.
+    pub fn principal_rate_limited(
+        principal: &str,
+        limit: crate::config::RateLimit,
+        wait: Duration,
+    ) -> Self {
+        ToolError::new(
+            ErrorKind::RateLimited,
+            format!("`{principal}` is over its rate limit."),
+            "Wait for the suggested delay before calling again; the limit counts every tool.",
+        )
+        .retry_after(wait)
+        .detail("rate_per_second", limit.rate.per_second)
+        .detail("burst", limit.burst)
+    }
+
     pub fn circuit_open(
         tool: &str,
         until_half_open: Duration,

@@ -23,6 +23,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether it would be full at `now` (its owner has been idle long
+    /// enough that forgetting it changes nothing).
+    pub fn is_full(&self, now: Instant) -> bool {
+        let earned = now.saturating_duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens + earned >= self.burst
+    }
+
     /// Takes a token, or says how long until one is there.
     pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         let earned = now.saturating_duration_since(self.last).as_secs_f64() * self.per_second;

@@ -14,6 +14,7 @@ use crate::core::health::{HealthView, Snapshot};
 use crate::core::levels::Level;
 use crate::core::metrics::Metrics;
 use crate::core::names;
+use crate::core::ratelimit::TokenBucket;
 use crate::core::registry::{BadSchema, Registry, ToolEntry, UnknownTool};
 use crate::core::reload::{self, Outcome, Trigger};
 use crate::core::session::{Notice, Notices, Session};
@@ -70,7 +71,12 @@ pub struct Runtime {
     /// Every session opened and not yet dropped, for status.
     sessions: Mutex<Vec<std::sync::Weak<Session>>>,
     started: Instant,
+    /// Each principal's rate limit bucket, by name (`[auth] rate`).
+    principal_buckets: Mutex<std::collections::HashMap<String, TokenBucket>>,
 }
+
+/// Principals whose buckets are kept at once.
+const PRINCIPAL_BUCKETS: usize = 10_000;
 
 /// The reloads as status shows them.
 struct ReloadView {
@@ -129,6 +135,7 @@ impl Runtime {
             next_session: AtomicU64::new(1),
             sessions: Mutex::new(Vec::new()),
             started: Instant::now(),
+            principal_buckets: Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -309,6 +316,31 @@ impl Runtime {
     /// Tells every open session.
     pub fn notify(&self, notice: Notice) {
         self.notices.send(notice);
+    }
+
+    /// A token of `principal`'s rate limit, or how long until there is one.
+    /// The buckets are by name; past `PRINCIPAL_BUCKETS` names the full ones
+    /// (idle long enough to have refilled) are forgotten first.
+    pub(crate) fn take_principal_token(
+        &self,
+        principal: &str,
+        limit: crate::config::RateLimit,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let mut buckets = self
+            .principal_buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !buckets.contains_key(principal) && buckets.len() >= PRINCIPAL_BUCKETS {
+            buckets.retain(|_, b| !b.is_full(now));
+            if buckets.len() >= PRINCIPAL_BUCKETS {
+                buckets.clear();
+            }
+        }
+        buckets
+            .entry(principal.to_string())
+            .or_insert_with(|| TokenBucket::new(limit, now))
+            .try_take(now)
     }
 
     /// A permit of `server.max_in_flight`, or none left.

@@ -80,6 +80,7 @@ impl Auth {
                 principal: Arc::new(Principal {
                     name: t.name.clone(),
                     scopes: t.scopes.clone(),
+                    limit: auth.limit_of(Some(t)),
                 }),
             });
         }
@@ -108,6 +109,7 @@ impl Auth {
                 auth.audience.clone()
             },
             leeway: auth.leeway,
+            limit: auth.limit_of(None),
             jwks: auth.jwks.clone(),
             keys: tokio::sync::RwLock::new(Keys::default()),
             reads: tokio::sync::Mutex::new(Reads::default()),
@@ -232,6 +234,8 @@ struct Jwt {
     issuer: String,
     audience: String,
     leeway: Duration,
+    /// Each principal's rate limit (`[auth] rate`).
+    limit: Option<crate::config::RateLimit>,
     /// A file path, or an http:// URL.
     jwks: String,
     keys: tokio::sync::RwLock<Keys>,
@@ -322,6 +326,7 @@ impl Jwt {
         let principal = Arc::new(Principal {
             name: c.sub.unwrap_or_else(|| "(no sub)".to_string()),
             scopes,
+            limit: self.limit,
         });
         let until = std::time::UNIX_EPOCH + Duration::from_secs(c.exp) + self.leeway;
         let mut checked = self.lock_checked();

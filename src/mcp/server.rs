@@ -218,7 +218,8 @@ impl WardenServer {
         request: ClientRequest,
         context: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, McpError> {
-        self.forward_as(entry, request, principal_of(context), &context.ct)
+        let principal = principal_noted(&self.session, context)?;
+        self.forward_as(entry, request, principal, &context.ct)
             .await
     }
 
@@ -395,7 +396,7 @@ impl ServerHandler for WardenServer {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, McpError> {
         context.peer.set_peer_info(request.clone());
-        principal_noted(&self.session, &context);
+        principal_noted(&self.session, &context)?;
         let answer = self.negotiate_initialize(&request)?;
         self.session.set_protocol(answer.protocol_version.as_str());
         Ok(answer)
@@ -410,7 +411,7 @@ impl ServerHandler for WardenServer {
         if let Some(v) = context.protocol_version() {
             self.session.set_protocol(v.as_str());
         }
-        let principal = principal_noted(&self.session, &context);
+        let principal = principal_noted(&self.session, &context)?;
         // What a server with `prefix = ""` exports under the name of one of
         // warden's own tools (or of an earlier server's) is not callable:
         // calls go to the first. It is not listed either.
@@ -445,7 +446,7 @@ impl ServerHandler for WardenServer {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        let principal = principal_of(&context);
+        let principal = principal_noted(&self.session, &context)?;
         Ok(ListPromptsResult::with_all_items(
             self.exported(&principal, |_, c| {
                 c.prompts.iter().map(|p| p.def.clone()).collect()
@@ -482,7 +483,7 @@ impl ServerHandler for WardenServer {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        let principal = principal_of(&context);
+        let principal = principal_noted(&self.session, &context)?;
         Ok(ListResourcesResult::with_all_items(
             self.exported(&principal, |_, c| {
                 c.resources.iter().map(|r| r.def.clone()).collect()
@@ -495,7 +496,7 @@ impl ServerHandler for WardenServer {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        let principal = principal_of(&context);
+        let principal = principal_noted(&self.session, &context)?;
         Ok(ListResourceTemplatesResult::with_all_items(
             self.exported(&principal, |_, c| {
                 c.templates.iter().map(|t| t.def.clone()).collect()
@@ -569,8 +570,8 @@ impl ServerHandler for WardenServer {
         request: UnsubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        self.unwatch_as(&request.uri, principal_of(&context), &context.ct)
-            .await
+        let principal = principal_noted(&self.session, &context)?;
+        self.unwatch_as(&request.uri, principal, &context.ct).await
     }
 
     /// `subscriptions/listen` (2026-07-28): the list changes and the updates
@@ -625,7 +626,7 @@ impl ServerHandler for WardenServer {
             .await;
         // The request is over (its token cancelled): the server is told on a
         // token of its own, bounded by the server's deadline.
-        let principal = principal_of(subscription.request_context());
+        let principal = principal_noted(&self.session, subscription.request_context())?;
         for uri in &uris {
             let _ = self
                 .unwatch_as(uri, principal.clone(), &Default::default())
@@ -677,7 +678,7 @@ impl ServerHandler for WardenServer {
             .meta
             .get_progress_token()
             .map(|token| ProgressSink::new(context.peer.clone(), token));
-        let principal = principal_noted(&self.session, &context);
+        let principal = principal_noted(&self.session, &context)?;
         let ctx = CallCtx {
             session: &self.session,
             principal: principal.as_deref(),
@@ -739,16 +740,25 @@ fn principal_of(context: &RequestContext<RoleServer>) -> Option<Arc<Principal>> 
         .cloned()
 }
 
-/// The request's principal, noted on its session (for `status`).
+/// The request's principal, noted on its session (for `status`): a session
+/// belongs to the principal of its first request, and a request of another
+/// one (a valid token, but not the session's) is refused.
 fn principal_noted(
     session: &Session,
     context: &RequestContext<RoleServer>,
-) -> Option<Arc<Principal>> {
+) -> Result<Option<Arc<Principal>>, McpError> {
     let p = principal_of(context);
     if let Some(p) = &p {
         session.set_principal(&p.name);
+        if session.principal().is_some_and(|owner| owner != p.name) {
+            tracing::warn!(actor = names::TRANSPORT, session = session.id, principal = %p.name, "refused a request on another principal's session");
+            return Err(McpError::invalid_request(
+                "this session belongs to another principal; open a session of your own",
+                None,
+            ));
+        }
     }
-    p
+    Ok(p)
 }
 
 /// Whether what needs `scopes` is for the request's principal (always, without one).

@@ -324,6 +324,9 @@ fn check_refuses_auth_that_cannot_work() {
             "mode = \"token\"\n[[auth.tokens]]\nname = \"x\"\nenv = \"HOME\"\n",
             "auth.tokens[0].env: the token in $HOME is too weak",
         ),
+        ("mode = \"token\"\nburst = 5\n", "auth.burst: needs `rate`"),
+        ("mode = \"token\"\nrate = \"1/s\"\nburst = 0\n", "auth.burst: must be at least 1"),
+        ("mode = \"token\"\nrate = \"often\"\n", "auth.rate"),
     ] {
         let setup = Setup::new(&format!("[auth]\n{auth}"));
         let (code, said) = setup.check();
@@ -675,5 +678,71 @@ fn a_client_that_knows_only_the_url_follows_401_to_the_metadata_and_a_token() {
     assert_eq!(
         text(&call(port, &token, &session, "echo").message()["result"]),
         "hi"
+    );
+}
+
+/// `[auth] rate` limits each principal over every tool; a token may carry
+/// its own. One principal over its limit leaves the others alone.
+#[test]
+fn each_principal_has_its_own_rate_limit_over_every_tool() {
+    let port = free_port();
+    let config = format!(
+        "[log]\nstderr = \"warn\"\n[auth]\nmode = \"token\"\nrate = \"1/h\"\nburst = 3\n\
+         [[auth.tokens]]\nname = \"alice\"\nsha256 = \"{}\"\nrate = \"100/s\"\n\
+         [[auth.tokens]]\nname = \"bob\"\nsha256 = \"{}\"\n",
+        sha(ALICE),
+        sha(BOB)
+    );
+    let mut s = Setup::new(&config)
+        .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+        .actor(
+            "again",
+            "name = \"again\"\nkind = \"builtin\"\nbuiltin = \"echo\"\n",
+        )
+        .start_http(port);
+    wait_listening(&mut s, port);
+    let bob = initialize(port, BOB);
+    for tool in ["echo", "again", "echo"] {
+        let a = call(port, BOB, &bob, tool);
+        assert_eq!(text(&a.message()["result"]), "hi", "{a:?}");
+    }
+    let over = call(port, BOB, &bob, "again");
+    let result = &over.message()["result"];
+    assert_eq!(result["isError"], true, "{over:?}");
+    assert_eq!(
+        result["structuredContent"]["kind"], "rate_limited",
+        "{over:?}"
+    );
+    assert!(
+        text(result).contains("`bob` is over its rate limit"),
+        "{over:?}"
+    );
+    assert!(
+        result["structuredContent"]["retry_after_ms"]
+            .as_u64()
+            .unwrap()
+            > 1000
+    );
+    // A new session is the same principal, with the same bucket.
+    let bob2 = initialize(port, BOB);
+    let again = call(port, BOB, &bob2, "echo");
+    assert_eq!(
+        again.message()["result"]["structuredContent"]["kind"],
+        "rate_limited"
+    );
+    let alice = initialize(port, ALICE);
+    for _ in 0..10 {
+        let a = call(port, ALICE, &alice, "echo");
+        assert_eq!(text(&a.message()["result"]), "hi", "{a:?}");
+    }
+    // A session belongs to the principal that opened it: alice's valid
+    // token does not make bob's session hers.
+    let stolen = call(port, ALICE, &bob, "echo");
+    let error = &stolen.message()["error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("belongs to another principal")),
+        "{stolen:?}"
     );
 }
