@@ -148,6 +148,9 @@ fn a_reload_under_load_adds_changes_and_removes_tools_and_refuses_a_broken_set()
     crate::gateway::wait_serving(&mut s, "fx_echo", Duration::from_secs(10));
     let pid_before = fx_pid(&mut s);
     let actors_before = tool_lines(&status(&s.setup)).len();
+    // An unchanged tool keeps its breaker (forced open here) across reloads.
+    let forced = ctl(&s.setup, &["breaker", "status", "open"]);
+    assert_eq!(forced.status.code(), Some(0), "{forced:?}");
 
     // 32 calls in flight on the first `slow`.
     let first: Vec<i64> = (0..32)
@@ -202,6 +205,14 @@ fn a_reload_under_load_adds_changes_and_removes_tools_and_refuses_a_broken_set()
     );
     let st = status(&s.setup);
     assert_eq!(st["warden"]["reload"]["generation"], 1);
+    let breaker = |st: &Value| {
+        tool_lines(st)
+            .into_iter()
+            .find(|l| l["tool"] == "status")
+            .unwrap()["breaker"]["state"]
+            .clone()
+    };
+    assert_eq!(breaker(&st), "forced_open", "{st:#}");
 
     // A broken file: refused whole, named, and nothing changes.
     write_actor(
