@@ -61,7 +61,7 @@ pub fn wait_serving(s: &mut Server, tool: &str, deadline: Duration) -> Duration 
     }
 }
 
-fn tool_names(s: &mut Server) -> Vec<String> {
+pub fn tool_names(s: &mut Server) -> Vec<String> {
     let id = s.request("tools/list", json!({}));
     let r = s.response(id);
     r["result"]["tools"]

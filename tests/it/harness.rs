@@ -413,6 +413,19 @@ pub fn read_pids(path: &Path) -> Vec<i32> {
 
 pub const QUIET_CONFIG: &str = "[log]\nstderr = \"warn\"\n";
 
+/// The tools supervisor's children in a `status --json` answer.
+pub fn tool_lines(status: &Value) -> Vec<Value> {
+    status["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "tools")
+        .unwrap()["children"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 /// One tool's line in the `status` builtin's answer (the server must have a `status` tool).
 pub fn tool_status(s: &mut Server, tool: &str) -> Value {
     let status: Value = serde_json::from_str(&text(&s.call_result("status", json!({})))).unwrap();

@@ -31,17 +31,9 @@ fn status_json(dir: &Path) -> Value {
 }
 
 fn tool_line(status: &Value, tool: &str) -> Value {
-    status["actors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "tools")
-        .unwrap()["children"]
-        .as_array()
-        .unwrap()
-        .iter()
+    tool_lines(status)
+        .into_iter()
         .find(|c| c["tool"] == tool)
-        .cloned()
         .unwrap()
 }
 

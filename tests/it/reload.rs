@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::gateway::mcp_actor;
+use crate::gateway::{mcp_actor, tool_names};
 use crate::harness::*;
 
 const CONFIG: &str =
@@ -26,18 +26,6 @@ fn status(setup: &Setup) -> Value {
     let out = ctl(setup, &["status", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn tool_lines(status: &Value) -> Vec<Value> {
-    status["actors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "tools")
-        .unwrap()["children"]
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 fn write_actor(setup: &Setup, name: &str, text: &str) {
@@ -97,16 +85,6 @@ fn assert_each_answered_once(got: &HashMap<i64, Vec<Value>>, ids: &[i64], what: 
             got.get(id)
         );
     }
-}
-
-fn tool_names(s: &mut Server) -> Vec<String> {
-    let id = s.request("tools/list", json!({}));
-    s.response(id)["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_string())
-        .collect()
 }
 
 fn description(s: &mut Server, tool: &str) -> String {
