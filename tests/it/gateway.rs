@@ -939,6 +939,18 @@ fn resource_updates_pass_through_to_the_subscribed_session() {
         "an update for a URI the session did not subscribe to"
     );
 
+    // The server crashes and is restarted: it is subscribed again.
+    s.call("fx_crash", json!({}));
+    wait_serving(&mut s, "fx_echo", Duration::from_secs(10));
+    assert!(
+        eventually(Duration::from_secs(5), || text(
+            &s.call_result("fx_subscriptions", json!({}))
+        ) == "subscribe fixture://hello"),
+        "the restarted server was not subscribed again"
+    );
+    s.call_result("fx_touch", json!({"uri": "fixture://hello"}));
+    assert!(updated(&mut s, Duration::from_secs(5)).is_some());
+
     subscribe(&mut s, "resources/unsubscribe");
     let seen = text(&s.call_result("fx_subscriptions", json!({})));
     assert_eq!(

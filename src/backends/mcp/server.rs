@@ -325,13 +325,40 @@ impl ServerState {
     }
 
     /// The handshake is done: publish the catalog, open the link to calls, start pinging.
+    /// A server that (re)started has forgotten the subscriptions of the
+    /// sessions still subscribed to its resources: it is told them again.
+    #[allow(deprecated)]
+    fn resubscribe(&mut self, link: &Arc<Link>) {
+        let catalog = self.entry.catalog();
+        let uris: Vec<String> = self
+            .runtime
+            .subscribed_uris()
+            .into_iter()
+            .filter(|uri| catalog.lists_uri(uri) || catalog.template_match(uri).is_some())
+            .collect();
+        if uris.is_empty() {
+            return;
+        }
+        tracing::info!(actor = %self.entry.spec.actor_name(), subscriptions = uris.len(), "subscribing the server again to what its clients subscribed to");
+        let peer = link.peer.clone();
+        let task = tokio::spawn(async move {
+            for uri in uris {
+                let request = ClientRequest::SubscribeRequest(rmcp::model::SubscribeRequest::new(
+                    rmcp::model::SubscribeRequestParams::new(uri),
+                ));
+                let _ =
+                    tokio::time::timeout(RESUBSCRIBE_DEADLINE, peer.send_request(request)).await;
+            }
+        });
+        self.tasks.0.push(task.abort_handle());
+    }
+
     fn ready(
         &mut self,
         myself: &ActorRef<ServerMsg>,
         service: RunningService<RoleClient, Downstream>,
         catalog: Catalog,
     ) {
-        let spec = &self.spec;
         let peer = service.peer().clone();
         let info = match peer.peer_info() {
             Some(i) => json!({
@@ -362,11 +389,12 @@ impl ServerState {
             "MCP server ready"
         );
         publish(&self.entry, &self.runtime, catalog);
+        self.resubscribe(&link);
         let pinger = tokio::spawn(ping(
             link.clone(),
             myself.clone(),
-            spec.ping_every,
-            spec.ping_timeout,
+            self.spec.ping_every,
+            self.spec.ping_timeout,
         ));
         self.tasks.0.push(pinger.abort_handle());
         self.entry.set(ToolState::Running, Some(link));
@@ -377,6 +405,9 @@ impl ServerState {
 async fn wait_ended(mut ended: watch::Receiver<Option<String>>) {
     let _ = ended.wait_for(Option::is_some).await;
 }
+
+/// How long one subscription sent again after a restart may take.
+const RESUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Stores a server's catalog in its entry and tells the client what changed.
 /// A tool exported under a name already taken (by one of warden's own tools
