@@ -55,6 +55,7 @@ pub struct WardenServer {
 /// and the last drop ends the session, which cancels its calls.
 pub struct HttpSession {
     session: Arc<Session>,
+    runtime: Arc<Runtime>,
     open: Arc<crate::mcp::http::Open>,
     /// Taken when the client says it is initialized, to forward list changes.
     notices: std::sync::Mutex<Option<broadcast::Receiver<Notice>>>,
@@ -65,6 +66,7 @@ impl Drop for HttpSession {
     fn drop(&mut self) {
         self.session.end();
         self.open.closed();
+        release_subscriptions(&self.runtime, &self.session);
         if let Some(f) = self
             .forwarder
             .lock()
@@ -171,6 +173,7 @@ impl WardenServer {
         open.opened();
         let http = Arc::new(HttpSession {
             session: session.clone(),
+            runtime: runtime.clone(),
             open,
             notices: std::sync::Mutex::new(Some(notices)),
             forwarder: std::sync::Mutex::new(None),
@@ -845,6 +848,48 @@ pub async fn forward_notices(
             return;
         }
     }
+}
+
+/// How long telling a server that a session which ended is no longer
+/// subscribed may take.
+const RELEASE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A session ended without unsubscribing: each server whose resource no
+/// other open session is subscribed to is told so, in the background. It
+/// goes to the server's link directly: the session is gone, and there is
+/// no caller to answer.
+#[allow(deprecated)]
+fn release_subscriptions(runtime: &Arc<Runtime>, session: &Session) {
+    let uris = session.subscriptions();
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if uris.is_empty() {
+        return;
+    }
+    let (runtime, id) = (runtime.clone(), session.id);
+    handle.spawn(async move {
+        for uri in uris {
+            if runtime.subscribed_elsewhere(&uri, id) {
+                continue;
+            }
+            let Some(entry) = runtime.tools().route_uri(&uri).cloned() else {
+                continue;
+            };
+            let (_, Some(backend)) = entry.life() else {
+                continue;
+            };
+            let request = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(
+                UnsubscribeRequestParams::new(uri),
+            ));
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let _ = tokio::time::timeout(
+                RELEASE_DEADLINE,
+                backend.forward(Payload::new(request), cancel),
+            )
+            .await;
+        }
+    });
 }
 
 /// The client of one call, for a server's requests during it.

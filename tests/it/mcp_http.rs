@@ -854,6 +854,83 @@ fn over_http_a_reload_reaches_listening_clients_and_names_what_needs_a_restart()
     );
 }
 
+/// A session that ends still subscribed (here: DELETE) is unsubscribed
+/// downstream, unless another session still is.
+#[test]
+fn a_session_that_ends_subscribed_is_unsubscribed_downstream() {
+    let port = free_port();
+    let mut s = setup(QUIET)
+        .actor("fx", &mcp_actor("fx", &[], ""))
+        .start_http(port);
+    wait_listening(&mut s, port);
+    let mut conn = Conn::open(port);
+    let post = |conn: &mut Conn, session: &str, id: u64, method: &str, params: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        conn.send(
+            "POST",
+            &[
+                ("Mcp-Session-Id", session),
+                ("MCP-Protocol-Version", "2025-11-25"),
+            ],
+            &body.to_string(),
+        )
+    };
+    let subscriptions = |conn: &mut Conn, session: &str| {
+        let a = post(
+            conn,
+            session,
+            9,
+            "tools/call",
+            json!({"name": "fx_subscriptions", "arguments": {}}),
+        );
+        text(&a.message()["result"])
+    };
+    let (a, b) = (initialize(&mut conn), initialize(&mut conn));
+    assert!(eventually(Duration::from_secs(10), || {
+        let r = post(
+            &mut conn,
+            &a,
+            2,
+            "resources/subscribe",
+            json!({"uri": "fixture://hello"}),
+        );
+        r.message()["result"].is_object()
+    }));
+    let r = post(
+        &mut conn,
+        &b,
+        3,
+        "resources/subscribe",
+        json!({"uri": "fixture://hello"}),
+    );
+    assert!(r.message()["result"].is_object(), "{r:?}");
+    assert_eq!(subscriptions(&mut conn, &b), "subscribe fixture://hello");
+    let end = |conn: &mut Conn, session: &str| {
+        let gone = conn.send(
+            "DELETE",
+            &[
+                ("Mcp-Session-Id", session),
+                ("MCP-Protocol-Version", "2025-11-25"),
+            ],
+            "",
+        );
+        assert_eq!(gone.status, 204, "{gone:?}");
+    };
+    // b is still subscribed: the server hears nothing when a ends.
+    end(&mut conn, &a);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(subscriptions(&mut conn, &b), "subscribe fixture://hello");
+    // The last one ends: the server is told.
+    end(&mut conn, &b);
+    let c = initialize(&mut conn);
+    assert!(
+        eventually(Duration::from_secs(5), || subscriptions(&mut conn, &c)
+            == "subscribe fixture://hello\nunsubscribe fixture://hello"),
+        "{}",
+        subscriptions(&mut conn, &c)
+    );
+}
+
 #[test]
 fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_stay() {
     let port = free_port();
