@@ -13,6 +13,7 @@
 //! answer when the server ends; the server's process group never outlives
 //! its actor.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -415,18 +416,27 @@ const RESUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);
 /// skipped, and said so: the name stays with what had it first.
 fn publish(entry: &ToolEntry, runtime: &Runtime, mut catalog: Catalog) {
     let registry = runtime.tools();
-    let taken = |name: &str| -> Option<String> {
-        if registry.get(name).is_some_and(|e| e.spec.mcp().is_none()) {
-            return Some(format!("warden's own tool `{name}`"));
+    // Every name taken, and by what: one pass over the others' lists.
+    let mut taken: HashMap<Arc<str>, String> = HashMap::new();
+    for own in registry.iter().filter(|e| e.spec.mcp().is_none()) {
+        let name = &own.spec.name;
+        taken.insert(
+            Arc::from(name.as_str()),
+            format!("warden's own tool `{name}`"),
+        );
+    }
+    for other in registry
+        .servers()
+        .filter(|o| o.spec.name != entry.spec.name)
+    {
+        for t in &other.catalog().tools {
+            taken
+                .entry(t.name.clone())
+                .or_insert_with(|| format!("MCP server `{}`", other.spec.name));
         }
-        registry
-            .servers()
-            .filter(|o| o.spec.name != entry.spec.name)
-            .find(|o| o.catalog().tool(name).is_some())
-            .map(|o| format!("MCP server `{}`", o.spec.name))
-    };
+    }
     let skipped = &mut catalog.skipped;
-    catalog.tools.retain(|t| match taken(&t.name) {
+    catalog.tools.retain(|t| match taken.get(&t.name) {
         Some(owner) => {
             skipped.push(format!(
                 "tool {:?}: `{}` is taken by {owner}",
