@@ -682,12 +682,7 @@ fn check_actor(
     for (field, reason) in breaker.problems().into_iter().filter(|_| overridden) {
         bad(&format!("breaker.{field}"), reason);
     }
-    let rate_limit = a.rate.map(|rate| RateLimit {
-        rate,
-        burst: a
-            .burst
-            .unwrap_or_else(|| (rate.per_second.ceil() as u32).max(1)),
-    });
+    let rate_limit = a.rate.map(|rate| RateLimit::new(rate, a.burst));
     if a.burst == Some(0) {
         bad("burst", "must be at least 1".into());
     }

@@ -116,10 +116,7 @@ impl AuthConfig {
             Some(own) => own,
             None => (self.rate?, self.burst),
         };
-        Some(RateLimit {
-            rate,
-            burst: burst.unwrap_or_else(|| (rate.per_second.ceil() as u32).max(1)),
-        })
+        Some(RateLimit::new(rate, burst))
     }
 }
 

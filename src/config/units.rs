@@ -156,3 +156,13 @@ pub struct RateLimit {
     pub rate: Rate,
     pub burst: u32,
 }
+
+impl RateLimit {
+    /// `rate` with `burst`, by default one second's worth of it (at least 1).
+    pub fn new(rate: Rate, burst: Option<u32>) -> Self {
+        RateLimit {
+            rate,
+            burst: burst.unwrap_or_else(|| (rate.per_second.ceil() as u32).max(1)),
+        }
+    }
+}

@@ -22,6 +22,7 @@ use crate::core::status::{
     ActorLine, BreakerLine, ContainmentLine, HealthLine, MemoryLine, RecoveryLine, RefusedLine,
     ReloadLine, SessionsLine, Status, WardenLine,
 };
+use crate::exec::Groups;
 
 /// Reload requests waiting for the reloader; more are refused at once.
 const RELOAD_QUEUE: usize = 8;
@@ -30,7 +31,6 @@ pub const RELOAD_DEADLINE: Duration = Duration::from_secs(8);
 
 /// Reads the configuration again, as `warden serve` first read it.
 pub type Loader = Box<dyn Fn() -> Result<Loaded, Vec<Problem>> + Send + Sync>;
-use crate::exec::Groups;
 
 /// Everything the actors and sessions share. Read-mostly; live counters are
 /// atomics or short locks.
@@ -221,15 +221,6 @@ impl Runtime {
                 humantime::format_duration(RELOAD_DEADLINE)
             )),
         }
-    }
-
-    /// Asks for a reload without waiting (a signal, a changed file). A
-    /// full queue drops it: the reloads queued read the files after it.
-    pub fn request_reload(&self, trigger: Trigger) {
-        let _ = self.reloads.try_send(reload::Request {
-            trigger,
-            reply: None,
-        });
     }
 
     /// Counts and keeps how a reload ended, for metrics and status.

@@ -182,6 +182,12 @@ impl Session {
         self.protocol.get().map(String::as_str)
     }
 
+    /// A 2026-07-28 (or later) client: it takes no requests and hears no
+    /// notices outside its own requests.
+    pub fn is_stateless(&self) -> bool {
+        self.protocol().is_some_and(|v| v >= "2026-07-28")
+    }
+
     /// A call of this session begins.
     pub fn touch(&self) {
         let ms = self.opened.elapsed().as_millis() as u64;

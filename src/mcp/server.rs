@@ -252,7 +252,6 @@ impl WardenServer {
 
     /// Unsubscribes the session from `uri`; its server hears it once no
     /// other session is subscribed.
-    #[allow(deprecated)]
     async fn unwatch_as(
         &self,
         uri: &str,
@@ -266,10 +265,7 @@ impl WardenServer {
         let Some(entry) = self.runtime.tools().route_uri(uri).cloned() else {
             return Ok(());
         };
-        let request = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(
-            UnsubscribeRequestParams::new(uri),
-        ));
-        self.forward_as(&entry, request, principal, cancel)
+        self.forward_as(&entry, unsubscribe_request(uri), principal, cancel)
             .await
             .map(drop)
     }
@@ -613,6 +609,7 @@ impl ServerHandler for WardenServer {
         let mut notices = self.runtime.notices();
         let sink = subscription.sink().clone();
         tracing::debug!(actor = names::TRANSPORT, session = self.session.id, accepted = ?sink.accepted(), "subscription opened");
+        let principal = principal_noted(&self.session, subscription.request_context())?;
         // The resources named are this session's subscriptions while it listens.
         let uris = sink
             .accepted()
@@ -629,7 +626,6 @@ impl ServerHandler for WardenServer {
             .await;
         // The request is over (its token cancelled): the server is told on a
         // token of its own, bounded by the server's deadline.
-        let principal = principal_noted(&self.session, subscription.request_context())?;
         for uri in &uris {
             let _ = self
                 .unwatch_as(uri, principal.clone(), &Default::default())
@@ -689,7 +685,7 @@ impl ServerHandler for WardenServer {
             progress: progress.as_ref().map(|p| p.report.clone()),
             asker: Some(Arc::new(ClientAsker {
                 peer: context.peer.clone(),
-                stateless: self.session.protocol().is_some_and(|v| v >= "2026-07-28"),
+                stateless: self.session.is_stateless(),
             })),
         };
         let outcome = self.runtime.call(&ctx, &tool, request.arguments).await;
@@ -814,7 +810,7 @@ pub async fn forward_notices(
         };
         // A 2026-07-28 client hears list changes on the `subscriptions/listen`
         // streams it opens, and nothing outside a request.
-        if session.protocol().is_some_and(|v| v >= "2026-07-28") {
+        if session.is_stateless() {
             continue;
         }
         let sent = match notice {
@@ -854,11 +850,17 @@ pub async fn forward_notices(
 /// subscribed may take.
 const RELEASE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// `resources/unsubscribe` for a server (warden's servers speak the
+/// protocols before 2026-07-28, where it is not deprecated).
+#[allow(deprecated)]
+fn unsubscribe_request(uri: &str) -> ClientRequest {
+    ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(UnsubscribeRequestParams::new(uri)))
+}
+
 /// A session ended without unsubscribing: each server whose resource no
 /// other open session is subscribed to is told so, in the background. It
 /// goes to the server's link directly: the session is gone, and there is
 /// no caller to answer.
-#[allow(deprecated)]
 fn release_subscriptions(runtime: &Arc<Runtime>, session: &Session) {
     let uris = session.subscriptions();
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -879,15 +881,9 @@ fn release_subscriptions(runtime: &Arc<Runtime>, session: &Session) {
             let (_, Some(backend)) = entry.life() else {
                 continue;
             };
-            let request = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(
-                UnsubscribeRequestParams::new(uri),
-            ));
+            let request = Payload::new(unsubscribe_request(&uri));
             let cancel = tokio_util::sync::CancellationToken::new();
-            let _ = tokio::time::timeout(
-                RELEASE_DEADLINE,
-                backend.forward(Payload::new(request), cancel),
-            )
-            .await;
+            let _ = tokio::time::timeout(RELEASE_DEADLINE, backend.forward(request, cancel)).await;
         }
     });
 }

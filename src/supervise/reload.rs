@@ -177,7 +177,7 @@ async fn apply(runtime: &Arc<Runtime>) -> Outcome {
     };
     let current = runtime.tools();
     let taken = |name: &str| ractor::registry::where_is(name).is_some();
-    let plan = match reload::plan(&current, loaded.tools, &taken) {
+    let mut plan = match reload::plan(&current, loaded.tools, &taken) {
         Ok(plan) => plan,
         Err(e) => {
             let file = loaded_file(&current, &e.tool);
@@ -186,8 +186,7 @@ async fn apply(runtime: &Arc<Runtime>) -> Outcome {
             };
         }
     };
-    let mut diff = plan.diff.clone();
-    diff.restart_needed = reload::restart_needed(&runtime.config, &loaded.config);
+    plan.diff.restart_needed = reload::restart_needed(&runtime.config, &loaded.config);
     let Some(tools) = ractor::registry::where_is(names::TOOLS) else {
         return Outcome::Refused {
             problems: vec!["the tools supervisor is restarting; try again".into()],
@@ -209,8 +208,8 @@ async fn apply(runtime: &Arc<Runtime>) -> Outcome {
             "the tools supervisor was slow to start the new actors; applying anyway"
         );
     }
-    if diff.is_empty() {
-        return Outcome::Applied(diff);
+    if plan.diff.is_empty() {
+        return Outcome::Applied(plan.diff);
     }
     started(&plan.start).await;
     let (tools_changed, servers_changed) = reload::lists_changed(&plan);
@@ -233,7 +232,7 @@ async fn apply(runtime: &Arc<Runtime>) -> Outcome {
         runtime.notify(Notice::PromptsChanged);
         runtime.notify(Notice::ResourcesChanged);
     }
-    Outcome::Applied(diff)
+    Outcome::Applied(plan.diff)
 }
 
 /// Waits (up to `START_WAIT`) until no new entry is still starting.

@@ -246,6 +246,7 @@ pub fn child_ended(event: SupervisionEvent) -> Option<(ActorCell, String)> {
 impl ToolsSupervisorState {
     /// Stops each retired actor whose calls are all answered (or that is
     /// past their deadline: what still runs is answered by the watchdog).
+    /// A stopped one leaves `draining`; its supervision event forgets it.
     fn sweep(&mut self) {
         let now = Instant::now();
         for (entry, cell) in self.children.values() {
@@ -260,9 +261,7 @@ impl ToolsSupervisorState {
                     tracing::warn!(actor = names::TOOLS, tool = %entry.spec.name, in_flight = entry.gate.in_flight(), "retired actor still has calls past their deadline; stopping it");
                 }
                 cell.stop(entry.retired().map(str::to_string));
-                // Stopped once; its supervision event forgets it.
-                self.draining
-                    .insert(entry.id, now + Duration::from_secs(3600));
+                self.draining.remove(&entry.id);
             }
         }
     }
