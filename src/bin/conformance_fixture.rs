@@ -180,12 +180,9 @@ impl Conformance {
         request: Value,
     ) -> Result<Value, CallToolResponse> {
         let fail = |why: String| {
-            result(json!({"isError": true, "content": [{"type": "text", "text": why}]}))
-                .unwrap_or_else(|e| {
-                    CallToolResponse::from(CallToolResult::error(vec![
-                        rmcp::model::ContentBlock::text(e.message.to_string()),
-                    ]))
-                })
+            CallToolResponse::from(CallToolResult::error(vec![
+                rmcp::model::ContentBlock::text(why),
+            ]))
         };
         let caps = context.peer.peer_info().map(|i| i.capabilities.clone());
         let has = match capability {

@@ -61,12 +61,15 @@ pub fn wait_serving(s: &mut Server, tool: &str, deadline: Duration) -> Duration 
     }
 }
 
-pub fn tool_names(s: &mut Server) -> Vec<String> {
+/// The tools a `tools/list` answers, as JSON.
+pub fn listed_tools(s: &mut Server) -> Vec<Value> {
     let id = s.request("tools/list", json!({}));
     let r = s.response(id);
-    r["result"]["tools"]
-        .as_array()
-        .unwrap()
+    r["result"]["tools"].as_array().unwrap().clone()
+}
+
+pub fn tool_names(s: &mut Server) -> Vec<String> {
+    listed_tools(s)
         .iter()
         .map(|t| t["name"].as_str().unwrap().to_string())
         .collect()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::gateway::{mcp_actor, tool_names};
+use crate::gateway::{listed_tools, mcp_actor, tool_names};
 use crate::harness::*;
 
 const CONFIG: &str =
@@ -88,11 +88,7 @@ fn assert_each_answered_once(got: &HashMap<i64, Vec<Value>>, ids: &[i64], what: 
 }
 
 fn description(s: &mut Server, tool: &str) -> String {
-    let id = s.request("tools/list", json!({}));
-    let r = s.response(id);
-    r["result"]["tools"]
-        .as_array()
-        .unwrap()
+    listed_tools(s)
         .iter()
         .find(|t| t["name"] == tool)
         .map(|t| t["description"].as_str().unwrap_or_default().to_string())
