@@ -319,6 +319,11 @@ pub struct HttpConfig {
     /// A request body to /mcp must have arrived within this (else 408).
     #[serde(with = "humantime_serde")]
     pub body_deadline: Duration,
+    /// After SIGTERM, warden keeps its port open at least this long (turning
+    /// away what is new with 503 or 404), so that a load balancer sees
+    /// `/ready` fail and stops sending before the port closes.
+    #[serde(with = "humantime_serde")]
+    pub drain_notice: Duration,
 }
 
 impl Default for HttpConfig {
@@ -331,6 +336,7 @@ impl Default for HttpConfig {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             body_deadline: DEFAULT_BODY_DEADLINE,
+            drain_notice: Duration::ZERO,
         }
     }
 }
@@ -797,6 +803,12 @@ pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Prob
     }
     if config.http.body_deadline < Duration::from_millis(100) {
         bad("http.body_deadline", "must be at least 100ms");
+    }
+    if config.http.drain_notice > config.server.shutdown_grace {
+        bad(
+            "http.drain_notice",
+            "must not be longer than server.shutdown_grace, which bounds the whole drain",
+        );
     }
     let auth = &config.auth;
     match auth.mode {

@@ -262,11 +262,15 @@ impl Health {
 
 /// `/health`: the overall health and a JSON body per component.
 ///
-/// Unhealthy: warden is draining, the tools supervisor or the transport is
-/// not running, or event-loop lag is past `lag.alert`. Degraded: the breaker,
-/// health or recovery actor is not running, memory is at the degrade level or
-/// above, or a tool is not running (starting, restarting, failed,
-/// unavailable) or its breaker is not closed. Else healthy.
+/// Unhealthy: the tools supervisor or the transport is not running, or
+/// event-loop lag is past `lag.alert`. Degraded: the breaker, health or
+/// recovery actor is not running, memory is at the degrade level or above,
+/// or a tool is not running (starting, restarting, failed, unavailable) or
+/// its breaker is not closed. Else healthy.
+///
+/// This is liveness: a draining warden is alive and finishing its calls
+/// (`/ready` is what turns it away), so draining, and actors stopped by the
+/// drain, do not make it unhealthy; a restart would only cut the calls short.
 pub fn health(status: &Status) -> (Health, Value) {
     let mut components = Map::new();
     let mut overall = Health::Healthy;
@@ -276,12 +280,12 @@ pub fn health(status: &Status) -> (Health, Value) {
         components.insert(name, Value::Object(detail));
     };
     let state = |s: &str| Map::from_iter([("state".to_string(), json!(s))]);
-    let warden = if status.warden.state == "running" {
-        Health::Healthy
-    } else {
-        Health::Unhealthy
-    };
-    add("warden".into(), warden, state(&status.warden.state));
+    let draining = status.warden.state == "draining";
+    add(
+        "warden".into(),
+        Health::Healthy,
+        state(&status.warden.state),
+    );
     for (name, when_down) in [
         (names::TRANSPORT, Health::Unhealthy),
         (names::TOOLS, Health::Unhealthy),
@@ -290,7 +294,7 @@ pub fn health(status: &Status) -> (Health, Value) {
         (names::RECOVERY, Health::Degraded),
     ] {
         let s = status.actor_state(name);
-        let health = if s == "running" {
+        let health = if s == "running" || draining {
             Health::Healthy
         } else {
             when_down
@@ -475,7 +479,9 @@ pub mod tests {
         let (h, body) = health(&status("running", true, &[("echo", "running", "open")]));
         assert_eq!(h, Health::Degraded);
         assert_eq!(body["components"]["tool:echo"]["status"], "degraded");
-        assert_eq!(health(&status("draining", true, &[])).0, Health::Unhealthy);
+        let (h, body) = health(&status("draining", false, &[]));
+        assert_eq!(h, Health::Healthy, "a drain is alive: {body}");
+        assert_eq!(body["components"]["warden"]["state"], "draining");
         let (h, body) = health(&status("running", false, &[]));
         assert_eq!(h, Health::Unhealthy, "transport and tools down");
         assert_eq!(body["components"]["breaker"]["status"], "degraded");

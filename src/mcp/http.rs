@@ -143,10 +143,18 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
                 let mut r = if announced.is_some_and(|n| n > max_body as u64) {
                     // Refused before a byte of it is read.
                     too_large(max_body)
+                } else if new && runtime.draining.is_cancelled() {
+                    drain::elsewhere()
                 } else if new && open.now() >= max {
                     full(max)
                 } else {
                     match read_body(req, max_body, deadline).await {
+                        Ok((parts, bytes))
+                            if runtime.draining.is_cancelled()
+                                && drain::ends_session(&parts.method, &bytes) =>
+                        {
+                            drain::session_ended()
+                        }
                         Ok((parts, bytes)) => match authorize(&auth, &runtime, parts, &bytes).await
                         {
                             Ok(parts) => {
@@ -168,11 +176,68 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
                 if method == "DELETE" && r.status() == StatusCode::ACCEPTED {
                     *r.status_mut() = StatusCode::NO_CONTENT;
                 }
+                // A load balancer lets go of its connections to a draining
+                // warden one answer at a time, instead of all at its exit.
+                if runtime.draining.is_cancelled() {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 runtime.metrics.http_request(method, r.status().as_u16());
                 r
             }
         },
     ))
+}
+
+/// While warden drains (SIGTERM), `/ready` says 503 and `/mcp` takes
+/// nothing new, so that a load balancer sends it elsewhere without losing a
+/// call: the calls in flight finish, and the answers, notifications and
+/// cancellations their sessions send for them still go through.
+mod drain {
+    use super::*;
+
+    /// A new session or a stateless request: 503 with Retry-After. Nothing
+    /// ran, so a load balancer may retry it on another replica at once.
+    pub fn elsewhere() -> Response {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": {"code": -32000, "message": "warden is draining for a restart; retry, elsewhere if you can"}
+        });
+        let mut r = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+        r
+    }
+
+    /// Whether a request in a session asks for something new: a GET stream,
+    /// or a POST carrying a JSON-RPC request. Those end the session.
+    pub fn ends_session(method: &axum::http::Method, body: &[u8]) -> bool {
+        if *method == axum::http::Method::GET {
+            return true;
+        }
+        if *method != axum::http::Method::POST {
+            return false;
+        }
+        let is_request = |m: &serde_json::Value| m.get("method").is_some() && m.get("id").is_some();
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Array(all)) => all.iter().any(is_request),
+            Ok(one) => is_request(&one),
+            Err(_) => false,
+        }
+    }
+
+    /// 404, which the MCP spec gives a session the server has ended: the
+    /// client starts a new one, which the load balancer sends to a replica
+    /// that is not draining.
+    pub fn session_ended() -> Response {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": {"code": -32000, "message": "this session has ended: warden is draining for a restart; start a new session"}
+        });
+        (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    }
 }
 
 fn too_large(max: usize) -> Response {

@@ -38,12 +38,16 @@ impl Drop for TransportState {
 }
 
 /// Over HTTP nothing ends the run but a drain (SIGTERM): it returns once the
-/// calls in flight have finished, or once the root has cancelled them at the
-/// end of the grace and they have been answered (1 s at most).
+/// calls in flight have finished and `http.drain_notice` has passed, or once
+/// the root has cancelled the calls at the end of the grace and they have
+/// been answered (1 s at most).
 async fn http_drain(runtime: &Runtime) -> String {
     const POLL: std::time::Duration = std::time::Duration::from_millis(10);
     runtime.draining.cancelled().await;
-    while runtime.in_flight() > 0 && !runtime.kill_all.is_cancelled() {
+    let notice = tokio::time::Instant::now() + runtime.config.http.drain_notice;
+    while (runtime.in_flight() > 0 || tokio::time::Instant::now() < notice)
+        && !runtime.kill_all.is_cancelled()
+    {
         tokio::time::sleep(POLL).await;
     }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);

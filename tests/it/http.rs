@@ -10,14 +10,14 @@ use serde_json::{json, Value};
 use crate::harness::*;
 
 /// An answer: status code, head (status line and headers), body.
-struct Answer {
-    status: u16,
+pub struct Answer {
+    pub status: u16,
     head: String,
     body: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", self.head, self.body))
     }
@@ -61,7 +61,7 @@ fn request(port: u16, method: &str, path: &str) -> Option<Answer> {
     })
 }
 
-fn get(port: u16, path: &str) -> Answer {
+pub fn get(port: u16, path: &str) -> Answer {
     request(port, "GET", path).unwrap_or_else(|| panic!("nothing listens on 127.0.0.1:{port}"))
 }
 

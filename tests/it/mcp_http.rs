@@ -337,36 +337,98 @@ fn a_foreign_origin_or_host_is_refused_and_the_next_request_served() {
     );
 }
 
+/// What a load balancer and the clients behind it see of a rolling update:
+/// from SIGTERM, /ready is 503 and /health still 200; anything new is turned
+/// away without running (a new session or stateless request 503 with
+/// Retry-After, a session's new request 404: that session has ended); the
+/// call in flight finishes; the port stays open `http.drain_notice`; exit 0.
 #[test]
-fn sigterm_over_http_lets_the_running_call_finish_and_exits_zero() {
+fn sigterm_over_http_drains_for_a_load_balancer_and_exits_zero() {
     let port = free_port();
-    let mut s =
-        setup("[log]\nstderr = \"warn\"\n[server]\nshutdown_grace = \"5s\"\n").start_http(port);
+    let mut s = setup(
+        "[log]\nstderr = \"warn\"\n[server]\nshutdown_grace = \"5s\"\n[http]\ndrain_notice = \"1500ms\"\n",
+    )
+    .start_http(port);
     wait_listening(&mut s, port);
+    assert_eq!(crate::http::get(port, "/ready").status, 200);
     let mut conn = Conn::open(port);
     let session = initialize(&mut conn);
-    let call = std::thread::spawn(move || {
-        let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                          "params": {"name": "sleeper", "arguments": {"ms": 700}}});
-        conn.send(
-            "POST",
-            &[
-                ("Mcp-Session-Id", &session),
+    let in_session = [
+        ("Mcp-Session-Id", session.as_str()),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ];
+    let call = {
+        let mut conn = Conn::open(port);
+        let session = session.clone();
+        std::thread::spawn(move || {
+            let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                              "params": {"name": "sleeper", "arguments": {"ms": 1000}}});
+            let headers = [
+                ("Mcp-Session-Id", session.as_str()),
                 ("MCP-Protocol-Version", "2025-11-25"),
-            ],
-            &body.to_string(),
-        )
-    });
-    std::thread::sleep(Duration::from_millis(200));
+            ];
+            conn.send("POST", &headers, &body.to_string())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let sigterm = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(s.pid()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+    let ready = eventually(Duration::from_secs(2), || {
+        crate::http::get(port, "/ready").status == 503
+    });
+    assert!(ready, "/ready did not turn 503");
+    let health = crate::http::get(port, "/health");
+    assert_eq!(
+        health.status,
+        200,
+        "liveness while draining: {}",
+        health.json()
+    );
+    assert_eq!(health.json()["components"]["warden"]["state"], "draining");
+
+    let fresh = stateless(
+        &mut Conn::open(port),
+        3,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"message": "hi"}}),
+    );
+    assert_eq!(fresh.status, 503, "{fresh:?}");
+    assert_eq!(fresh.header("retry-after"), Some("1"), "{fresh:?}");
+    assert_eq!(fresh.header("connection"), Some("close"), "{fresh:?}");
+    let says = |a: &Answer| {
+        a.message()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(says(&fresh).contains("draining"), "{fresh:?}");
+    let init = Conn::open(port).send("POST", &[], INITIALIZE);
+    assert_eq!(init.status, 503, "{init:?}");
+    let next = echo(&mut Conn::open(port), &session, 4, "late");
+    assert_eq!(next.status, 404, "{next:?}");
+    assert!(says(&next).contains("session has ended"), "{next:?}");
+    // What serves the call in flight still passes: a notification for it.
+    let note = Conn::open(port).send(
+        "POST",
+        &in_session,
+        r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"x","progress":1}}"#,
+    );
+    assert_eq!(note.status, 202, "{note:?}");
+
     let answer = call.join().unwrap();
     assert_eq!(text(&answer.message()["result"]), "slept\n", "{answer:?}");
     let status = s.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status}");
+    let took = sigterm.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "the port closed before the drain notice: {took:?}"
+    );
+    drop(conn);
 }
 
 #[test]
@@ -390,6 +452,13 @@ fn serving_http_with_mcp_needs_an_address() {
     let (code, said) = setup.check();
     assert_eq!(code, Some(1));
     assert!(said.contains("http.mcp: needs http.listen"), "{said}");
+    let setup = Setup::new("[server]\nshutdown_grace = \"2s\"\n[http]\ndrain_notice = \"5s\"\n");
+    let (code, said) = setup.check();
+    assert_eq!(code, Some(1));
+    assert!(
+        said.contains("http.drain_notice: must not be longer than server.shutdown_grace"),
+        "{said}"
+    );
     let setup = Setup::new(QUIET);
     let out = std::process::Command::new(WARDEN)
         .args(["serve", "--http", "localhost", "--config"])
