@@ -33,6 +33,10 @@ pub struct Answer {
     pub status: u16,
     pub messages: Vec<(String, Instant)>,
     session: Option<String>,
+    /// Which server answered, where a load balancer in front says so
+    /// (`X-Served-By`; warden-scale reads it, warden-chaos has no balancer).
+    #[allow(dead_code)]
+    pub served_by: Option<String>,
 }
 
 /// One kept-alive connection to warden, opened again when warden closed it
@@ -120,7 +124,8 @@ fn read_answer(io: &mut BufReader<TcpStream>) -> Result<Answer, String> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("bad status line {line:?}"))?;
-    let (mut length, mut chunked, mut sse, mut session) = (0usize, false, false, None);
+    let (mut length, mut chunked, mut sse) = (0usize, false, false);
+    let (mut session, mut served_by) = (None, None);
     loop {
         line.clear();
         io.read_line(&mut line).map_err(err)?;
@@ -137,6 +142,7 @@ fn read_answer(io: &mut BufReader<TcpStream>) -> Result<Answer, String> {
             "transfer-encoding" => chunked = v.contains("chunked"),
             "content-type" => sse = v.starts_with("text/event-stream"),
             "mcp-session-id" => session = Some(v.to_string()),
+            "x-served-by" => served_by = Some(v.to_string()),
             _ => {}
         }
     }
@@ -187,6 +193,7 @@ fn read_answer(io: &mut BufReader<TcpStream>) -> Result<Answer, String> {
         status,
         messages,
         session,
+        served_by,
     })
 }
 
