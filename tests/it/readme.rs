@@ -246,3 +246,28 @@ fn completions_and_man_pages_come_from_the_command_line_itself() {
     assert!(pages.join("warden.1").is_file() && pages.join("warden-logs.1").is_file());
     assert!(!pages.join("warden-__guard.1").exists());
 }
+
+#[test]
+fn the_readmes_haproxy_backend_is_the_one_scripts_scale_runs() {
+    let text = readme();
+    let start = text
+        .find("```\nbackend wardens\n")
+        .expect("README shows the haproxy backend");
+    let body = &text[start + 4..];
+    let shown = &body[..body.find("```").unwrap()];
+    let cfg = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg"),
+    )
+    .unwrap();
+    let file: Vec<&str> = cfg.lines().map(str::trim).collect();
+    // The servers are the reader's; the check interval is a variable there.
+    for line in shown.lines().map(str::trim) {
+        if line.starts_with("server ") || line.starts_with("default-server ") {
+            continue;
+        }
+        assert!(
+            file.contains(&line),
+            "README's {line:?} is not in haproxy.cfg"
+        );
+    }
+}
