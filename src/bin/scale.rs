@@ -1,7 +1,8 @@
 //! warden-scale: replicas of `warden serve --http` behind haproxy on
 //! loopback, as `scripts/scale` runs them.
 //!
-//! warden-scale [--short] [--json] [--keep] [--warden PATH] [--haproxy PATH]
+//! warden-scale [--short] [--rounds N] [--json] [--write FILE] [--keep]
+//!              [--warden PATH] [--haproxy PATH]
 //!
 //! Three replicas, each on its own loopback port, behind one haproxy running
 //! deploy/haproxy/haproxy.cfg (the documented configuration) that checks
@@ -12,8 +13,8 @@
 //!
 //! 1. **Throughput**: stateless 2026-07-28 echo calls from a fixed number of
 //!    client threads, directly to one replica and through haproxy to 1, 2
-//!    and 3: calls/s, p50, and CPU per call of the replicas, haproxy and the
-//!    client.
+//!    and 3, in rounds of a rotating order: medians of calls/s, p50, and CPU
+//!    per call of the replicas, haproxy and the client.
 //! 2. **Chaos**: stateless clients and legacy sessions (2025-11-25) at once,
 //!    echo and 150 ms calls, while every replica in turn gets SIGTERM (it
 //!    must drain and exit 0) and is started again, then one is SIGKILLed and
@@ -43,8 +44,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const USAGE: &str =
-    "usage: warden-scale [--short] [--json] [--keep] [--warden PATH] [--haproxy PATH]";
+const USAGE: &str = "usage: warden-scale [--short] [--rounds N] [--json] [--write FILE] [--keep] \
+                     [--warden PATH] [--haproxy PATH]";
 /// How long a replica may take to answer `/ready` 200 after its start.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a drained replica may take to exit after SIGTERM.
@@ -69,6 +70,10 @@ const REPLICAS: usize = 3;
 
 struct Opts {
     short: bool,
+    /// Rounds of the throughput part; each setting once a round.
+    rounds: usize,
+    /// Where to write the JSON report too (beside the table on stdout).
+    write: Option<PathBuf>,
     json: bool,
     keep: bool,
     warden: PathBuf,
@@ -79,6 +84,8 @@ fn parse_args() -> Result<Opts, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut opts = Opts {
         short: false,
+        rounds: 0,
+        write: None,
         json: false,
         keep: false,
         warden: exe.with_file_name("warden"),
@@ -88,6 +95,14 @@ fn parse_args() -> Result<Opts, String> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--short" => opts.short = true,
+            "--rounds" => {
+                opts.rounds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or(USAGE)?
+            }
+            "--write" => opts.write = Some(args.next().ok_or(USAGE)?.into()),
             "--json" => opts.json = true,
             "--keep" => opts.keep = true,
             "--warden" => opts.warden = args.next().ok_or(USAGE)?.into(),
@@ -98,6 +113,9 @@ fn parse_args() -> Result<Opts, String> {
             }
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
+    }
+    if opts.rounds == 0 {
+        opts.rounds = if opts.short { 1 } else { 5 };
     }
     Ok(opts)
 }
@@ -121,6 +139,11 @@ fn main() {
     }
     match outcome {
         Ok(report) => {
+            if let Some(file) = &opts.write {
+                if let Err(e) = std::fs::write(file, format!("{}\n", report.json)) {
+                    eprintln!("warden-scale: writing {}: {e}", file.display());
+                }
+            }
             if opts.json {
                 println!("{}", report.json);
             } else {
@@ -585,40 +608,61 @@ fn run(opts: &Opts, dir: &Path) -> Result<Report, String> {
     let (step, clients) = if opts.short {
         (Duration::from_secs(3), 16)
     } else {
-        (Duration::from_secs(15), 32)
+        (Duration::from_secs(10), 32)
     };
-    let mut text = String::new();
+    // Every setting side by side: one haproxy each for 1, 2 and 3 replicas
+    // (idle while another is measured), and rounds in a rotating order.
+    let balancers = (1..=REPLICAS)
+        .map(|n| Balancer::start(&opts.haproxy, dir, &replicas[..n]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut measured: Vec<Vec<Value>> = vec![Vec::new(); REPLICAS + 1];
+    for round in 0..opts.rounds {
+        for i in 0..=REPLICAS {
+            // n = 0: straight to the first replica, no haproxy.
+            let n = (i + round) % (REPLICAS + 1);
+            let balancer = n.checked_sub(1).map(|b| &balancers[b]);
+            let port = balancer.map_or(replicas[0].port, |b| b.port);
+            measured[n].push(throughput(port, &replicas, balancer, clients, step)?);
+        }
+    }
+    drop(balancers);
+    let mut text = format!(
+        "throughput: {clients} clients, one stateless echo call at a time each, {step:?} per row, \
+         medians of {} rounds\n{:<22} {:>9} {:>9} {:>14} {:>15} {:>14}\n",
+        opts.rounds, "", "calls/s", "p50 µs", "warden µs/call", "haproxy µs/call", "client µs/call"
+    );
+    let fields = [
+        "calls_per_s",
+        "p50_us",
+        "warden_cpu_us_per_call",
+        "haproxy_cpu_us_per_call",
+        "client_cpu_us_per_call",
+    ];
     let mut rows = Vec::new();
-    text.push_str(&format!(
-        "throughput: {clients} clients, one stateless echo call at a time each, {step:?} per row\n\
-         {:<22} {:>9} {:>9} {:>14} {:>14} {:>14}\n",
-        "", "calls/s", "p50 µs", "warden µs/call", "haproxy µs/call", "client µs/call"
-    ));
-    for n in 0..=REPLICAS {
-        // n = 0: straight to the first replica, no haproxy.
-        let balancer = if n == 0 {
-            None
-        } else {
-            Some(Balancer::start(&opts.haproxy, dir, &replicas[..n])?)
-        };
-        let port = balancer.as_ref().map_or(replicas[0].port, |b| b.port);
-        let row = throughput(port, &replicas, balancer.as_ref(), clients, step)?;
+    for (n, runs) in measured.iter().enumerate() {
+        let mut row = json!({
+            "replicas": n.max(1),
+            "haproxy": n > 0,
+            "rounds": runs,
+            "calls": runs.iter().filter_map(|r| r["calls"].as_u64()).sum::<u64>(),
+        });
+        for f in fields {
+            row[f] = json!(median(runs.iter().filter_map(|r| r[f].as_f64())));
+        }
         let label = if n == 0 {
             "1 replica, direct".to_string()
         } else {
             format!("{n} behind haproxy")
         };
+        let v = |f: &str| row[f].as_f64().unwrap_or(0.0);
         text.push_str(&format!(
-            "{label:<22} {:>9.0} {:>9.0} {:>14.1} {:>14.1} {:>14.1}\n",
-            row["calls_per_s"].as_f64().unwrap_or(0.0),
-            row["p50_us"].as_f64().unwrap_or(0.0),
-            row["warden_cpu_us_per_call"].as_f64().unwrap_or(0.0),
-            row["haproxy_cpu_us_per_call"].as_f64().unwrap_or(0.0),
-            row["client_cpu_us_per_call"].as_f64().unwrap_or(0.0),
+            "{label:<22} {:>9.0} {:>9.0} {:>14.1} {:>15.1} {:>14.1}\n",
+            v(fields[0]),
+            v(fields[1]),
+            v(fields[2]),
+            v(fields[3]),
+            v(fields[4]),
         ));
-        let mut row = row;
-        row["replicas"] = json!(n.max(1));
-        row["haproxy"] = json!(n > 0);
         rows.push(row);
     }
     let chaos = chaos(opts, dir, &mut replicas)?;
@@ -629,6 +673,17 @@ fn run(opts: &Opts, dir: &Path) -> Result<Report, String> {
         json: json!({"throughput": rows, "chaos": chaos.json, "passed": chaos.passed}),
         passed: chaos.passed,
     })
+}
+
+/// The median of some figures (0 for none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn throughput(
@@ -689,6 +744,29 @@ struct Chaos {
     passed: bool,
 }
 
+/// Calls answered in each quarter second since the load started, ok and
+/// not, and the events at their times (ms).
+fn timeline(calls: &[Booked], start: Instant, events: &[(Instant, String)]) -> Value {
+    const BIN_MS: u128 = 250;
+    let end = calls.iter().map(|c| c.done).max().unwrap_or(start);
+    let bins = (end.duration_since(start).as_millis() / BIN_MS + 1) as usize;
+    let (mut ok, mut failed) = (vec![0u64; bins], vec![0u64; bins]);
+    for c in calls {
+        let bin = (c.done.saturating_duration_since(start).as_millis() / BIN_MS) as usize;
+        let v = if c.outcome == "ok" {
+            &mut ok
+        } else {
+            &mut failed
+        };
+        v[bin.min(bins - 1)] += 1;
+    }
+    let events: Vec<Value> = events
+        .iter()
+        .map(|(t, what)| json!({"ms": t.saturating_duration_since(start).as_millis() as u64, "event": what}))
+        .collect();
+    json!({"bin_ms": BIN_MS as u64, "ok": ok, "failed": failed, "events": events})
+}
+
 /// Tallies of the calls `pick` selects: outcome → count.
 fn tally<'a>(calls: impl Iterator<Item = &'a Booked>) -> BTreeMap<String, u64> {
     let mut t = BTreeMap::new();
@@ -704,7 +782,10 @@ fn chaos(opts: &Opts, dir: &Path, replicas: &mut [Replica]) -> Result<Chaos, Str
     let load = new_load(balancer.port, 4);
     let mut kinds = vec![Kind::Stateless; stateless];
     kinds.extend(vec![Kind::Legacy; legacy]);
+    let load_start = Instant::now();
     let workers = load.start(&kinds);
+    // What happened when, for the timeline.
+    let mut events: Vec<(Instant, String)> = Vec::new();
     let settle = Duration::from_secs(if opts.short { 1 } else { 3 });
     std::thread::sleep(settle);
 
@@ -713,10 +794,12 @@ fn chaos(opts: &Opts, dir: &Path, replicas: &mut [Replica]) -> Result<Chaos, Str
     let mut drains = Vec::new();
     for r in replicas.iter_mut() {
         let t = Instant::now();
+        events.push((t, format!("SIGTERM {}", r.name)));
         r.signal(nix::sys::signal::Signal::SIGTERM);
         let status = r.wait_exit()?;
         let drained = t.elapsed();
         r.start()?;
+        events.push((Instant::now(), format!("{} ready", r.name)));
         // Back in haproxy's rotation (rise 2) before the next one goes.
         let until = Instant::now() + READY_DEADLINE;
         while balancer.states()?.get(&r.name).map(String::as_str) != Some("UP") {
@@ -737,6 +820,7 @@ fn chaos(opts: &Opts, dir: &Path, replicas: &mut [Replica]) -> Result<Chaos, Str
     // marks it down, and how long that took.
     let victim = 1;
     let kill_at = Instant::now();
+    events.push((kill_at, format!("SIGKILL {}", replicas[victim].name)));
     replicas[victim].signal(nix::sys::signal::Signal::SIGKILL);
     let killed_exit = replicas[victim].wait_exit()?;
     let gone_at = Instant::now();
@@ -754,8 +838,12 @@ fn chaos(opts: &Opts, dir: &Path, replicas: &mut [Replica]) -> Result<Chaos, Str
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    if let Some(d) = down_after {
+        events.push((kill_at + d, format!("{} down", replicas[victim].name)));
+    }
     std::thread::sleep(settle);
     replicas[victim].start()?;
+    events.push((Instant::now(), format!("{} ready", replicas[victim].name)));
     std::thread::sleep(settle);
     let kill_end = Instant::now();
     load.stop.store(true, Ordering::Relaxed);
@@ -885,6 +973,7 @@ fn chaos(opts: &Opts, dir: &Path, replicas: &mut [Replica]) -> Result<Chaos, Str
             "down_after_ms": down_after.map(|d| d.as_millis() as u64),
         },
         "served_by": served,
+        "timeline": timeline(calls, load_start, &events),
         "checks": checks.iter().map(|(c, ok)| json!({"check": c, "ok": ok})).collect::<Vec<_>>(),
     });
     Ok(Chaos { text, json, passed })
