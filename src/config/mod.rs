@@ -12,6 +12,7 @@ mod actor;
 mod builtin;
 mod runtime;
 mod template;
+pub mod tls;
 mod units;
 
 use std::fmt;

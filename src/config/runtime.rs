@@ -95,8 +95,13 @@ pub struct AuthConfig {
     /// resource). Default: the URL of `/mcp` built from `public_url`.
     pub audience: String,
     /// `mode = "jwt"`: the issuer's keys: a JWKS file (read again when a
-    /// token names a key it lacks), or an `http://` URL to fetch it from.
+    /// token names a key it lacks), or an `https://` (or `http://`) URL to
+    /// fetch it from.
     pub jwks: String,
+    /// `mode = "jwt"`: a PEM file of the CA certificates an `https://` JWKS
+    /// is checked against, for a private issuer. Default: the web's roots,
+    /// built in (webpki-roots).
+    pub jwks_ca: String,
     /// `mode = "jwt"`: slack for `exp` and `nbf` against clock skew.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
@@ -133,6 +138,7 @@ impl Default for AuthConfig {
             issuer: String::new(),
             audience: String::new(),
             jwks: String::new(),
+            jwks_ca: String::new(),
             leeway: DEFAULT_AUTH_LEEWAY,
             rate: None,
             burst: None,
@@ -703,6 +709,14 @@ pub(super) fn resolve_relative(config: &mut Config, base: &Path) {
             *p = base.join(&*p);
         }
     }
+    // The files of [auth], where they are files: a URL stays as it is.
+    let auth = &mut config.auth;
+    for p in [&mut auth.jwks, &mut auth.jwks_ca] {
+        let url = p.starts_with("http://") || p.starts_with("https://");
+        if !p.is_empty() && !url && Path::new(p.as_str()).is_relative() {
+            *p = base.join(p.as_str()).display().to_string();
+        }
+    }
 }
 
 pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Problem>) {
@@ -823,10 +837,15 @@ pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Prob
             if auth.jwks.is_empty() {
                 bad(
                     "auth.jwks",
-                    "mode = \"jwt\" needs the issuer's keys: a JWKS file, or an http:// URL",
+                    "mode = \"jwt\" needs the issuer's keys: a JWKS file, or an https:// URL",
                 );
-            } else if auth.jwks.starts_with("https://") {
-                bad("auth.jwks", "fetching over TLS is not built in yet: give a JWKS file that something keeps fresh, or an http:// URL of a local fetcher");
+            }
+            if !auth.jwks_ca.is_empty() {
+                if !auth.jwks.starts_with("https://") {
+                    bad("auth.jwks_ca", "is only for a JWKS fetched over https://");
+                } else if let Err(why) = crate::config::tls::read_ca(&auth.jwks_ca) {
+                    bad("auth.jwks_ca", &why);
+                }
             }
             if auth.leeway > Duration::from_secs(300) {
                 bad("auth.leeway", "must be at most 5m");

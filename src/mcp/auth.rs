@@ -9,7 +9,8 @@
 //! `mode = "token"`: static bearer tokens, each with a name (the principal)
 //! and scopes, kept only as SHA-256 hashes and compared in constant time.
 //! `mode = "jwt"`: JWTs signed by the issuer's keys (a JWKS file, or fetched
-//! over http://, within a deadline): signature, `iss`, `aud`, `exp` and `nbf`
+//! over https:// (or http://) within a deadline, the server's certificate
+//! checked against the web's roots or `jwks_ca`'s): signature, `iss`, `aud`, `exp` and `nbf`
 //! are checked, with only the algorithm the key names; the principal is
 //! `sub`, its scopes `scope` (or `scp`). A token naming a key not known
 //! reads the keys again at once, and then at most once a minute. A checked
@@ -101,6 +102,10 @@ impl Auth {
             })
             .collect();
         let resource = format!("{base}/mcp");
+        let client = match auth.mode == AuthMode::Jwt && is_url(&auth.jwks) {
+            true => Some(jwks_client(&auth.jwks_ca)?),
+            false => None,
+        };
         let jwt = (auth.mode == AuthMode::Jwt).then(|| Jwt {
             issuer: auth.issuer.clone(),
             audience: if auth.audience.is_empty() {
@@ -111,6 +116,7 @@ impl Auth {
             leeway: auth.leeway,
             limit: auth.limit_of(None),
             jwks: auth.jwks.clone(),
+            client,
             keys: tokio::sync::RwLock::new(Keys::default()),
             reads: tokio::sync::Mutex::new(Reads::default()),
             checked: std::sync::Mutex::new(HashMap::new()),
@@ -236,8 +242,10 @@ struct Jwt {
     leeway: Duration,
     /// Each principal's rate limit (`[auth] rate`).
     limit: Option<crate::config::RateLimit>,
-    /// A file path, or an http:// URL.
+    /// A file path, or an https:// or http:// URL.
     jwks: String,
+    /// What fetches the keys, where `jwks` is a URL.
+    client: Option<JwksClient>,
     keys: tokio::sync::RwLock<Keys>,
     /// One read of the keys at a time, and when the last ones were.
     reads: tokio::sync::Mutex<Reads>,
@@ -396,8 +404,8 @@ impl Jwt {
     }
 
     async fn read_keys(&self) -> Result<Keys, String> {
-        let text = if let Some(url) = self.jwks.strip_prefix("http://") {
-            fetch(&format!("http://{url}")).await?
+        let text = if let Some(client) = &self.client {
+            fetch(client, &self.jwks).await?
         } else {
             // Off the runtime's threads: a file on a stalled mount blocks.
             let path = self.jwks.clone();
@@ -475,14 +483,61 @@ fn describe(e: &jsonwebtoken::errors::Error) -> &'static str {
     }
 }
 
-/// GETs `url` (http:// only) within the deadline and the size cap.
-async fn fetch(url: &str) -> Result<Vec<u8>, String> {
+/// An HTTP client for the issuer's keys, https:// or http://.
+type JwksClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<axum::body::Bytes>,
+>;
+
+fn is_url(jwks: &str) -> bool {
+    jwks.starts_with("https://") || jwks.starts_with("http://")
+}
+
+/// The client that fetches the keys: TLS on rustls (ring), the server's
+/// certificate checked against the CAs of `ca` (a PEM file) if given, else
+/// against the web's roots built into warden.
+fn jwks_client(ca: &str) -> Result<JwksClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if ca.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        for cert in crate::config::tls::read_ca(ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("auth.jwks_ca {ca}: a certificate rustls refuses: {e}"))?;
+        }
+    }
+    // ring, not aws-lc-rs (a C build of minutes on two cores). rustls marks
+    // it deprecated for lacking post-quantum key exchange, which guards
+    // secrecy against later decryption; a JWKS is public, what matters is
+    // that it comes from the issuer, which the certificate proves.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
+}
+
+/// GETs `url` within the deadline and the size cap.
+async fn fetch(client: &JwksClient, url: &str) -> Result<Vec<u8>, String> {
     use http_body_util::BodyExt;
     let uri: axum::http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<axum::body::Bytes>>();
     let fetched = async {
-        let res = client.get(uri).await.map_err(|e| format!("{url}: {e}"))?;
+        let res = client
+            .get(uri)
+            .await
+            .map_err(|e| format!("{url}: {}", chain(&e)))?;
         if !res.status().is_success() {
             return Err(format!("{url}: HTTP {}", res.status()));
         }
@@ -495,6 +550,19 @@ async fn fetch(url: &str) -> Result<Vec<u8>, String> {
     tokio::time::timeout(JWKS_DEADLINE, fetched)
         .await
         .map_err(|_| format!("{url}: no answer within {JWKS_DEADLINE:?}"))?
+}
+
+/// An error and its causes, one after another: hyper's own says only
+/// "client error (Connect)", the TLS reason is underneath.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn error_body(message: &str) -> Value {

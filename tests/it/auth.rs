@@ -309,8 +309,16 @@ fn check_refuses_auth_that_cannot_work() {
         ("mode = \"token\"\n", "auth.tokens: mode = \"token\" needs at least one"),
         ("mode = \"jwt\"\njwks = \"k.json\"\n", "auth.issuer: mode = \"jwt\" needs the issuer"),
         (
-            "mode = \"jwt\"\nissuer = \"https://i\"\njwks = \"https://i/jwks.json\"\n",
-            "auth.jwks: fetching over TLS is not built in yet",
+            "mode = \"jwt\"\nissuer = \"https://i\"\njwks = \"http://i/jwks.json\"\njwks_ca = \"ca.pem\"\n",
+            "auth.jwks_ca: is only for a JWKS fetched over https://",
+        ),
+        (
+            "mode = \"jwt\"\nissuer = \"https://i\"\njwks = \"https://i/jwks.json\"\njwks_ca = \"no-such-ca.pem\"\n",
+            "no-such-ca.pem: No such file",
+        ),
+        (
+            "mode = \"jwt\"\nissuer = \"https://i\"\njwks = \"https://i/jwks.json\"\njwks_ca = \"config.toml\"\n",
+            "config.toml: holds no certificate",
         ),
         (
             "mode = \"token\"\n[[auth.tokens]]\nname = \"x\"\nsha256 = \"abc\"\n",
@@ -404,8 +412,13 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn jwt_setup(jwks: &str) -> Setup {
+    jwt_setup_with(jwks, "")
+}
+
+/// `jwt_setup` with more `[auth]` lines.
+fn jwt_setup_with(jwks: &str, auth: &str) -> Setup {
     Setup::new(&format!(
-        "[log]\nstderr = \"warn\"\n[auth]\nmode = \"jwt\"\npublic_url = \"https://mcp.example.com\"\nissuer = \"{ISSUER}\"\njwks = \"{jwks}\"\n"
+        "[log]\nstderr = \"warn\"\n[auth]\nmode = \"jwt\"\npublic_url = \"https://mcp.example.com\"\nissuer = \"{ISSUER}\"\njwks = \"{jwks}\"\n{auth}"
     ))
     .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
     .actor(
@@ -629,6 +642,105 @@ fn the_issuers_keys_can_be_fetched_over_http_and_a_dead_issuer_is_503() {
     assert!(eventually(Duration::from_secs(5), || failed_reads() >= 1));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(failed_reads(), 1);
+}
+
+/// A test issuer serving its JWKS over https on loopback (Python's ssl, with
+/// the certificate in tests/data/tls), ended when dropped.
+struct TlsIssuer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsIssuer {
+    fn start() -> TlsIssuer {
+        const SERVE: &str = r#"
+import http.server, ssl, sys
+jwks = open(sys.argv[1], "rb").read()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(jwks)))
+        self.end_headers()
+        self.wfile.write(jwks)
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(SERVE)
+            .arg(data.join("jwt/jwks-before.json"))
+            .arg(data.join("tls/issuer.pem"))
+            .arg(data.join("tls/issuer.key"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 for the test issuer");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line.trim().parse().expect("the issuer's port");
+        TlsIssuer { child, port }
+    }
+}
+
+impl Drop for TlsIssuer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_issuers_keys_are_fetched_over_https_from_a_server_the_ca_vouches_for() {
+    let issuer = TlsIssuer::start();
+    let url = format!("https://127.0.0.1:{}/jwks.json", issuer.port);
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls/ca.pem");
+    let token = mint("es256-a.pem", "es256-a", &claims("alice", "files"));
+
+    // Told to trust the issuer's CA: the keys come over TLS, the call runs.
+    let port = free_port();
+    let mut s = jwt_setup_with(&url, &format!("jwks_ca = \"{}\"\n", ca.display())).start_http(port);
+    wait_listening(&mut s, port);
+    let session = initialize(port, &token);
+    assert_eq!(
+        text(&call(port, &token, &session, "secret").message()["result"]),
+        "hi"
+    );
+    drop(s);
+
+    // The same issuer against the web's roots: its certificate is refused,
+    // the keys cannot be read (503), and nothing is blamed on the token.
+    let port = free_port();
+    let mut s = jwt_setup(&url).start_http(port);
+    wait_listening(&mut s, port);
+    let a = post(port, Some(&token), None, &init_request());
+    assert_eq!(a.status, 503, "{a:?}");
+    let why = a.message()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(why.contains("certificate"), "{why}");
+
+    // And `warden check` refuses a CA file that holds no certificate.
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), "not a certificate\n").unwrap();
+    let (code, printed) =
+        jwt_setup_with(&url, &format!("jwks_ca = \"{}\"\n", bad.path().display())).check();
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains("auth.jwks_ca") && printed.contains("no certificate"),
+        "{printed}"
+    );
 }
 
 #[test]
