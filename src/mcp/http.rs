@@ -14,7 +14,10 @@
 //! `http.allowed_hosts`, `Origin` against `http.allowed_origins` (loopback
 //! origins when empty), request bodies read whole by warden within
 //! `http.body_deadline` and `server.max_line` (408, 413), before rmcp sees
-//! them.
+//! them. With `[auth]`, a session belongs to the principal that opened it:
+//! every request naming it (GET streams, notifications such as
+//! `notifications/cancelled`, answers to warden's requests, DELETE) from
+//! another principal is refused 403 before rmcp sees it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
+use crate::core::call::Principal;
 use crate::core::runtime::Runtime;
 use crate::mcp::auth::{Auth, METADATA_PATH, METADATA_PATH_MCP};
 use crate::mcp::server::{Offer, WardenServer};
@@ -73,6 +77,8 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
         .with_allowed_hosts(hosts)
         .with_allowed_origins(origins)
         .with_max_request_body_bytes(runtime.config.server.max_line.0 as usize);
+    let sessions = Arc::new(sessions);
+    let owners = Arc::new(Owners::new(sessions.clone(), http.max_sessions));
     let open = Arc::new(Open::default());
     let max = http.max_sessions;
     let max_body = runtime.config.server.max_line.0 as usize;
@@ -88,7 +94,7 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
                     &offer,
                 ))
             },
-            Arc::new(sessions),
+            sessions,
             config,
         )
     };
@@ -117,6 +123,7 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
             let open = open.clone();
             let runtime = runtime.clone();
             let auth = auth.clone();
+            let owners = owners.clone();
             async move {
                 if req.uri().path() != "/mcp" {
                     return next.run(req).await;
@@ -158,8 +165,8 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
                         Ok((parts, bytes)) => match authorize(&auth, &runtime, parts, &bytes).await
                         {
                             Ok(parts) => {
-                                next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-                                    .await
+                                let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+                                owners.serve(req, next).await
                             }
                             Err(refused) => *refused,
                         },
@@ -187,6 +194,95 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
             }
         },
     ))
+}
+
+/// Which principal each session belongs to (with `[auth]`): the one whose
+/// `initialize` opened it. A request naming the session with another
+/// principal's token is refused here, since rmcp acts on some messages
+/// (`notifications/cancelled`, answers, GET, DELETE) without asking warden.
+struct Owners {
+    /// Session id → principal name.
+    by_session: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// rmcp's sessions, to forget those it has ended (idle, shut down).
+    sessions: Arc<LocalSessionManager>,
+    /// Past this many, the ended ones are forgotten.
+    prune_at: usize,
+}
+
+impl Owners {
+    fn new(sessions: Arc<LocalSessionManager>, max_sessions: usize) -> Owners {
+        Owners {
+            by_session: Default::default(),
+            sessions,
+            prune_at: max_sessions.saturating_mul(2).max(64),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        self.by_session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs an authorized request, unless it names another principal's
+    /// session; notes who opened a session, and forgets one deleted.
+    async fn serve(&self, req: Request, next: Next) -> Response {
+        let Some(principal) = req.extensions().get::<Arc<Principal>>().cloned() else {
+            return next.run(req).await;
+        };
+        let session = req
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(id) = &session {
+            let owner = self.lock().get(id).cloned();
+            if owner.is_some_and(|o| o != principal.name) {
+                tracing::warn!(actor = crate::core::names::TRANSPORT, principal = %principal.name, "refused a request naming another principal's session");
+                return forbidden_session();
+            }
+        }
+        let delete = req.method() == axum::http::Method::DELETE;
+        let r = next.run(req).await;
+        match session {
+            Some(id) if delete && r.status().is_success() => {
+                self.lock().remove(&id);
+            }
+            Some(_) => {}
+            None => {
+                let opened = r
+                    .headers()
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok());
+                if let Some(id) = opened {
+                    self.opened(id.to_string(), principal.name.clone()).await;
+                }
+            }
+        }
+        r
+    }
+
+    async fn opened(&self, id: String, principal: String) {
+        if self.lock().len() >= self.prune_at {
+            let live: std::collections::HashSet<String> = self
+                .sessions
+                .sessions
+                .read()
+                .await
+                .keys()
+                .map(|k| k.to_string())
+                .collect();
+            self.lock().retain(|id, _| live.contains(id));
+        }
+        self.lock().insert(id, principal);
+    }
+}
+
+fn forbidden_session() -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": -32600, "message": "this session belongs to another principal; open a session of your own"}
+    });
+    (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
 /// While warden drains (SIGTERM), `/ready` says 503 and `/mcp` takes

@@ -858,3 +858,103 @@ fn each_principal_has_its_own_rate_limit_over_every_tool() {
         "{stolen:?}"
     );
 }
+
+#[test]
+fn another_principals_token_cannot_cancel_stream_or_end_a_session() {
+    let port = free_port();
+    let mut s = Setup::new(&config())
+        .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+        .actor(
+            "slow",
+            &fixture_tool(
+                "slow",
+                &["sleep", "{ms}"],
+                "",
+                "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }",
+            ),
+        )
+        .start_http(port);
+    wait_listening(&mut s, port);
+    let session = initialize(port, ALICE);
+    let slow = |id: u64| {
+        let session = session.clone();
+        std::thread::spawn(move || {
+            post(
+                port,
+                Some(ALICE),
+                Some(&session),
+                &json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                        "params": {"name": "slow", "arguments": {"ms": 1500}}}),
+            )
+        })
+    };
+    let cancel = |token: &str, id: u64| {
+        post(
+            port,
+            Some(token),
+            Some(&session),
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": id, "reason": "test"}}),
+        )
+    };
+
+    // Bob holds a valid token and knows alice's session and request ids:
+    // his cancellation, his GET stream and his DELETE are refused before
+    // anything acts on them, and alice's call runs to its end.
+    let call = slow(10);
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = cancel(BOB, 10);
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let get = Conn::open(port).send(
+        "GET",
+        &[
+            ("Authorization", &format!("Bearer {BOB}")),
+            ("Mcp-Session-Id", &session),
+        ],
+        "",
+    );
+    assert_eq!(get.status, 403, "{get:?}");
+    let delete = Conn::open(port).send(
+        "DELETE",
+        &[
+            ("Authorization", &format!("Bearer {BOB}")),
+            ("Mcp-Session-Id", &session),
+        ],
+        "",
+    );
+    assert_eq!(delete.status, 403, "{delete:?}");
+    let answer = call.join().unwrap();
+    assert_eq!(
+        text(&answer.message()["result"]).trim(),
+        "slept",
+        "{answer:?}"
+    );
+
+    // The same cancellation from alice does cancel her call: its stream
+    // ends without an answer (a cancelled request gets none), and its log
+    // line says so.
+    let call = slow(11);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(cancel(ALICE, 11).status, 202);
+    let answer = call.join().unwrap();
+    assert!(!answer.messages.iter().any(|m| m["id"] == 11), "{answer:?}");
+    assert!(eventually(Duration::from_secs(5), || s
+        .log_lines()
+        .iter()
+        .any(|l| l["request_id"] == "11" && l["outcome"] == "cancelled")));
+
+    // And alice's session goes on.
+    let a = post(
+        port,
+        Some(ALICE),
+        Some(&session),
+        &json!({"jsonrpc": "2.0", "id": 12, "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"message": "still mine"}}}),
+    );
+    assert_eq!(text(&a.message()["result"]), "still mine", "{a:?}");
+    let logs = format!("{:?}", s.log_lines());
+    assert!(
+        logs.contains("naming another principal's session"),
+        "{logs:.300}"
+    );
+}
