@@ -24,6 +24,11 @@
 //! With `--stateless` as well, no session: every call is a stateless
 //! 2026-07-28 request (version and capabilities in `_meta`, the `Mcp-Method`
 //! and `Mcp-Name` headers).
+//!
+//! `warden-bench auth-check` times what `[auth]` does per request, in
+//! process (`auth.rs`).
+
+mod auth;
 
 use std::collections::HashMap;
 use std::process::{ExitCode, Stdio};
@@ -888,6 +893,9 @@ mod http {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().is_some_and(|a| a == "auth-check") {
+        return auth::run(&argv[1..]);
+    }
     let args = match parse_args(&argv) {
         Ok(a) => a,
         Err(e) => {
