@@ -938,10 +938,11 @@ fn another_principals_token_cannot_cancel_stream_or_end_a_session() {
     assert_eq!(cancel(ALICE, 11).status, 202);
     let answer = call.join().unwrap();
     assert!(!answer.messages.iter().any(|m| m["id"] == 11), "{answer:?}");
-    assert!(eventually(Duration::from_secs(5), || s
-        .log_lines()
-        .iter()
-        .any(|l| l["request_id"] == "11" && l["outcome"] == "cancelled")));
+    assert!(eventually(Duration::from_secs(5), || {
+        s.log_lines()
+            .iter()
+            .any(|l| l["request_id"] == "11" && l["outcome"] == "cancelled")
+    }));
 
     // And alice's session goes on.
     let a = post(
@@ -956,5 +957,66 @@ fn another_principals_token_cannot_cancel_stream_or_end_a_session() {
     assert!(
         logs.contains("naming another principal's session"),
         "{logs:.300}"
+    );
+}
+
+#[test]
+fn the_python_sdks_oauth_client_finds_the_issuer_gets_a_token_and_steps_up_a_scope() {
+    let Some(python) = crate::clients::installed("venv/bin/python") else {
+        return;
+    };
+    // The script runs the authorization server on this port, then the client.
+    let (as_port, port) = (free_port(), free_port());
+    let issuer = format!("http://127.0.0.1:{as_port}");
+    let mut s = Setup::new(&format!(
+        "[log]\nstderr = \"warn\"\n[auth]\nmode = \"jwt\"\nauthorization_servers = [\"{issuer}\"]\n\
+         issuer = \"{issuer}\"\njwks = \"{issuer}/jwks.json\"\n"
+    ))
+    .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+    .actor(
+        "secret",
+        "name = \"secret\"\nkind = \"builtin\"\nbuiltin = \"echo\"\nscopes = [\"files\"]\n",
+    )
+    .actor(
+        "admin",
+        "name = \"admin\"\nkind = \"builtin\"\nbuiltin = \"echo\"\nscopes = [\"admin\"]\n",
+    )
+    .start_http(port);
+    wait_listening(&mut s, port);
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let (status, _, stderr) = run_to_end(
+        std::process::Command::new(python)
+            .arg(data.join("clients/python_oauth.py"))
+            .arg(as_port.to_string())
+            .arg(format!("http://127.0.0.1:{port}/mcp"))
+            .arg(data.join("data/jwt/es256-a.pem"))
+            .arg(data.join("data/jwt/jwks-before.json")),
+        Duration::from_secs(90),
+    );
+    assert!(
+        status.success(),
+        "python_oauth.py failed ({status}):\n{stderr}"
+    );
+    assert!(stderr.contains("python_oauth: ok"), "{stderr}");
+    println!("{stderr}");
+    // warden refused the first request (no token) and the `admin` call
+    // (a scope short), and ran the calls of the tokens it was given.
+    let logs = s.log_lines();
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "refused for want of a scope" && l["missing"] == "admin"),
+        "no insufficient_scope refusal logged"
+    );
+    let ran = |tool: &str| {
+        logs.iter().any(|l| {
+            l["message"] == "call"
+                && l["tool"] == tool
+                && l["outcome"] == "ok"
+                && l["principal"] == "oauth-user"
+        })
+    };
+    assert!(
+        ran("secret") && ran("admin"),
+        "the calls did not run as oauth-user"
     );
 }
