@@ -48,7 +48,6 @@ pub struct Auth {
     resource: String,
     metadata_url: String,
     authorization_servers: Vec<String>,
-    scopes_supported: Vec<String>,
 }
 
 struct Known {
@@ -58,7 +57,7 @@ struct Known {
 
 impl Auth {
     /// The checker `[auth]` asks for; None when it is off.
-    pub fn new(config: &Config, tools: &Registry) -> Result<Option<Arc<Auth>>, String> {
+    pub fn new(config: &Config) -> Result<Option<Arc<Auth>>, String> {
         let auth = &config.auth;
         if auth.mode == AuthMode::None {
             return Ok(None);
@@ -90,17 +89,6 @@ impl Auth {
         } else {
             auth.public_url.trim_end_matches('/').to_string()
         };
-        let scopes: BTreeSet<String> = tools
-            .iter()
-            .flat_map(|t| {
-                let exports = t.spec.mcp().map(|m| m.export_scopes.values().flatten());
-                t.spec
-                    .scopes
-                    .iter()
-                    .chain(exports.into_iter().flatten())
-                    .cloned()
-            })
-            .collect();
         let resource = format!("{base}/mcp");
         let client = match auth.mode == AuthMode::Jwt && is_url(&auth.jwks) {
             true => Some(jwks_client(&auth.jwks_ca)?),
@@ -127,7 +115,6 @@ impl Auth {
             resource,
             metadata_url: format!("{base}{METADATA_PATH_MCP}"),
             authorization_servers: auth.authorization_servers.clone(),
-            scopes_supported: scopes.into_iter().collect(),
         })))
     }
 
@@ -213,12 +200,20 @@ impl Auth {
         r
     }
 
-    /// The protected resource metadata (RFC 9728).
-    pub fn metadata(&self) -> Value {
+    /// The protected resource metadata (RFC 9728), with the scopes the
+    /// tools of this configuration generation name (a reload may add some).
+    pub fn metadata(&self, tools: &Registry) -> Value {
+        let scopes: BTreeSet<&String> = tools
+            .iter()
+            .flat_map(|t| {
+                let exports = t.spec.mcp().map(|m| m.export_scopes.values().flatten());
+                t.spec.scopes.iter().chain(exports.into_iter().flatten())
+            })
+            .collect();
         json!({
             "resource": self.resource,
             "authorization_servers": self.authorization_servers,
-            "scopes_supported": self.scopes_supported,
+            "scopes_supported": scopes,
             "bearer_methods_supported": ["header"],
             "resource_name": "warden",
         })

@@ -99,18 +99,15 @@ pub fn router(runtime: Arc<Runtime>, shutdown: CancellationToken) -> Router {
         )
     };
     // A broken [auth] fails closed: /mcp answers 503 saying why.
-    let auth = Auth::new(&runtime.config, &runtime.tools()).map_err(|e| {
+    let auth = Auth::new(&runtime.config).map_err(|e| {
         tracing::error!(actor = crate::core::names::TRANSPORT, error = %e, "[auth] cannot be used: MCP over HTTP refuses every request");
         e
     });
-    let metadata = match &auth {
-        Ok(Some(a)) => Some(a.metadata()),
-        _ => None,
-    };
     let mut router = Router::new().route_service("/mcp", service);
-    if let Some(metadata) = metadata {
+    if let Ok(Some(auth)) = &auth {
+        let (auth, runtime) = (auth.clone(), runtime.clone());
         let serve = move || {
-            let metadata = metadata.clone();
+            let metadata = auth.metadata(&runtime.tools());
             async move { axum::Json(metadata) }
         };
         router = router

@@ -172,11 +172,8 @@ fn without_a_valid_token_nothing_runs_and_the_challenge_names_the_metadata() {
 
 #[test]
 fn the_protected_resource_metadata_says_where_tokens_come_from() {
-    let (_s, port) = start();
-    for path in [
-        "/.well-known/oauth-protected-resource",
-        "/.well-known/oauth-protected-resource/mcp",
-    ] {
+    let (s, port) = start();
+    let metadata = |path: &str| -> Value {
         let (answer, _) = crate::mcp_http::raw(
             port,
             format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -184,7 +181,13 @@ fn the_protected_resource_metadata_says_where_tokens_come_from() {
             Duration::from_secs(5),
         );
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
-        let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+    ] {
+        let body = metadata(path);
         assert_eq!(
             body,
             json!({
@@ -197,6 +200,25 @@ fn the_protected_resource_metadata_says_where_tokens_come_from() {
             "{path}"
         );
     }
+    // A reload that adds a tool with a scope of its own advertises it.
+    std::fs::write(
+        s.setup.path().join("actors/reports.toml"),
+        "name = \"reports\"\nkind = \"builtin\"\nbuiltin = \"echo\"\nscopes = [\"reports\"]\n",
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || metadata(
+            "/.well-known/oauth-protected-resource"
+        )["scopes_supported"]
+            == json!(["files", "math", "reports"])),
+        "{}",
+        metadata("/.well-known/oauth-protected-resource")
+    );
 }
 
 #[test]

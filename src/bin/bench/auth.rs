@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use axum::http::{header, HeaderMap, HeaderValue};
 use serde_json::{json, Value};
-use warden::core::registry::Registry;
 use warden::mcp::auth::Auth;
 
 const ISSUER: &str = "https://issuer.bench.test";
@@ -144,8 +143,7 @@ fn measure(argv: &[String]) -> Result<Value, String> {
 fn auth(config: &str) -> Result<std::sync::Arc<Auth>, String> {
     let loaded = warden::config::check_texts(config, &[])
         .map_err(|p| format!("{} problem(s), the first: {}", p.len(), p[0]))?;
-    let registry = Registry::new(loaded.tools).map_err(|e| e.to_string())?;
-    Auth::new(&loaded.config, &registry)?.ok_or_else(|| "[auth] is off".into())
+    Auth::new(&loaded.config)?.ok_or_else(|| "[auth] is off".into())
 }
 
 fn bearer(token: &str) -> HeaderMap {
