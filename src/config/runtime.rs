@@ -159,8 +159,8 @@ pub enum AuthMode {
 }
 
 /// One static bearer token: its principal's name, its scopes, and the token
-/// itself as a SHA-256 hash, or the name of the environment variable that
-/// holds it (read at start, kept only as its hash).
+/// itself as a SHA-256 hash, or the name of the environment variable or the
+/// file that holds it (read at start, kept only as its hash).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
@@ -169,6 +169,10 @@ pub struct TokenConfig {
     pub sha256: Option<String>,
     #[serde(default)]
     pub env: Option<String>,
+    /// A file holding the token (a mounted secret); a trailing newline is
+    /// not part of it. Relative to the config file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
     #[serde(default)]
     pub scopes: Vec<String>,
     /// This principal's own `rate` and `burst` instead of `[auth]`'s.
@@ -178,7 +182,25 @@ pub struct TokenConfig {
     pub burst: Option<u32>,
 }
 
-/// The least entropy a token read from the environment may have, in bits.
+impl TokenConfig {
+    /// The token itself, where the config names its environment variable or
+    /// file (None where it gives the hash): read now, as at start.
+    pub fn read_token(&self) -> Result<Option<String>, String> {
+        if let Some(var) = &self.env {
+            return std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("${var} is not set"));
+        }
+        match &self.file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|t| Some(t.trim_end_matches(['\n', '\r']).to_string()))
+                .map_err(|e| format!("{}: {e}", path.display())),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The least entropy a token read from the environment or a file may have, in bits.
 pub const MIN_TOKEN_BITS: f64 = 128.0;
 
 /// An estimate of a token's entropy: its length times the bits of the
@@ -711,6 +733,11 @@ pub(super) fn resolve_relative(config: &mut Config, base: &Path) {
     }
     // The files of [auth], where they are files: a URL stays as it is.
     let auth = &mut config.auth;
+    for t in &mut auth.tokens {
+        if let Some(p) = t.file.as_mut().filter(|p| p.is_relative()) {
+            *p = base.join(&*p);
+        }
+    }
     for p in [&mut auth.jwks, &mut auth.jwks_ca] {
         let url = p.starts_with("http://") || p.starts_with("https://");
         if !p.is_empty() && !url && Path::new(p.as_str()).is_relative() {
@@ -879,21 +906,35 @@ pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Prob
         if t.name.is_empty() || !names.insert(t.name.as_str()) {
             bad(&field("name"), "must be set, and unique");
         }
-        match (&t.sha256, &t.env) {
-            (Some(h), None) => {
-                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    bad(&field("sha256"), "must be 64 hex digits: the SHA-256 of the token (`printf %s TOKEN | sha256sum`)");
-                }
+        let given = [t.sha256.is_some(), t.env.is_some(), t.file.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            bad(
+                &field("sha256"),
+                "a token needs exactly one of sha256, env and file",
+            );
+        } else if let Some(h) = &t.sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bad(&field("sha256"), "must be 64 hex digits: the SHA-256 of the token (`printf %s TOKEN | sha256sum`)");
             }
-            (None, Some(var)) => match std::env::var(var) {
-                Err(_) => bad(&field("env"), &format!("${var} is not set")),
-                Ok(token) if token_bits(&token) < MIN_TOKEN_BITS => bad(
-                    &field("env"),
-                    &format!("the token in ${var} is too weak: about {:.0} bits, under {MIN_TOKEN_BITS:.0} (try `openssl rand -hex 32`)", token_bits(&token)),
+        } else {
+            let (at, held_in) = match (&t.env, &t.file) {
+                (Some(var), _) => ("env", format!("${var}")),
+                (_, file) => (
+                    "file",
+                    file.as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display()
+                        .to_string(),
+                ),
+            };
+            match t.read_token() {
+                Err(why) => bad(&field(at), &why),
+                Ok(token) if token.as_deref().is_none_or(|t| token_bits(t) < MIN_TOKEN_BITS) => bad(
+                    &field(at),
+                    &format!("the token in {held_in} is too weak: about {:.0} bits, under {MIN_TOKEN_BITS:.0} (try `openssl rand -hex 32`)", token_bits(token.as_deref().unwrap_or(""))),
                 ),
                 Ok(_) => {}
-            },
-            _ => bad(&field("sha256"), "a token needs exactly one of sha256 and env"),
+            }
         }
         for s in &t.scopes {
             if !is_scope(s) {

@@ -64,16 +64,15 @@ impl Auth {
         }
         let mut tokens = Vec::with_capacity(auth.tokens.len());
         for t in &auth.tokens {
-            let hash = match (&t.sha256, &t.env) {
+            let hash = match (&t.sha256, t.read_token()) {
                 (Some(hex), _) => parse_hex(hex).ok_or_else(|| {
                     format!("auth.tokens `{}`: sha256 is not 64 hex digits", t.name)
                 })?,
-                (None, Some(var)) => {
-                    let token = std::env::var(var)
-                        .map_err(|_| format!("auth.tokens `{}`: ${var} is not set", t.name))?;
-                    Sha256::digest(token.as_bytes()).into()
+                (None, Ok(Some(token))) => Sha256::digest(token.as_bytes()).into(),
+                (None, Err(why)) => return Err(format!("auth.tokens `{}`: {why}", t.name)),
+                (None, Ok(None)) => {
+                    return Err(format!("auth.tokens `{}`: no sha256, env or file", t.name))
                 }
-                (None, None) => return Err(format!("auth.tokens `{}`: no sha256 or env", t.name)),
             };
             tokens.push(Known {
                 hash,

@@ -354,6 +354,14 @@ fn check_refuses_auth_that_cannot_work() {
             "mode = \"token\"\n[[auth.tokens]]\nname = \"x\"\nenv = \"HOME\"\n",
             "auth.tokens[0].env: the token in $HOME is too weak",
         ),
+        (
+            "mode = \"token\"\n[[auth.tokens]]\nname = \"x\"\nfile = \"no-such-token\"\n",
+            "auth.tokens[0].file: ",
+        ),
+        (
+            "mode = \"token\"\n[[auth.tokens]]\nname = \"x\"\nfile = \"config.toml\"\nenv = \"HOME\"\n",
+            "a token needs exactly one of sha256, env and file",
+        ),
         ("mode = \"token\"\nburst = 5\n", "auth.burst: needs `rate`"),
         ("mode = \"token\"\nrate = \"1/s\"\nburst = 0\n", "auth.burst: must be at least 1"),
         ("mode = \"token\"\nrate = \"often\"\n", "auth.rate"),
@@ -1041,4 +1049,35 @@ fn the_python_sdks_oauth_client_finds_the_issuer_gets_a_token_and_steps_up_a_sco
         ran("secret") && ran("admin"),
         "the calls did not run as oauth-user"
     );
+}
+
+#[test]
+fn a_token_can_come_from_a_file_as_a_mounted_secret_does() {
+    // A Kubernetes secret mounted as a file ends in a newline, which is
+    // not part of the token. The path is relative to the config file.
+    let port = free_port();
+    let setup = Setup::new(
+        "[log]\nstderr = \"warn\"\n[auth]\nmode = \"token\"\n[[auth.tokens]]\nname = \"ci\"\nfile = \"secrets/ci\"\n",
+    )
+    .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n");
+    std::fs::create_dir(setup.path().join("secrets")).unwrap();
+    std::fs::write(setup.path().join("secrets/ci"), "weak\n").unwrap();
+    let (code, said) = setup.check();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("auth.tokens[0].file: the token in") && said.contains("too weak"),
+        "{said}"
+    );
+    std::fs::write(setup.path().join("secrets/ci"), format!("{ALICE}\n")).unwrap();
+    let (code, said) = setup.check();
+    assert_eq!(code, Some(0), "{said}");
+    let mut s = setup.start_http(port);
+    wait_listening(&mut s, port);
+    let session = initialize(port, ALICE);
+    assert_eq!(
+        text(&call(port, ALICE, &session, "echo").message()["result"]),
+        "hi"
+    );
+    let said = format!("{}{:?}", s.stderr_lines().join("\n"), s.log_lines());
+    assert!(!said.contains(ALICE), "the token leaked");
 }

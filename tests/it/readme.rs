@@ -110,6 +110,13 @@ fn the_authorization_example_checks_with_its_token_in_the_environment() {
     let auth = block(&text, "[auth]");
     let setup = Setup::new(&format!("[log]\nstderr = \"off\"\n{auth}"));
     let config = setup.config_path();
+    // The third token's file, as a mounted secret would be.
+    std::fs::create_dir(setup.path().join("secrets")).unwrap();
+    std::fs::write(
+        setup.path().join("secrets/ops"),
+        "4b8e1f9c2a7d5e3b0c6f9a2d8e1b4c7f\n",
+    )
+    .unwrap();
     let check = |token: &str| {
         run_to_end(
             warden(
