@@ -186,6 +186,13 @@ pub struct BuiltinFields {
 /// `kind = "mcp"`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct McpFields {
+    /// A remote server's Streamable HTTP endpoint, instead of `command`:
+    /// `https://example.com/mcp`.
+    pub url: Option<String>,
+    /// HTTP headers sent to a remote server with every request (its own
+    /// credentials, say); their values never appear in logs or status.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
     /// The server's tools and prompts are exported as `<prefix>_<name>`
     /// (default: the actor's name).
     pub prefix: Option<String>,
@@ -427,7 +434,13 @@ impl ToolSpec {
 /// A downstream MCP server, launched over stdio and supervised.
 #[derive(Clone, PartialEq)]
 pub struct McpSpec {
+    /// The program to launch; empty for a remote server (`url`).
     pub program: String,
+    /// A remote server's endpoint, reached over Streamable HTTP instead of
+    /// launching `program`.
+    pub url: Option<String>,
+    /// Sent to a remote server with every request.
+    pub headers: Vec<(String, String)>,
     pub args: Vec<String>,
     pub cwd: PathBuf,
     /// The complete environment of the server (nothing else is inherited).
@@ -449,7 +462,20 @@ impl McpSpec {
     /// blanked out of anything warden writes or keeps (the server's stderr
     /// and log messages, its error messages).
     pub fn secrets(&self) -> Vec<String> {
-        secret_values(&self.env)
+        let mut secrets = secret_values(&self.env);
+        // Every header value: credentials hide in headers of any name.
+        secrets.extend(
+            self.headers
+                .iter()
+                .filter(|(_, v)| v.len() >= 4)
+                .map(|(_, v)| v.clone()),
+        );
+        secrets
+    }
+
+    /// Where the server is, for logs and status: its program or its URL.
+    pub fn origin(&self) -> &str {
+        self.url.as_deref().unwrap_or(&self.program)
     }
 }
 
@@ -467,6 +493,11 @@ impl fmt::Debug for McpSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("McpSpec")
             .field("program", &self.program)
+            .field("url", &self.url)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .field("args", &self.args)
             .field("cwd", &self.cwd)
             .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
@@ -763,11 +794,45 @@ fn mcp_spec(
     bad: &mut dyn FnMut(&str, String),
 ) -> (Option<ToolKindSpec>, Schema) {
     let program = process.command.clone().unwrap_or_default();
-    if program.is_empty() {
-        bad(
+    let url = m.url.filter(|u| !u.is_empty());
+    match &url {
+        None if program.is_empty() => bad(
             "command",
-            "an mcp server needs `command`, the program to launch".into(),
-        );
+            "an mcp server needs `command`, the program to launch, or `url`, a remote server's endpoint".into(),
+        ),
+        None if !m.headers.is_empty() => {
+            bad("headers", "are for a remote server (`url`)".into())
+        }
+        None => {}
+        Some(_) if !program.is_empty() => bad(
+            "url",
+            "an mcp server is launched (`command`) or reached (`url`), not both".into(),
+        ),
+        Some(u) => {
+            if !(u.starts_with("https://") || u.starts_with("http://"))
+                || u.parse::<http::Uri>().map_or(true, |uri| uri.host().is_none())
+            {
+                bad("url", format!("`{u}` is not an http:// or https:// URL"));
+            }
+            let local = [
+                ("args", !process.args.is_empty()),
+                ("cwd", process.cwd.is_some()),
+                ("env", !process.env.is_empty()),
+                ("env_pass", process.env_pass.is_some()),
+                ("memory", a.memory.is_some()),
+            ];
+            for (field, given) in local {
+                if given {
+                    bad(field, "is for a server warden launches, not a remote one (`url`)".into());
+                }
+            }
+        }
+    }
+    for (k, v) in &m.headers {
+        let name_ok = http::HeaderName::from_bytes(k.as_bytes()).is_ok();
+        if !name_ok || http::HeaderValue::from_str(v).is_err() {
+            bad(&format!("headers.{k}"), "is not a valid HTTP header".into());
+        }
     }
     let prefix = m.prefix.unwrap_or_else(|| a.name.clone());
     // The shortest exported name, `<prefix>_x`, must itself be a valid tool
@@ -802,6 +867,8 @@ fn mcp_spec(
     let exports = export_filter(&prefix, m.tools, m.exclude, m.rename, bad);
     let spec = McpSpec {
         program,
+        url,
+        headers: m.headers.into_iter().collect(),
         args: process.args,
         cwd,
         env,

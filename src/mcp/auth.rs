@@ -491,27 +491,8 @@ fn is_url(jwks: &str) -> bool {
 /// certificate checked against the CAs of `ca` (a PEM file) if given, else
 /// against the web's roots built into warden.
 fn jwks_client(ca: &str) -> Result<JwksClient, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    if ca.is_empty() {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    } else {
-        for cert in crate::config::tls::read_ca(ca)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("auth.jwks_ca {ca}: a certificate rustls refuses: {e}"))?;
-        }
-    }
-    // ring, not aws-lc-rs (a C build of minutes on two cores). rustls marks
-    // it deprecated for lacking post-quantum key exchange, which guards
-    // secrecy against later decryption; a JWKS is public, what matters is
-    // that it comes from the issuer, which the certificate proves.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::config::tls::client_config((!ca.is_empty()).then_some(ca))
+        .map_err(|e| format!("auth.jwks_ca {e}"))?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

@@ -273,6 +273,10 @@ impl ToolsSupervisorState {
             ToolKindSpec::Command(cmd) => resolve(&cmd.program, &cmd.env)
                 .map(|program| Launch::Tool(Work::Command(cmd.clone(), program))),
             ToolKindSpec::Builtin(b) => Ok(Launch::Tool(Work::Builtin(*b))),
+            // A remote server has no program to find.
+            ToolKindSpec::Mcp(m) if m.url.is_some() => {
+                Ok(Launch::Server(m.clone(), std::path::PathBuf::new()))
+            }
             ToolKindSpec::Mcp(m) => {
                 resolve(&m.program, &m.env).map(|program| Launch::Server(m.clone(), program))
             }

@@ -21,5 +21,6 @@ mod protocol;
 mod readme;
 mod recovery;
 mod reload;
+mod remote;
 mod shutdown;
 mod tools;

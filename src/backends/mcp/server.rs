@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rmcp::model::{ClientRequest, PingRequest};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
+use rmcp::transport::streamable_http_client::{
+    StreamableHttpClientTransport, StreamableHttpClientTransportConfig,
+};
 use rmcp::ServiceExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
@@ -88,8 +91,9 @@ pub struct ServerState {
     /// How the child ended, once the exit watcher said so.
     exit: Option<(String, bool)>,
     started: Instant,
-    /// Kills the child's whole group when the actor ends, however it ends.
-    group: GroupGuard,
+    /// Kills the child's whole group when the actor ends, however it ends
+    /// (none for a remote server).
+    group: Option<GroupGuard>,
     /// The stderr reader, the exit watcher, the starter and the pinger.
     tasks: AbortOnDrop,
 }
@@ -122,6 +126,9 @@ impl Actor for ServerActor {
             program,
         }: ServerArgs,
     ) -> Result<ServerState, ActorProcessingErr> {
+        if let Some(url) = spec.url.clone() {
+            return Ok(reach(myself, entry, spec, runtime, url));
+        }
         let name = entry.spec.name.clone();
         let me = entry.spec.actor_name();
 
@@ -166,43 +173,28 @@ impl Actor for ServerActor {
             routes: progress.clone(),
             secrets: secrets.clone(),
         };
-        let handler = Downstream {
-            actor_name: me.clone(),
-            prefix: spec.prefix.clone(),
-            progress: progress.clone(),
-            actor: myself.clone(),
-            runtime: runtime.clone(),
-            log_limit: Arc::default(),
+        let handler = downstream(
+            me.clone(),
+            &myself,
+            &spec,
+            &runtime,
+            &progress,
+            &askers,
             secrets,
-            askers: askers.clone(),
-        };
+        );
         let starter = {
-            let myself = myself.clone();
-            let prefix = spec.prefix.clone();
-            let filter = spec.exports.clone();
-            let start_timeout = spec.start_timeout;
             let max_line = runtime.config.server.max_line.0 as usize;
-            tokio::spawn(async move {
-                let start = async {
-                    let stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
-                    let service = handler
-                        .serve(ChildTransport::new(stdout, stdin, max_line).with_progress(tap))
-                        .await
-                        .map_err(|e| format!("the MCP handshake failed: {e}"))?;
-                    let catalog = list_everything(service.peer(), &prefix, &filter)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Ok::<_, String>((service, catalog))
-                };
-                let msg = match tokio::time::timeout(start_timeout, start).await {
-                    Ok(Ok(started)) => ServerMsg::Started(Box::new(started)),
-                    Ok(Err(why)) => ServerMsg::StartFailed(why),
-                    Err(_) => ServerMsg::StartFailed(format!(
-                        "it did not finish starting (initialize and listing) within {}",
-                        humantime::format_duration(start_timeout)
-                    )),
-                };
-                let _ = myself.cast(msg);
+            let (prefix, filter) = (spec.prefix.clone(), spec.exports.clone());
+            start(myself.clone(), spec.start_timeout, async move {
+                let stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
+                let service = handler
+                    .serve(ChildTransport::new(stdout, stdin, max_line).with_progress(tap))
+                    .await
+                    .map_err(|e| format!("the MCP handshake failed: {e}"))?;
+                let catalog = list_everything(service.peer(), &prefix, &filter)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((service, catalog))
             })
         };
         Ok(ServerState {
@@ -216,7 +208,7 @@ impl Actor for ServerActor {
             ended,
             exit: None,
             started: Instant::now(),
-            group,
+            group: Some(group),
             tasks: AbortOnDrop(vec![
                 stderr_task.abort_handle(),
                 watcher.abort_handle(),
@@ -243,11 +235,17 @@ impl Actor for ServerActor {
                 state.ready(&myself, service, catalog);
             }
             ServerMsg::StartFailed(why) => {
-                // Ended while starting: say how, not just that the pipe closed.
-                let how = tokio::time::timeout(EXIT_STATUS_WAIT, wait_ended(state.ended.clone()))
-                    .await
-                    .ok()
-                    .and_then(|_| state.ended.borrow().clone());
+                // A process that ended while starting: say how, not just
+                // that the pipe closed.
+                let how = match state.group {
+                    Some(_) => {
+                        tokio::time::timeout(EXIT_STATUS_WAIT, wait_ended(state.ended.clone()))
+                            .await
+                            .ok()
+                            .and_then(|_| state.ended.borrow().clone())
+                    }
+                    None => None,
+                };
                 let why = match how {
                     Some(how) => format!("{why} (it {how})"),
                     None => why,
@@ -265,7 +263,10 @@ impl Actor for ServerActor {
             }
             ServerMsg::Wedged(why) => {
                 tracing::error!(actor = %me, reason = %why, "MCP server is wedged; restarting it");
-                if !state.runtime.groups.kill_because(state.pid, why.clone()) {
+                let killed = state.group.is_some()
+                    && state.runtime.groups.kill_because(state.pid, why.clone());
+                if !killed {
+                    state.entry.set_last_error(why.clone());
                     myself.stop(Some(why));
                 }
             }
@@ -303,13 +304,199 @@ impl Actor for ServerActor {
         // Calls still waiting on the link are answered at once either way.
         if let Some(service) = &state.service {
             service.cancellation_token().cancel();
-            if state.exit.is_none() {
+            if state.exit.is_none() && state.group.is_some() {
                 let _ = tokio::time::timeout(STOP_GRACE, wait_ended(state.ended.clone())).await;
             }
         }
-        state.group.kill();
+        if let Some(group) = &state.group {
+            group.kill();
+        }
         Ok(())
     }
+}
+
+/// The client side of warden's link to a server: what it does with the
+/// server's notifications and requests.
+fn downstream(
+    actor_name: String,
+    myself: &ActorRef<ServerMsg>,
+    spec: &McpSpec,
+    runtime: &Arc<Runtime>,
+    progress: &ProgressRoutes,
+    askers: &Askers,
+    secrets: Arc<[String]>,
+) -> Downstream {
+    Downstream {
+        actor_name,
+        prefix: spec.prefix.clone(),
+        progress: progress.clone(),
+        actor: myself.clone(),
+        runtime: runtime.clone(),
+        log_limit: Arc::default(),
+        secrets,
+        askers: askers.clone(),
+    }
+}
+
+/// The handshake and first listing, in a task under `timeout`, reported to
+/// the actor as `Started` or `StartFailed`.
+fn start(
+    myself: ActorRef<ServerMsg>,
+    timeout: Duration,
+    handshake: impl std::future::Future<
+            Output = Result<(RunningService<RoleClient, Downstream>, Catalog), String>,
+        > + Send
+        + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let msg = match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(started)) => ServerMsg::Started(Box::new(started)),
+            Ok(Err(why)) => ServerMsg::StartFailed(why),
+            Err(_) => ServerMsg::StartFailed(format!(
+                "it did not finish starting (initialize and listing) within {}",
+                humantime::format_duration(timeout)
+            )),
+        };
+        let _ = myself.cast(msg);
+    })
+}
+
+/// How often a remote server's connection is looked at for having closed.
+const CLOSED_POLL: Duration = Duration::from_millis(250);
+/// How long connecting to a remote server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A remote server (`url`): no process, a Streamable HTTP connection, with
+/// the actor's headers on every request. rmcp's client opens a fresh
+/// session when the server answers 404 (it forgot ours); a connection that
+/// closes, or pings that go unanswered, stop the actor, and the tools
+/// supervisor connects again with its backoff, as it restarts a process.
+fn reach(
+    myself: ActorRef<ServerMsg>,
+    entry: Arc<ToolEntry>,
+    spec: McpSpec,
+    runtime: Arc<Runtime>,
+    url: String,
+) -> ServerState {
+    let me = entry.spec.actor_name();
+    let secrets: Arc<[String]> = spec.secrets().into();
+    let (ended_tx, ended) = watch::channel(None);
+    let (peer_tx, mut peer_rx) = watch::channel::<Option<rmcp::Peer<RoleClient>>>(None);
+    let watcher = {
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let Ok(peer) = peer_rx.wait_for(Option::is_some).await.map(|p| p.clone()) else {
+                return;
+            };
+            let Some(peer) = peer else { return };
+            while !peer.is_transport_closed() {
+                tokio::time::sleep(CLOSED_POLL).await;
+            }
+            let how = "closed its connection".to_string();
+            let _ = ended_tx.send(Some(how.clone()));
+            let _ = myself.cast(ServerMsg::Exited(how, false));
+        })
+    };
+    tracing::info!(actor = %me, url = %url, "connecting to the remote MCP server");
+    let progress: ProgressRoutes = Arc::default();
+    let askers = Askers::default();
+    let handler = downstream(
+        me,
+        &myself,
+        &spec,
+        &runtime,
+        &progress,
+        &askers,
+        secrets.clone(),
+    );
+    let starter = {
+        let (prefix, filter) = (spec.prefix.clone(), spec.exports.clone());
+        let headers = spec.headers.clone();
+        let concurrency = entry.spec.concurrency;
+        start(myself, spec.start_timeout, async move {
+            let blank = |e: String| crate::core::text::blank(&e, &secrets).to_string();
+            let transport = remote_transport(&url, &headers, concurrency).map_err(blank)?;
+            let service = handler.serve(transport).await.map_err(|e| {
+                let e = without_type_names(&e.to_string());
+                blank(format!("the MCP handshake with {url} failed: {e}"))
+            })?;
+            let _ = peer_tx.send(Some(service.peer().clone()));
+            let catalog = list_everything(service.peer(), &prefix, &filter)
+                .await
+                .map_err(|e| blank(e.to_string()))?;
+            Ok((service, catalog))
+        })
+    };
+    ServerState {
+        entry,
+        spec,
+        runtime,
+        pid: 0,
+        service: None,
+        progress,
+        askers,
+        ended,
+        exit: None,
+        started: Instant::now(),
+        group: None,
+        tasks: AbortOnDrop(vec![watcher.abort_handle(), starter.abort_handle()]),
+    }
+}
+
+/// rmcp's transport errors name their Rust types (`Transport
+/// [rmcp::transport::worker::WorkerTransport<...>]`); an operator needs
+/// what went wrong, not those.
+fn without_type_names(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(" [rmcp::") {
+        out.push_str(&rest[..at]);
+        // The bracket's end, counting nested ones.
+        let mut depth = 0usize;
+        let mut end = rest.len();
+        for (i, c) in rest[at + 1..].char_indices() {
+            match c {
+                '[' => depth += 1,
+                ']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = at + 1 + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// rmcp's Streamable HTTP client for `url`: TLS on rustls (the web's
+/// roots), `headers` on every request, at most `concurrency` POSTs at once.
+fn remote_transport(
+    url: &str,
+    headers: &[(String, String)],
+    concurrency: usize,
+) -> Result<StreamableHttpClientTransport<reqwest::Client>, String> {
+    let tls = crate::config::tls::client_config(None)?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .map_err(|e| format!("the HTTP client cannot be made: {e}"))?;
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_string());
+    config.reinit_on_expired_session = true;
+    config.max_concurrent_requests = concurrency.max(1);
+    for (k, v) in headers {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("header `{k}` is not a valid name"))?;
+        let value = http::HeaderValue::from_str(v)
+            .map_err(|_| format!("header `{k}` has an invalid value"))?;
+        config.custom_headers.insert(name, value);
+    }
+    Ok(StreamableHttpClientTransport::with_client(client, config))
 }
 
 impl ServerState {
@@ -361,14 +548,17 @@ impl ServerState {
         catalog: Catalog,
     ) {
         let peer = service.peer().clone();
-        let info = match peer.peer_info() {
+        let mut info = match peer.peer_info() {
             Some(i) => json!({
                 "name": i.server_info.as_ref().map(|s| s.name.clone()),
                 "version": i.server_info.as_ref().map(|s| s.version.clone()),
                 "protocol_version": i.protocol_version.to_string(),
             }),
-            None => Value::Null,
+            None => json!({}),
         };
+        if let Some(url) = &self.spec.url {
+            info["url"] = json!(url);
+        }
         let link = Arc::new(Link {
             server: self.entry.spec.name.clone(),
             peer,
@@ -501,8 +691,11 @@ async fn ping(link: Arc<Link>, actor: ActorRef<ServerMsg>, every: Duration, time
             // The connection is gone; the exit watcher reports it.
             Ok(Err(ServiceError::TransportClosed)) => return,
             // An error answer is still an answer: the server is alive.
-            Ok(Err(_)) => link.missed_pings.store(0, Ordering::Relaxed),
-            Err(_) => {
+            Ok(Err(ServiceError::McpError(_))) => link.missed_pings.store(0, Ordering::Relaxed),
+            // A remote server's request that failed (no connection, an
+            // HTTP error) is no answer; a process's pipe is watched apart.
+            Ok(Err(_)) if link.pid != 0 => link.missed_pings.store(0, Ordering::Relaxed),
+            Ok(Err(_)) | Err(_) => {
                 let missed = link.missed_pings.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(actor = %format!("server:{}", link.server), missed, timeout_ms = timeout.as_millis() as u64, "MCP server missed a ping");
                 if missed >= MISSED_PINGS_WEDGED {
@@ -617,6 +810,16 @@ async fn log_stderr(stderr: impl AsyncRead + Unpin, actor: String, secrets: Arc<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rmcp_type_names_are_left_out_of_errors() {
+        let said = "Send message error Transport [rmcp::transport::worker::WorkerTransport<rmcp::X<reqwest::Client>>] error: Auth required, when send initialize request";
+        assert_eq!(
+            without_type_names(said),
+            "Send message error Transport error: Auth required, when send initialize request"
+        );
+        assert_eq!(without_type_names("plain"), "plain");
+    }
 
     #[test]
     fn exits_are_described_and_only_status_zero_is_clean() {

@@ -1,0 +1,233 @@
+//! Remote MCP servers (`kind = "mcp"` with `url`): warden fronting another
+//! `warden serve --http` on loopback, which asks for a bearer token the
+//! front sends from its actor file's `headers`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+use crate::http::free_port;
+use crate::mcp_http::wait_listening;
+
+/// The token the upstream asks for: sent as a header, never written down.
+const UPSTREAM_TOKEN: &str = "up-7Kq2Wz9Lm4Xr8Tn3Vb6Yc1Hd5Jf0Ps";
+
+/// The upstream: `warden serve --http` with `echo` and a `slow` command
+/// tool, for holders of UPSTREAM_TOKEN only.
+fn upstream(port: u16) -> Server {
+    let digest: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(UPSTREAM_TOKEN.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let mut s = Setup::new(&format!(
+        "[log]\nstderr = \"warn\"\n[auth]\nmode = \"token\"\n[[auth.tokens]]\nname = \"front\"\nsha256 = \"{digest}\"\n"
+    ))
+    .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
+    .actor(
+        "slow",
+        &fixture_tool(
+            "slow",
+            &["sleep", "{ms}"],
+            "concurrency = 4",
+            "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }",
+        ),
+    )
+    .start_http(port);
+    wait_listening(&mut s, port);
+    s
+}
+
+/// The front: stdio, the upstream as `up` (exports `up_echo`, `up_slow`).
+fn front(port: u16, token: &str) -> Server {
+    // An outage spends the restart budget as a crashing process would; the
+    // cooloff brings the server back soon after.
+    let mut s = Setup::new(
+        "[log]\nstderr = \"warn\"\n[supervisor]\nbackoff = { min = \"50ms\", max = \"200ms\" }\ncooloff = \"1s\"\n",
+    )
+    .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+    .actor(
+        "up",
+        &format!(
+            "name = \"up\"\nkind = \"mcp\"\nurl = \"http://127.0.0.1:{port}/mcp\"\ntimeout = \"1s\"\nping_every = \"200ms\"\nping_timeout = \"500ms\"\n\
+             [headers]\nAuthorization = \"Bearer {token}\"\n"
+        ),
+    )
+    .start();
+    s.initialize();
+    s
+}
+
+fn tool_names(s: &mut Server) -> Vec<String> {
+    let id = s.request("tools/list", json!({}));
+    let r = s.response(id);
+    r["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Calls `up_echo` until it answers `message` (the server may still be
+/// connecting), each call answered within its deadline either way.
+fn echo_until_ok(s: &mut Server, message: &str, deadline: Duration) -> bool {
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        let sent = Instant::now();
+        let r = s.call("up_echo", json!({"message": message}));
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "answered after {:?}: {r}",
+            sent.elapsed()
+        );
+        if r["result"]["isError"] != json!(true) && text(&r["result"]) == message {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn a_remote_server_is_called_through_warden_and_its_restarts_and_outages_are_answered() {
+    let port = free_port();
+    let mut up = upstream(port);
+    let mut s = front(port, UPSTREAM_TOKEN);
+
+    // Its tools are exported and called, the header doing its work.
+    assert!(echo_until_ok(&mut s, "hello", Duration::from_secs(10)));
+    let names = tool_names(&mut s);
+    assert!(
+        names.contains(&"up_echo".to_string()) && names.contains(&"up_slow".to_string()),
+        "{names:?}"
+    );
+    let line = tool_status(&mut s, "up");
+    assert_eq!(
+        line["server"]["server"]["url"],
+        format!("http://127.0.0.1:{port}/mcp"),
+        "{line}"
+    );
+
+    // A call past the front's timeout is answered `timeout` at it.
+    let sent = Instant::now();
+    let r = s.call_result("up_slow", json!({"ms": 5000}));
+    assert_eq!(kind(&r), "timeout", "{r}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        sent.elapsed()
+    );
+
+    // The upstream restarts and forgets every session: the front opens a
+    // new one, and calls are answered again.
+    drop(up);
+    up = upstream(port);
+    assert!(echo_until_ok(
+        &mut s,
+        "after the restart",
+        Duration::from_secs(15)
+    ));
+
+    // The upstream goes away: every call is answered within its deadline,
+    // and status says why.
+    drop(up);
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let sent = Instant::now();
+        let r = s.call("up_echo", json!({"message": "anyone?"}));
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "{:?}: {r}",
+            sent.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = s.call_result("up_echo", json!({"message": "anyone?"}));
+    assert_eq!(r["isError"], json!(true), "{r}");
+    let line = tool_status(&mut s, "up");
+    assert!(
+        line["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{line}"
+    );
+
+    // And it comes back: the supervisor connects again.
+    let _up = upstream(port);
+    assert!(echo_until_ok(&mut s, "back", Duration::from_secs(20)));
+
+    // The header's value is nowhere in what the front wrote.
+    let said = format!("{}{:?}", s.stderr_lines().join("\n"), s.log_lines());
+    assert!(
+        !said.contains(UPSTREAM_TOKEN),
+        "the upstream's token leaked"
+    );
+}
+
+#[test]
+fn a_remote_server_that_refuses_warden_is_unavailable_saying_why() {
+    let port = free_port();
+    let _up = upstream(port);
+    let mut s = front(port, "not-the-token-at-all-0123456789");
+    let until = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let line = tool_status(&mut s, "up");
+        let error = line["last_error"].as_str().unwrap_or("").to_string();
+        if error.contains("Auth required") || Instant::now() > until {
+            break line;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let error = line["last_error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("Auth required") && !error.contains("rmcp::"),
+        "{line}"
+    );
+    let r: Value = s.call_result("up_echo", json!({"message": "hi"}));
+    assert_eq!(r["isError"], json!(true), "{r}");
+}
+
+#[test]
+fn check_refuses_a_remote_server_it_cannot_reach_as_written() {
+    for (actor, says) in [
+        (
+            "url = \"ftp://example.com/mcp\"\n",
+            "url: `ftp://example.com/mcp` is not an http:// or https:// URL",
+        ),
+        (
+            "url = \"http://127.0.0.1:1/mcp\"\ncommand = \"/bin/true\"\n",
+            "url: an mcp server is launched (`command`) or reached (`url`), not both",
+        ),
+        (
+            "url = \"http://127.0.0.1:1/mcp\"\nargs = [\"-v\"]\n",
+            "args: is for a server warden launches, not a remote one (`url`)",
+        ),
+        (
+            "command = \"/bin/true\"\nheaders = { Authorization = \"Bearer x\" }\n",
+            "headers: are for a remote server (`url`)",
+        ),
+        (
+            "url = \"http://127.0.0.1:1/mcp\"\nheaders = { \"Bad Name\" = \"x\" }\n",
+            "is not a valid HTTP header",
+        ),
+        (
+            "",
+            "an mcp server needs `command`, the program to launch, or `url`",
+        ),
+    ] {
+        let setup = Setup::new(QUIET_CONFIG)
+            .actor("up", &format!("name = \"up\"\nkind = \"mcp\"\n{actor}"));
+        let (code, said) = setup.check();
+        assert_eq!(code, Some(1), "{actor}: {said}");
+        assert!(said.contains(says), "{actor}: {said}");
+    }
+    let ok = Setup::new(QUIET_CONFIG).actor(
+        "up",
+        "name = \"up\"\nkind = \"mcp\"\nurl = \"https://mcp.example.com/mcp\"\nheaders = { Authorization = \"Bearer abc\" }\n",
+    );
+    let (code, said) = ok.check();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(!said.contains("Bearer abc"), "{said}");
+}
