@@ -128,8 +128,15 @@ fn no_store(mut r: Response) -> Response {
     r
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled; connections
-/// still open then are dropped.
+/// How long the connections open at shutdown may take to finish what they
+/// are sending: answers produced in the last moments of a drain (the final
+/// result of a `subscriptions/listen`, what rmcp flushes as its sessions
+/// end) still reach their clients.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+
+/// Serves `router` on `listener` until `shutdown` is cancelled; then each
+/// connection finishes the answer it is sending and closes, within
+/// [`SHUTDOWN_FLUSH`], and `serve` returns once they have (or the time is up).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -142,6 +149,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let service = TowerToHyperService::new(router);
     let conns = Arc::new(Conns::default());
+    let mut tasks = tokio::task::JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.head_deadline)
@@ -150,6 +158,8 @@ pub async fn serve(
         // decades ("Content-Type"), not hyper's lowercase.
         .title_case_headers(true);
     loop {
+        // Forget the connections that have ended.
+        while tasks.try_join_next().is_some() {}
         let stream = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -195,11 +205,15 @@ pub async fn serve(
         };
         let connection = http.serve_connection(TokioIo::new(stream), tracked);
         let (shutdown, conns) = (shutdown.clone(), conns.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _permit = permit;
             let mut connection = std::pin::pin!(connection);
             let done = tokio::select! {
-                _ = shutdown.cancelled() => None,
+                _ = shutdown.cancelled() => {
+                    // The answer being sent is finished; then it closes.
+                    connection.as_mut().graceful_shutdown();
+                    tokio::time::timeout(SHUTDOWN_FLUSH, connection).await.ok()
+                }
                 _ = state.evicted.cancelled() => {
                     // Idle: closed at once (a request just begun is answered first).
                     connection.as_mut().graceful_shutdown();
@@ -212,6 +226,14 @@ pub async fn serve(
             }
             conns.remove(id);
         });
+    }
+    // Each connection has SHUTDOWN_FLUSH; a little more for them all.
+    let flushed = tokio::time::timeout(SHUTDOWN_FLUSH + Duration::from_millis(100), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if flushed.is_err() {
+        tasks.abort_all();
     }
     tracing::info!(actor = ACTOR, %addr, "HTTP listener stopped");
 }

@@ -74,7 +74,9 @@ pub struct RootState {
     runtime: Arc<Runtime>,
     children: Vec<(Child, ActorCell)>,
     /// Stops the optional HTTP listener when dropped (also if `pre_start` fails).
-    http: Option<tokio_util::sync::DropGuard>,
+    /// The HTTP listener: cancelling it stops it, and its task ends once
+    /// its connections have finished what they were sending.
+    http: Option<(tokio_util::sync::DropGuard, tokio::task::JoinHandle<()>)>,
 }
 
 impl Actor for Root {
@@ -134,8 +136,13 @@ impl Actor for Root {
                 "killed process groups left at shutdown"
             );
         }
-        // Last, so that /health answers 503 (draining) while the tree stops.
-        drop(state.http.take());
+        // Last, so that /health answers 503 (draining) while the tree stops;
+        // the answers still being sent get their moment to finish.
+        if let Some((stop, serving)) = state.http.take() {
+            drop(stop);
+            let flush = crate::ops::http::SHUTDOWN_FLUSH + std::time::Duration::from_millis(500);
+            let _ = tokio::time::timeout(flush, serving).await;
+        }
         Ok(())
     }
 
@@ -167,7 +174,9 @@ impl Actor for Root {
 
 /// The optional HTTP listener (`[http] listen`). One that cannot bind is
 /// logged, not fatal: the client's MCP session matters more.
-async fn start_http(runtime: &Arc<Runtime>) -> Option<tokio_util::sync::DropGuard> {
+async fn start_http(
+    runtime: &Arc<Runtime>,
+) -> Option<(tokio_util::sync::DropGuard, tokio::task::JoinHandle<()>)> {
     let listen = &runtime.config.http.listen;
     if listen.is_empty() {
         return None;
@@ -189,13 +198,13 @@ async fn start_http(runtime: &Arc<Runtime>) -> Option<tokio_util::sync::DropGuar
                     .max(2 * runtime.config.http.max_sessions + 16);
                 router = router.merge(crate::mcp::http::router(runtime.clone(), stop.clone()));
             }
-            tokio::spawn(crate::ops::http::serve(
+            let serving = tokio::spawn(crate::ops::http::serve(
                 listener,
                 router,
                 stop.clone(),
                 limits,
             ));
-            Some(stop.drop_guard())
+            Some((stop.drop_guard(), serving))
         }
         Err(e) => {
             tracing::error!(actor = NAME, %listen, error = %e, "cannot listen for HTTP; going on without it");
