@@ -36,6 +36,16 @@ fn upstream(port: u16) -> Server {
             "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }",
         ),
     )
+    // Reports progress as its output streams.
+    .actor(
+        "flood",
+        &fixture_tool(
+            "flood",
+            &["flood", "{bytes}"],
+            "max_output = \"64KiB\"",
+            "properties.bytes = { type = \"integer\" }",
+        ),
+    )
     .start_http(port);
     wait_listening(&mut s, port);
     s
@@ -111,6 +121,20 @@ fn a_remote_server_is_called_through_warden_and_its_restarts_and_outages_are_ans
         format!("http://127.0.0.1:{port}/mcp"),
         "{line}"
     );
+
+    // The remote server's progress reaches the caller, on its own token,
+    // before the answer.
+    let id = s.request(
+        "tools/call",
+        json!({"name": "up_flood", "arguments": {"bytes": 4 << 20}, "_meta": {"progressToken": "tok-r"}}),
+    );
+    let r = s.response(id);
+    assert_eq!(text(&r["result"]).len(), 64 << 10, "{r}");
+    let progress = s.arrived_before(|v| v["method"] == "notifications/progress");
+    assert!(!progress.is_empty(), "no progress before the answer");
+    for p in &progress {
+        assert_eq!(p["params"]["progressToken"], "tok-r", "{p}");
+    }
 
     // A call past the front's timeout is answered `timeout` at it.
     let sent = Instant::now();

@@ -65,6 +65,87 @@ pub struct ProgressTap {
     pub secrets: Arc<[String]>,
 }
 
+impl ProgressTap {
+    /// As a request goes out: its caller's progress sink is routed from the
+    /// token rmcp put on it.
+    fn route(&self, item: &TxJsonRpcMessage<RoleClient>) {
+        let JsonRpcMessage::Request(r) = item else {
+            return;
+        };
+        if let Some(RouteProgress(sink)) = r.request.extensions().get::<RouteProgress>() {
+            if let Some(token) = r.request.get_meta().get_progress_token() {
+                self.routes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(token, sink.clone());
+            }
+        }
+    }
+
+    /// A progress report read from the server goes to its caller here, in
+    /// the order read; anything else is for rmcp.
+    fn take(&self, msg: RxJsonRpcMessage<RoleClient>) -> Option<RxJsonRpcMessage<RoleClient>> {
+        match msg {
+            JsonRpcMessage::Notification(n) => match n.notification {
+                ServerNotification::ProgressNotification(p) => {
+                    report_progress(&self.routes, &self.secrets, p.params);
+                    None
+                }
+                notification => Some(JsonRpcMessage::Notification(
+                    rmcp::model::JsonRpcNotification { notification, ..n },
+                )),
+            },
+            other => Some(other),
+        }
+    }
+}
+
+/// A request whose caller wants no progress reports goes out without the
+/// token rmcp put on it.
+fn leave_off_progress(item: &mut TxJsonRpcMessage<RoleClient>) {
+    if let JsonRpcMessage::Request(r) = item {
+        if r.request.extensions().get::<WithoutProgress>().is_some() {
+            r.request.get_meta_mut().remove(PROGRESS_TOKEN);
+        }
+    }
+}
+
+/// Any other transport to a server (a remote one's Streamable HTTP), with
+/// its calls' progress routed as [`ChildTransport`] routes it.
+pub struct Tapped<T> {
+    pub inner: T,
+    pub tap: ProgressTap,
+}
+
+impl<T> Transport<RoleClient> for Tapped<T>
+where
+    T: Transport<RoleClient>,
+{
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        mut item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
+        leave_off_progress(&mut item);
+        self.tap.route(&item);
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        loop {
+            let msg = self.inner.receive().await?;
+            if let Some(msg) = self.tap.take(msg) {
+                return Some(msg);
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        self.inner.close().await
+    }
+}
+
 impl<R, W> ChildTransport<R, W>
 where
     R: AsyncBufRead + Unpin + Send + 'static,
@@ -95,19 +176,11 @@ where
             return Some(msg);
         }
         match serde_json::from_slice::<RxJsonRpcMessage<RoleClient>>(line) {
-            Ok(JsonRpcMessage::Notification(n))
-                if self.progress.is_some()
-                    && matches!(n.notification, ServerNotification::ProgressNotification(_)) =>
-            {
-                let (Some(tap), ServerNotification::ProgressNotification(p)) =
-                    (&self.progress, n.notification)
-                else {
-                    unreachable!("matched above")
-                };
-                report_progress(&tap.routes, &tap.secrets, p.params);
-                None
-            }
             Ok(msg) => {
+                let msg = match &self.progress {
+                    Some(tap) => tap.take(msg)?,
+                    None => msg,
+                };
                 if let Some(id) = answered(&msg) {
                     self.calls.remove(id);
                 }
@@ -164,24 +237,15 @@ where
         item: TxJsonRpcMessage<RoleClient>,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
         let mut item = item;
-        if let (JsonRpcMessage::Request(r), Some(tap)) = (&item, &self.progress) {
-            if let Some(RouteProgress(sink)) = r.request.extensions().get::<RouteProgress>() {
-                if let Some(token) = r.request.get_meta().get_progress_token() {
-                    tap.routes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(token, sink.clone());
-                }
-            }
+        leave_off_progress(&mut item);
+        if let Some(tap) = &self.progress {
+            tap.route(&item);
         }
         match &mut item {
             JsonRpcMessage::Request(r)
                 if matches!(r.request, ClientRequest::CallToolRequest(_)) =>
             {
                 self.calls.insert(r.id.clone());
-                if r.request.extensions().get::<WithoutProgress>().is_some() {
-                    r.request.get_meta_mut().remove(PROGRESS_TOKEN);
-                }
             }
             JsonRpcMessage::Notification(n) => {
                 if let ClientNotification::CancelledNotification(c) = &n.notification {

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 use super::catalog::list_everything;
 use super::link::{Askers, Downstream, Link, ProgressRoutes, EXIT_STATUS_WAIT};
-use super::pipe::{ChildTransport, ProgressTap};
+use super::pipe::{ChildTransport, ProgressTap, Tapped};
 use crate::config::{McpSpec, Rate, RateLimit};
 use crate::core::catalog::Catalog;
 use crate::core::ratelimit::TokenBucket;
@@ -400,6 +400,10 @@ fn reach(
     tracing::info!(actor = %me, url = %url, "connecting to the remote MCP server");
     let progress: ProgressRoutes = Arc::default();
     let askers = Askers::default();
+    let tap = ProgressTap {
+        routes: progress.clone(),
+        secrets: secrets.clone(),
+    };
     let handler = downstream(
         me,
         &myself,
@@ -415,8 +419,8 @@ fn reach(
         let concurrency = entry.spec.concurrency;
         start(myself, spec.start_timeout, async move {
             let blank = |e: String| crate::core::text::blank(&e, &secrets).to_string();
-            let transport = remote_transport(&url, &headers, concurrency).map_err(blank)?;
-            let service = handler.serve(transport).await.map_err(|e| {
+            let inner = remote_transport(&url, &headers, concurrency).map_err(blank)?;
+            let service = handler.serve(Tapped { inner, tap }).await.map_err(|e| {
                 let e = without_type_names(&e.to_string());
                 blank(format!("the MCP handshake with {url} failed: {e}"))
             })?;
@@ -443,30 +447,33 @@ fn reach(
     }
 }
 
-/// rmcp's transport errors name their Rust types (`Transport
+/// rmcp's transport errors name the Rust types of the transport (`Transport
 /// [rmcp::transport::worker::WorkerTransport<...>]`); an operator needs
-/// what went wrong, not those.
+/// what went wrong, not those. A bracketed Rust path is left out.
 fn without_type_names(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find(" [rmcp::") {
-        out.push_str(&rest[..at]);
+    while let Some(at) = rest.find(" [") {
         // The bracket's end, counting nested ones.
         let mut depth = 0usize;
-        let mut end = rest.len();
+        let mut end = None;
         for (i, c) in rest[at + 1..].char_indices() {
             match c {
                 '[' => depth += 1,
                 ']' => {
                     depth -= 1;
                     if depth == 0 {
-                        end = at + 1 + i + 1;
+                        end = Some(at + 1 + i + 1);
                         break;
                     }
                 }
                 _ => {}
             }
         }
+        let Some(end) = end else { break };
+        let inside = &rest[at + 2..end - 1];
+        let is_path = inside.contains("::") && !inside.contains(' ');
+        out.push_str(&rest[..if is_path { at } else { end }]);
         rest = &rest[end..];
     }
     out.push_str(rest);
@@ -818,7 +825,10 @@ mod tests {
             without_type_names(said),
             "Send message error Transport error: Auth required, when send initialize request"
         );
+        let ours = "Transport [warden::pipe::Tapped<rmcp::W<reqwest::Client>>] error: x";
+        assert_eq!(without_type_names(ours), "Transport error: x");
         assert_eq!(without_type_names("plain"), "plain");
+        assert_eq!(without_type_names("a [note] b"), "a [note] b");
     }
 
     #[test]
