@@ -255,3 +255,110 @@ fn check_refuses_a_remote_server_it_cannot_reach_as_written() {
     assert_eq!(code, Some(0), "{said}");
     assert!(!said.contains("Bearer abc"), "{said}");
 }
+
+#[test]
+fn a_remote_servers_timeouts_trip_its_breaker_and_it_heals() {
+    let port = free_port();
+    let _up = upstream(port);
+    let mut s = Setup::new(QUIET_CONFIG)
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+        .actor(
+            "up",
+            &format!(
+                "name = \"up\"\nkind = \"mcp\"\nurl = \"http://127.0.0.1:{port}/mcp\"\ntimeout = \"300ms\"\nconcurrency = 4\n\
+                 [headers]\nAuthorization = \"Bearer {UPSTREAM_TOKEN}\"\n\
+                 [breaker]\nwindow = 4\nmin_calls = 3\nfailure_rate = 0.5\nopen_for = \"1s\"\nhalf_open_calls = 1\n"
+            ),
+        )
+        .start();
+    s.initialize();
+    assert!(echo_until_ok(&mut s, "up", Duration::from_secs(10)));
+    // Calls that outlive their deadline, until the breaker opens (the
+    // window of 4 holds the echo that went through, so at the second).
+    let mut timeouts = 0;
+    loop {
+        let r = s.call_result("up_slow", json!({"ms": 3000}));
+        match kind(&r).as_str() {
+            "timeout" => timeouts += 1,
+            "circuit_open" => break,
+            other => panic!("{other}: {r}"),
+        }
+        assert!(timeouts <= 3, "the breaker never opened");
+    }
+    assert!(timeouts >= 2, "opened after {timeouts} timeouts");
+    let sent = Instant::now();
+    let r = s.call_result("up_echo", json!({"message": "now?"}));
+    assert_eq!(kind(&r), "circuit_open", "{r}");
+    assert!(
+        sent.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(tool_status(&mut s, "up")["breaker"]["state"], "open");
+    // After open_for, a trial call goes through and the breaker closes.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(echo_until_ok(&mut s, "healed", Duration::from_secs(5)));
+    assert_eq!(tool_status(&mut s, "up")["breaker"]["state"], "closed");
+}
+
+#[test]
+fn a_remote_server_that_answers_500_is_unavailable_saying_so() {
+    // Answers every request 500, and counts them.
+    const SERVE: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        self.rfile.read(n)
+        body = b"upstream broke"
+        self.send_response(500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_POST = do_GET = do_DELETE = answer
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SERVE])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port: u16 = line.trim().parse().expect("a port");
+    let mut s = front(port, UPSTREAM_TOKEN);
+    let until = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let line = tool_status(&mut s, "up");
+        if line["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("500"))
+            || Instant::now() > until
+        {
+            break line;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line["last_error"].as_str().unwrap_or("").contains("500"),
+        "{line}"
+    );
+    let sent = Instant::now();
+    let r = s.call_result("up_echo", json!({"message": "hi"}));
+    assert_eq!(r["isError"], json!(true), "{r}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
+}
