@@ -675,15 +675,8 @@ fn the_issuers_keys_can_be_fetched_over_http_and_a_dead_issuer_is_503() {
 }
 
 /// A test issuer serving its JWKS over https on loopback (Python's ssl, with
-/// the certificate in tests/data/tls), ended when dropped.
-struct TlsIssuer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl TlsIssuer {
-    fn start() -> TlsIssuer {
-        const SERVE: &str = r#"
+/// the certificate in tests/data/tls).
+const TLS_ISSUER: &str = r#"
 import http.server, ssl, sys
 jwks = open(sys.argv[1], "rb").read()
 class H(http.server.BaseHTTPRequestHandler):
@@ -702,37 +695,18 @@ srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
 "#;
-        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-        let mut child = std::process::Command::new("python3")
-            .arg("-c")
-            .arg(SERVE)
-            .arg(data.join("jwt/jwks-before.json"))
-            .arg(data.join("tls/issuer.pem"))
-            .arg(data.join("tls/issuer.key"))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 for the test issuer");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let port = line.trim().parse().expect("the issuer's port");
-        TlsIssuer { child, port }
-    }
-}
-
-impl Drop for TlsIssuer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn the_issuers_keys_are_fetched_over_https_from_a_server_the_ca_vouches_for() {
-    let issuer = TlsIssuer::start();
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let issuer = PyServer::start(
+        TLS_ISSUER,
+        &[
+            &data.join("jwt/jwks-before.json"),
+            &data.join("tls/issuer.pem"),
+            &data.join("tls/issuer.key"),
+        ],
+    );
     let url = format!("https://127.0.0.1:{}/jwks.json", issuer.port);
     let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls/ca.pem");
     let token = mint("es256-a.pem", "es256-a", &claims("alice", "files"));
@@ -935,24 +909,17 @@ fn another_principals_token_cannot_cancel_stream_or_end_a_session() {
     std::thread::sleep(Duration::from_millis(300));
     let refused = cancel(BOB, 10);
     assert_eq!(refused.status, 403, "{refused:?}");
-    let get = Conn::open(port).send(
-        "GET",
-        &[
-            ("Authorization", &format!("Bearer {BOB}")),
-            ("Mcp-Session-Id", &session),
-        ],
-        "",
-    );
-    assert_eq!(get.status, 403, "{get:?}");
-    let delete = Conn::open(port).send(
-        "DELETE",
-        &[
-            ("Authorization", &format!("Bearer {BOB}")),
-            ("Mcp-Session-Id", &session),
-        ],
-        "",
-    );
-    assert_eq!(delete.status, 403, "{delete:?}");
+    for method in ["GET", "DELETE"] {
+        let refused = Conn::open(port).send(
+            method,
+            &[
+                ("Authorization", &format!("Bearer {BOB}")),
+                ("Mcp-Session-Id", &session),
+            ],
+            "",
+        );
+        assert_eq!(refused.status, 403, "{method}: {refused:?}");
+    }
     let answer = call.join().unwrap();
     assert_eq!(
         text(&answer.message()["result"]).trim(),

@@ -485,3 +485,48 @@ pub fn run_to_end(cmd: &mut Command, deadline: Duration) -> (ExitStatus, String,
     };
     (status, out.join().unwrap(), err.join().unwrap())
 }
+
+/// A small HTTP server in Python on a loopback port it picks itself (the
+/// script prints the port on its first line), ended when dropped.
+pub struct PyServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl PyServer {
+    pub fn start(script: &str, args: &[&std::path::Path]) -> PyServer {
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 for a test server");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line.trim().parse().expect("the test server's port");
+        PyServer { child, port }
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command tool `flood` writing `bytes` of output, capped at 64 KiB: it
+/// reports progress as the output streams.
+pub fn flood_tool() -> String {
+    fixture_tool(
+        "flood",
+        &["flood", "{bytes}"],
+        "max_output = \"64KiB\"",
+        "properties.bytes = { type = \"integer\" }",
+    )
+}

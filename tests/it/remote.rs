@@ -36,16 +36,7 @@ fn upstream(port: u16) -> Server {
             "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }",
         ),
     )
-    // Reports progress as its output streams.
-    .actor(
-        "flood",
-        &fixture_tool(
-            "flood",
-            &["flood", "{bytes}"],
-            "max_output = \"64KiB\"",
-            "properties.bytes = { type = \"integer\" }",
-        ),
-    )
+    .actor("flood", &flood_tool())
     .start_http(port);
     wait_listening(&mut s, port);
     s
@@ -322,18 +313,8 @@ srv = http.server.HTTPServer(("127.0.0.1", 0), H)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
 "#;
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", SERVE])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let port: u16 = line.trim().parse().expect("a port");
+    let server = PyServer::start(SERVE, &[]);
+    let port = server.port;
     let mut s = front(port, UPSTREAM_TOKEN);
     let until = Instant::now() + Duration::from_secs(10);
     let line = loop {
@@ -347,8 +328,7 @@ srv.serve_forever()
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     assert!(
         line["last_error"].as_str().unwrap_or("").contains("500"),
         "{line}"

@@ -50,15 +50,7 @@ fn a_failing_program_is_an_error_answer_with_exit_code_and_stderr() {
 /// A tool that writes as many bytes as asked, keeping 64 KiB of them.
 fn flood_server() -> Server {
     let mut s = Setup::new(QUIET_CONFIG)
-        .actor(
-            "flood",
-            &fixture_tool(
-                "flood",
-                &["flood", "{bytes}"],
-                "max_output = \"64KiB\"",
-                "properties.bytes = { type = \"integer\" }",
-            ),
-        )
+        .actor("flood", &flood_tool())
         .start();
     s.initialize();
     s

@@ -167,21 +167,12 @@ impl Actor for ServerActor {
         };
         tracing::info!(actor = %me, server_pid = pid, program = %spec.program, "MCP server launched");
 
-        let progress: ProgressRoutes = Arc::default();
-        let askers = Askers::default();
-        let tap = ProgressTap {
-            routes: progress.clone(),
-            secrets: secrets.clone(),
-        };
-        let handler = downstream(
-            me.clone(),
-            &myself,
-            &spec,
-            &runtime,
-            &progress,
-            &askers,
-            secrets,
-        );
+        let ClientSide {
+            progress,
+            askers,
+            tap,
+            handler,
+        } = client_side(me.clone(), &myself, &spec, &runtime, secrets);
         let starter = {
             let max_line = runtime.config.server.max_line.0 as usize;
             let (prefix, filter) = (spec.prefix.clone(), spec.exports.clone());
@@ -315,26 +306,42 @@ impl Actor for ServerActor {
     }
 }
 
-/// The client side of warden's link to a server: what it does with the
-/// server's notifications and requests.
-fn downstream(
+/// The client side of warden's link to a server: the routes of its calls'
+/// progress, its calls in flight, the tap its transport hands progress
+/// reports to, and the rmcp handler of what the server says and asks.
+struct ClientSide {
+    progress: ProgressRoutes,
+    askers: Askers,
+    tap: ProgressTap,
+    handler: Downstream,
+}
+
+fn client_side(
     actor_name: String,
     myself: &ActorRef<ServerMsg>,
     spec: &McpSpec,
     runtime: &Arc<Runtime>,
-    progress: &ProgressRoutes,
-    askers: &Askers,
     secrets: Arc<[String]>,
-) -> Downstream {
-    Downstream {
-        actor_name,
-        prefix: spec.prefix.clone(),
-        progress: progress.clone(),
-        actor: myself.clone(),
-        runtime: runtime.clone(),
-        log_limit: Arc::default(),
-        secrets,
-        askers: askers.clone(),
+) -> ClientSide {
+    let progress: ProgressRoutes = Arc::default();
+    let askers = Askers::default();
+    ClientSide {
+        tap: ProgressTap {
+            routes: progress.clone(),
+            secrets: secrets.clone(),
+        },
+        handler: Downstream {
+            actor_name,
+            prefix: spec.prefix.clone(),
+            progress: progress.clone(),
+            actor: myself.clone(),
+            runtime: runtime.clone(),
+            log_limit: Arc::default(),
+            secrets,
+            askers: askers.clone(),
+        },
+        progress,
+        askers,
     }
 }
 
@@ -398,21 +405,12 @@ fn reach(
         })
     };
     tracing::info!(actor = %me, url = %url, "connecting to the remote MCP server");
-    let progress: ProgressRoutes = Arc::default();
-    let askers = Askers::default();
-    let tap = ProgressTap {
-        routes: progress.clone(),
-        secrets: secrets.clone(),
-    };
-    let handler = downstream(
-        me,
-        &myself,
-        &spec,
-        &runtime,
-        &progress,
-        &askers,
-        secrets.clone(),
-    );
+    let ClientSide {
+        progress,
+        askers,
+        tap,
+        handler,
+    } = client_side(me, &myself, &spec, &runtime, secrets.clone());
     let starter = {
         let (prefix, filter) = (spec.prefix.clone(), spec.exports.clone());
         let headers = spec.headers.clone();
