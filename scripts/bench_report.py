@@ -40,6 +40,8 @@ PEERS = [
     ("warden-http-noauth", "warden serve --http, builtin echo, [auth] off (paired with the next)"),
     ("warden-http-jwt", "the same with [auth] mode = \"jwt\", an ES256 token on every request"),
     ("gw-warden", "bare-ct (stdio) served over HTTP by warden (`prefix = \"\"`)"),
+    ("bare-http-direct", "bare rmcp HTTP echo (current-thread), called directly (paired with the next)"),
+    ("gw-remote", "the same echo reached by warden serve --http as a remote server (`url`, `prefix = \"\"`)"),
     ("gw-supergateway", "bare-ct served over HTTP by supergateway 4.0.0 --stateful"),
     ("gw-mcp-proxy", "bare-ct served over HTTP by mcp-proxy 0.13.0"),
 ]
@@ -166,7 +168,7 @@ def report(runs, rounds, calls, concurrency):
 def http_section(runs, p, ratio):
     pairs = (("warden-http-1t", "bare-http"), ("warden-http", "bare-http-mt"),
              ("warden-http-2026", "bare-http-2026"), ("warden-http", "warden-http-1t"),
-             ("warden-http-jwt", "warden-http-noauth"))
+             ("warden-http-jwt", "warden-http-noauth"), ("gw-remote", "bare-http-direct"))
     http = [(w, b) for w, b in pairs if w in runs and b in runs]
     if http:
         p()
@@ -177,12 +179,18 @@ def http_section(runs, p, ratio):
         for w, b in http:
             cells = [ratio(g, b, w) for g in (SEQ_P50, CONC_P50, SEQ_RATE, CONC_RATE)]
             p(f"| {w} / {b} | " + " | ".join(f"{c:.2f}×" for c in cells) + " |")
+        if ("gw-remote", "bare-http-direct") in http:
+            added = med(runs, "gw-remote", SEQ_P50) - med(runs, "bare-http-direct", SEQ_P50)
+            p()
+            p(f"warden's remote hop (HTTP in, HTTP out) adds {added:.0f} µs to the p50 one at a time "
+              f"and keeps {ratio(CONC_RATE, 'bare-http-direct', 'gw-remote'):.2f}× of the direct calls/s "
+              "at 32 in flight (issue 17).")
         if ("warden-http-jwt", "warden-http-noauth") in http:
             added = med(runs, "warden-http-jwt", SEQ_P50) - med(runs, "warden-http-noauth", SEQ_P50)
             p()
             p(f"A JWT on every request (checked once, then remembered) adds {added:.0f} µs to the "
               "p50 one at a time (issue 16's target: under 10 µs).")
-        for w, b in [x for x in http if x[1].startswith("bare")]:
+        for w, b in [x for x in http if x[1].startswith("bare") and x[0] != "gw-remote"]:
             p50 = ratio(SEQ_P50, b, w)
             rates = [ratio(g, b, w) for g in (SEQ_RATE, CONC_RATE)]
             ok = [(f"p50 ≤ 1.2× (seq {p50:.2f}×)", p50 <= 1.2),
