@@ -472,11 +472,6 @@ impl McpSpec {
         );
         secrets
     }
-
-    /// Where the server is, for logs and status: its program or its URL.
-    pub fn origin(&self) -> &str {
-        self.url.as_deref().unwrap_or(&self.program)
-    }
 }
 
 /// The values in `env` whose names look secret (and are long enough not to
