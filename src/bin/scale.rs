@@ -483,9 +483,7 @@ fn judge(answer: &http::Answer, message: &str) -> String {
     if result["isError"] == json!(true) {
         return format!(
             "tool error {}",
-            result["structuredContent"]["error"]["kind"]
-                .as_str()
-                .unwrap_or("?")
+            result["structuredContent"]["kind"].as_str().unwrap_or("?")
         );
     }
     let text = result["content"][0]["text"].as_str().unwrap_or("");

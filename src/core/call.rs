@@ -361,7 +361,10 @@ impl Runtime {
         let Some(_permit) = self.admit() else {
             return Err(ToolError::busy("warden (max_in_flight)"));
         };
-        if self.draining.is_cancelled() {
+        // Over HTTP the /mcp middleware is the door: what it let in before
+        // the drain began is in flight and runs; what came after it turned
+        // away (503, 404) before anything ran. On stdio this is the door.
+        if self.draining.is_cancelled() && !self.config.http.mcp {
             return Err(ToolError::unavailable(
                 tool,
                 "warden is shutting down",
