@@ -299,7 +299,18 @@ fn the_inspector_cli_speaks_streamable_http_to_warden() {
             "message=over http",
         ])
     });
-    let _ = warden.kill();
+    // SIGTERM, not SIGKILL: warden flushes its log as it exits, and the
+    // last call's line is read below (a kill loses up to 100 ms of lines).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(warden.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let exited = eventually(Duration::from_secs(10), || {
+        warden.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !exited {
+        let _ = warden.kill();
+    }
     let _ = warden.wait();
     assert!(listening, "warden did not listen on {url}");
     let (list, echo) = (list.unwrap(), echo.unwrap());
