@@ -342,3 +342,59 @@ srv.serve_forever()
         sent.elapsed()
     );
 }
+
+#[test]
+fn a_remote_server_that_accepts_and_never_answers_is_given_up_on_in_time() {
+    // Reads every request and answers none.
+    const SERVE: &str = r#"
+import http.server, time
+class H(http.server.BaseHTTPRequestHandler):
+    def hang(self):
+        time.sleep(3600)
+    do_POST = do_GET = do_DELETE = hang
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+srv.daemon_threads = True
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+    let server = PyServer::start(SERVE, &[]);
+    let mut s = Setup::new(QUIET_CONFIG)
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+        .actor(
+            "up",
+            &format!(
+                "name = \"up\"\nkind = \"mcp\"\nurl = \"http://127.0.0.1:{}/mcp\"\nstart_timeout = \"1s\"\n",
+                server.port
+            ),
+        )
+        .start();
+    s.initialize();
+    // Calls meanwhile are answered at once; the handshake is given up on at
+    // its deadline, and status says so.
+    let sent = Instant::now();
+    let r = s.call_result("up_echo", json!({"message": "hi"}));
+    assert_eq!(r["isError"], json!(true), "{r}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let line = tool_status(&mut s, "up");
+        let error = line["last_error"].as_str().unwrap_or("").to_string();
+        if error.contains("did not finish starting") || Instant::now() > until {
+            break line;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        line["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not finish starting (initialize and listing) within 1s"),
+        "{line}"
+    );
+}
