@@ -868,15 +868,7 @@ fn another_principals_token_cannot_cancel_stream_or_end_a_session() {
     let port = free_port();
     let mut s = Setup::new(&config())
         .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
-        .actor(
-            "slow",
-            &fixture_tool(
-                "slow",
-                &["sleep", "{ms}"],
-                "",
-                "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }",
-            ),
-        )
+        .actor("slow", &sleep_tool("slow", ""))
         .start_http(port);
     wait_listening(&mut s, port);
     let session = initialize(port, ALICE);

@@ -520,6 +520,16 @@ impl Drop for PyServer {
     }
 }
 
+/// A command tool `name` sleeping `ms` milliseconds (then printing "slept").
+pub fn sleep_tool(name: &str, extra: &str) -> String {
+    fixture_tool(
+        name,
+        &["sleep", "{ms}"],
+        extra,
+        "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }",
+    )
+}
+
 /// A command tool `flood` writing `bytes` of output, capped at 64 KiB: it
 /// reports progress as the output streams.
 pub fn flood_tool() -> String {

@@ -27,15 +27,7 @@ fn upstream(port: u16) -> Server {
         "[log]\nstderr = \"warn\"\n[auth]\nmode = \"token\"\n[[auth.tokens]]\nname = \"front\"\nsha256 = \"{digest}\"\n"
     ))
     .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
-    .actor(
-        "slow",
-        &fixture_tool(
-            "slow",
-            &["sleep", "{ms}"],
-            "concurrency = 4",
-            "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }",
-        ),
-    )
+    .actor("slow", &sleep_tool("slow", "concurrency = 4"))
     .actor("flood", &flood_tool())
     .start_http(port);
     wait_listening(&mut s, port);
@@ -71,6 +63,22 @@ fn tool_names(s: &mut Server) -> Vec<String> {
         .iter()
         .map(|t| t["name"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// `up`'s line in status once its last error says `what` (after 10 s, the
+/// line as it is, for the test to fail on).
+fn status_once_it_says(s: &mut Server, what: &str) -> Value {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = tool_status(s, "up");
+        let said = line["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(what));
+        if said || Instant::now() > until {
+            return line;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Calls `up_echo` until it answers `message` (the server may still be
@@ -186,15 +194,7 @@ fn a_remote_server_that_refuses_warden_is_unavailable_saying_why() {
     let port = free_port();
     let _up = upstream(port);
     let mut s = front(port, "not-the-token-at-all-0123456789");
-    let until = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let line = tool_status(&mut s, "up");
-        let error = line["last_error"].as_str().unwrap_or("").to_string();
-        if error.contains("Auth required") || Instant::now() > until {
-            break line;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let line = status_once_it_says(&mut s, "Auth required");
     let error = line["last_error"].as_str().unwrap_or("");
     assert!(
         error.contains("Auth required") && !error.contains("rmcp::"),
@@ -316,18 +316,7 @@ srv.serve_forever()
     let server = PyServer::start(SERVE, &[]);
     let port = server.port;
     let mut s = front(port, UPSTREAM_TOKEN);
-    let until = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let line = tool_status(&mut s, "up");
-        if line["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("500"))
-            || Instant::now() > until
-        {
-            break line;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let line = status_once_it_says(&mut s, "500");
     drop(server);
     assert!(
         line["last_error"].as_str().unwrap_or("").contains("500"),
@@ -381,15 +370,7 @@ srv.serve_forever()
         "{:?}",
         sent.elapsed()
     );
-    let until = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let line = tool_status(&mut s, "up");
-        let error = line["last_error"].as_str().unwrap_or("").to_string();
-        if error.contains("did not finish starting") || Instant::now() > until {
-            break line;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let line = status_once_it_says(&mut s, "did not finish starting");
     assert!(
         line["last_error"]
             .as_str()
