@@ -81,6 +81,18 @@ fn status_once_it_says(s: &mut Server, what: &str) -> Value {
     }
 }
 
+/// Calls `up_echo`, which must be answered with an error within `limit`.
+fn echo_fails_within(s: &mut Server, limit: Duration) {
+    let sent = Instant::now();
+    let r = s.call_result("up_echo", json!({"message": "hi"}));
+    assert_eq!(r["isError"], json!(true), "{r}");
+    assert!(
+        sent.elapsed() < limit,
+        "answered after {:?}",
+        sent.elapsed()
+    );
+}
+
 /// Calls `up_echo` until it answers `message` (the server may still be
 /// connecting), each call answered within its deadline either way.
 fn echo_until_ok(s: &mut Server, message: &str, deadline: Duration) -> bool {
@@ -322,14 +334,7 @@ srv.serve_forever()
         line["last_error"].as_str().unwrap_or("").contains("500"),
         "{line}"
     );
-    let sent = Instant::now();
-    let r = s.call_result("up_echo", json!({"message": "hi"}));
-    assert_eq!(r["isError"], json!(true), "{r}");
-    assert!(
-        sent.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        sent.elapsed()
-    );
+    echo_fails_within(&mut s, Duration::from_secs(2));
 }
 
 #[test]
@@ -362,14 +367,7 @@ srv.serve_forever()
     s.initialize();
     // Calls meanwhile are answered at once; the handshake is given up on at
     // its deadline, and status says so.
-    let sent = Instant::now();
-    let r = s.call_result("up_echo", json!({"message": "hi"}));
-    assert_eq!(r["isError"], json!(true), "{r}");
-    assert!(
-        sent.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        sent.elapsed()
-    );
+    echo_fails_within(&mut s, Duration::from_secs(1));
     let line = status_once_it_says(&mut s, "did not finish starting");
     assert!(
         line["last_error"]
