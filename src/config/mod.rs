@@ -232,6 +232,19 @@ mod tests {
     }
 
     #[test]
+    fn input_wait_is_bounded_by_how_long_a_servers_request_waits() {
+        assert!(problem_fields("[server]\ninput_wait = \"2m\"\n").is_empty());
+        assert_eq!(
+            problem_fields("[server]\ninput_wait = \"5m\"\n"),
+            ["server.input_wait"]
+        );
+        assert_eq!(
+            problem_fields("[server]\ninput_wait = \"100ms\"\n"),
+            ["server.input_wait"]
+        );
+    }
+
+    #[test]
     fn byte_sizes() {
         assert_eq!(ByteSize::parse("1MiB"), Ok(ByteSize(1 << 20)));
         assert_eq!(ByteSize::parse("64KiB"), Ok(ByteSize(64 << 10)));

@@ -50,6 +50,12 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Default for `supervisor.cooloff`: how long a tool failed past its restart
 /// budget waits before it is tried again (with a fresh budget).
 pub const DEFAULT_COOLOFF: Duration = Duration::from_secs(300);
+/// Default for `server.input_wait`: how long a 2026-07-28 client's call
+/// whose MCP server asked it something waits for the retry with the answer.
+pub const DEFAULT_INPUT_WAIT: Duration = Duration::from_secs(60);
+/// How long an MCP server's request (sampling, elicitation, roots) waits
+/// for the client's answer, on any protocol; `server.input_wait` is at most it.
+pub const ASK_DEADLINE: Duration = Duration::from_secs(120);
 
 /// The runtime configuration, `config.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -401,6 +407,12 @@ pub struct ServerConfig {
     /// Reload when config.toml or a file in `actors_dir` changes (as
     /// `warden reload` and SIGHUP do).
     pub watch: bool,
+    /// A 2026-07-28 client takes no requests during a call: when the MCP
+    /// server behind its call asks something, the call is answered
+    /// `input_required` and waits this long for the client's retry carrying
+    /// the answer, then is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub input_wait: Duration,
 }
 
 /// `server.containment`: how warden holds each call's program and each MCP
@@ -445,6 +457,7 @@ impl Default for ServerConfig {
             worker_threads: None,
             containment: Containment::Auto,
             watch: false,
+            input_wait: DEFAULT_INPUT_WAIT,
         }
     }
 }
@@ -766,6 +779,16 @@ pub(super) fn check_config(config: &Config, path: &Path, problems: &mut Vec<Prob
     }
     if config.server.max_line.0 < 1024 {
         bad("server.max_line", "must be at least 1KiB");
+    }
+    if config.server.input_wait < Duration::from_secs(1) || config.server.input_wait > ASK_DEADLINE
+    {
+        bad(
+            "server.input_wait",
+            &format!(
+                "must be between 1s and {} (how long a server's request waits for any answer)",
+                humantime::format_duration(ASK_DEADLINE)
+            ),
+        );
     }
     if config.defaults.concurrency == 0 {
         bad("defaults.concurrency", "must be at least 1");

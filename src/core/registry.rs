@@ -401,6 +401,13 @@ impl Registry {
 
     /// What a client's tool name calls: a command or builtin tool, or a tool
     /// an MCP server exports (its prefix is unique: `warden check` sees to it).
+    /// Whether a call of `name` goes to an MCP server, which may ask the
+    /// caller something while it runs.
+    pub fn asks(&self, name: &str) -> bool {
+        self.route(name)
+            .is_some_and(|t| t.entry.spec.mcp().is_some())
+    }
+
     pub fn route(&self, name: &str) -> Option<Target<'_>> {
         if let Some(entry) = self.get(name).filter(|e| e.spec.mcp().is_none()) {
             return Some(Target {

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use crate::core::call::{
-    CallCtx, CallError, Payload, Principal, Progress, ProgressFn, ToolOutput, ToolResult,
+    Asker, CallCtx, CallError, Payload, Principal, Progress, ProgressFn, ToolOutput, ToolResult,
 };
 use crate::core::catalog::{Catalog, Definition};
 use crate::core::error::ToolError;
@@ -34,6 +34,7 @@ use crate::core::names;
 use crate::core::registry::{Registry, ToolEntry};
 use crate::core::runtime::Runtime;
 use crate::core::session::{LogLevel, Notice, Session};
+use crate::mcp::bridge::{Bridge, Round};
 
 /// Progress notifications buffered per call; past it they are dropped, not waited for.
 const PROGRESS_BUFFER: usize = 16;
@@ -92,6 +93,8 @@ pub struct Offer {
     /// are listed live).
     tools: Arc<std::sync::Mutex<(u64, Arc<Vec<Tool>>)>>,
     caps: ServerCapabilities,
+    /// The calls of 2026-07-28 clients waiting for their retries.
+    bridge: Arc<Bridge>,
 }
 
 impl Offer {
@@ -118,6 +121,7 @@ impl Offer {
                 own_tools(&registry),
             ))),
             caps,
+            bridge: Bridge::new(runtime.config.server.input_wait),
         }
     }
 
@@ -350,6 +354,50 @@ impl WardenServer {
             .downcast::<ServerResult>()
             .map(complete)
             .map_err(|_| forward_error(&ToolError::internal("a server's answer that is not MCP")))
+    }
+}
+
+impl WardenServer {
+    /// A 2026-07-28 client's call to an MCP server: a new call starts in a
+    /// task of its own (holding this session), a retry resumes the call its
+    /// `requestState` names; either runs until answered or asked again.
+    async fn bridged(
+        &self,
+        request: CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+        principal: Option<Arc<Principal>>,
+        progress: Option<ProgressFn>,
+    ) -> Result<Round, McpError> {
+        let bridge = &self.offer.bridge;
+        let tool = request.name.to_string();
+        let name = principal.as_ref().map(|p| p.name.clone());
+        let call = match request.request_state {
+            Some(state) => bridge.resume(
+                &state,
+                &tool,
+                name.as_deref(),
+                request.input_responses.unwrap_or_default(),
+            )?,
+            None => {
+                let (server, tool, args) = (self.clone(), tool.clone(), request.arguments);
+                Bridge::start(context.client_capabilities(), move |parts| async move {
+                    // The whole handler, not only the fields used: over HTTP
+                    // it holds the session, which ends with its last clone.
+                    let server = server;
+                    let ctx = CallCtx {
+                        session: &server.session,
+                        principal: principal.as_deref(),
+                        cancel: &parts.cancel,
+                        progress: Some(parts.progress),
+                        asker: Some(parts.asker),
+                    };
+                    server.runtime.call(&ctx, &tool, args).await
+                })
+            }
+        };
+        Ok(bridge
+            .round(call, &tool, name.as_deref(), progress, &context.ct)
+            .await)
     }
 }
 
@@ -678,17 +726,28 @@ impl ServerHandler for WardenServer {
             .get_progress_token()
             .map(|token| ProgressSink::new(context.peer.clone(), token));
         let principal = principal_noted(&self.session, &context)?;
-        let ctx = CallCtx {
-            session: &self.session,
-            principal: principal.as_deref(),
-            cancel: &context.ct,
-            progress: progress.as_ref().map(|p| p.report.clone()),
-            asker: Some(Arc::new(ClientAsker {
-                peer: context.peer.clone(),
-                stateless: self.session.is_stateless(),
-            })),
+        let report = progress.as_ref().map(|p| p.report.clone());
+        // A 2026-07-28 client is not asked during a call: a call to an MCP
+        // server (the only tools that ask) goes through the bridge.
+        let round = if self.session.is_stateless()
+            && (request.request_state.is_some() || self.runtime.tools().asks(&tool))
+        {
+            self.bridged(request, &context, principal.clone(), report)
+                .await?
+        } else {
+            let ctx = CallCtx {
+                session: &self.session,
+                principal: principal.as_deref(),
+                cancel: &context.ct,
+                progress: report,
+                asker: (!self.session.is_stateless()).then(|| {
+                    Arc::new(ClientAsker {
+                        peer: context.peer.clone(),
+                    }) as Arc<dyn Asker>
+                }),
+            };
+            Round::Done(self.runtime.call(&ctx, &tool, request.arguments).await)
         };
-        let outcome = self.runtime.call(&ctx, &tool, request.arguments).await;
         if let Some(progress) = progress {
             progress.finish().await;
         }
@@ -697,6 +756,13 @@ impl ServerHandler for WardenServer {
         let session = self.session.id;
         // The principal's name, never its token.
         let principal = principal.as_ref().map(|p| p.name.as_str());
+        let outcome = match round {
+            Round::Done(outcome) => outcome,
+            Round::Asked(question) => {
+                tracing::info!(actor = names::TRANSPORT, %request_id, %tool, outcome = "input_required", duration_ms, session, principal, "call");
+                return Ok(question.into());
+            }
+        };
         match outcome {
             Err(CallError::UnknownTool(name)) => {
                 tracing::warn!(actor = names::TRANSPORT, %request_id, tool = %name, outcome = "unknown_tool", duration_ms, session, principal, "call");
@@ -888,31 +954,26 @@ fn release_subscriptions(runtime: &Arc<Runtime>, session: &Session) {
     });
 }
 
-/// The client of one call, for a server's requests during it.
+/// The client of one call (on 2025-11-25 or older), for a server's
+/// requests during it.
 struct ClientAsker {
     peer: Peer<RoleServer>,
-    /// A 2026-07-28 client cannot be sent requests (it would be answered
-    /// with an input-required result, which warden does not bridge yet).
-    stateless: bool,
 }
 
-impl crate::core::call::Asker for ClientAsker {
+impl Asker for ClientAsker {
     fn ask(&self, request: Payload) -> crate::core::call::BoxFuture<'static, Payload> {
         let peer = self.peer.clone();
-        let stateless = self.stateless;
         Box::pin(async move {
             let not_here = |why: String| McpError::new(ErrorCode::METHOD_NOT_FOUND, why, None);
             let answer: Result<ClientResult, McpError> = match request.downcast::<ServerRequest>() {
                 Err(_) => Err(McpError::internal_error("a request that is not MCP", None)),
-                Ok(_) if stateless => Err(not_here(
-                    "the client speaks 2026-07-28, which takes no requests during a call; warden does not bridge them yet".into(),
-                )),
                 Ok(request) => {
                     let caps = peer.peer_info().map(|i| i.capabilities.clone());
                     let (what, declared) = match &request {
-                        ServerRequest::CreateMessageRequest(_) => {
-                            ("sampling", caps.as_ref().is_some_and(|c| c.sampling.is_some()))
-                        }
+                        ServerRequest::CreateMessageRequest(_) => (
+                            "sampling",
+                            caps.as_ref().is_some_and(|c| c.sampling.is_some()),
+                        ),
                         ServerRequest::ElicitRequest(_) => (
                             "elicitation",
                             caps.as_ref().is_some_and(|c| c.elicitation.is_some()),

@@ -4,6 +4,7 @@ mod harness;
 
 mod auth;
 mod breaker;
+mod bridge;
 mod chaos;
 mod clients;
 mod conformance;

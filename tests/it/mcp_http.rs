@@ -758,7 +758,7 @@ impl Events {
 }
 
 /// `warden_sessions_open` from /metrics.
-fn sessions_open(port: u16) -> u64 {
+pub fn sessions_open(port: u16) -> u64 {
     let (answer, _) = raw(
         port,
         format!("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pipe::{RouteProgress, WithoutProgress};
 use super::server::{SaidLimit, ServerMsg, STDERR_LINES_PER_SECOND, STDERR_LINE_MAX};
+use crate::config::ASK_DEADLINE;
 use crate::core::call::{
     Asker, Backend, BoxFuture, Call, Payload, Progress, ProgressFn, ToolOutput, ToolResult,
 };
@@ -95,9 +96,6 @@ impl Askers {
         }
     }
 }
-
-/// How long a server's request waits for the client's answer.
-const ASK_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Removes a progress route when the call ends, however it ends.
 struct Route<'a>(&'a ProgressRoutes, Option<ProgressToken>);
