@@ -81,6 +81,21 @@ pub enum RestartType {
     Temporary,
 }
 
+/// Whom one MCP server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// One server for every client (the default).
+    #[default]
+    Server,
+    /// One server per client session, started at the session's first
+    /// request for it and stopped when the session ends.
+    Session,
+}
+
+/// Default for an MCP server's `max_sessions` (with `scope = "session"`).
+pub const DEFAULT_MAX_SESSION_SERVERS: u32 = 16;
+
 /// Who is shed first under memory pressure (used by the recovery policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -207,6 +222,12 @@ pub struct McpFields {
     pub start_timeout: Option<Duration>,
     /// permanent (default), transient or temporary.
     pub restart: Option<RestartType>,
+    /// "server" (default): one server for all; "session": one per client
+    /// session, stopped when the session ends.
+    pub scope: Option<Scope>,
+    /// With `scope = "session"`: servers running at once; a new session's
+    /// request beyond it answers `busy`.
+    pub max_sessions: Option<u32>,
     /// With `[auth]`: scopes one export needs besides the actor's `scopes`,
     /// by the server's own tool name: `{ write_file = ["files:write"] }`.
     #[serde(default)]
@@ -451,6 +472,9 @@ pub struct McpSpec {
     pub ping_timeout: Duration,
     pub start_timeout: Duration,
     pub restart: RestartType,
+    pub scope: Scope,
+    /// With `scope = "session"`: servers at once.
+    pub max_sessions: u32,
     /// Scopes one export needs besides the actor's, by the server's tool name.
     pub export_scopes: std::collections::BTreeMap<String, Vec<String>>,
     /// `tools`, `exclude` and `rename`.
@@ -498,6 +522,7 @@ impl fmt::Debug for McpSpec {
             .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .field("prefix", &self.prefix)
             .field("restart", &self.restart)
+            .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
 }
@@ -859,6 +884,20 @@ fn mcp_spec(
             );
         }
     }
+    let scope = m.scope.unwrap_or_default();
+    if scope == Scope::Session && url.is_some() {
+        bad(
+            "scope",
+            "\"session\" starts a server per session: it needs `command`, not `url`".into(),
+        );
+    }
+    match m.max_sessions {
+        Some(_) if scope != Scope::Session => {
+            bad("max_sessions", "is for scope = \"session\"".into())
+        }
+        Some(0) => bad("max_sessions", "must be at least 1".into()),
+        _ => {}
+    }
     let exports = export_filter(&prefix, m.tools, m.exclude, m.rename, bad);
     let spec = McpSpec {
         program,
@@ -873,6 +912,8 @@ fn mcp_spec(
         ping_timeout,
         start_timeout,
         restart: m.restart.unwrap_or_default(),
+        scope,
+        max_sessions: m.max_sessions.unwrap_or(DEFAULT_MAX_SESSION_SERVERS),
         export_scopes: m.export_scopes,
         exports,
     };

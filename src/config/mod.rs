@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 
 pub use actor::{
     exported_name, looks_secret, secret_values, valid_tool_name, CommandSpec, ExportFilter, Limits,
-    McpSpec, Priority, RestartType, ToolKindSpec, ToolSpec, DEFAULT_ENV_PASS, DEFAULT_MCP_ENV_PASS,
-    DEFAULT_PATH, DEFAULT_PING_EVERY, DEFAULT_PING_TIMEOUT, DEFAULT_START_TIMEOUT,
+    McpSpec, Priority, RestartType, Scope, ToolKindSpec, ToolSpec, DEFAULT_ENV_PASS,
+    DEFAULT_MCP_ENV_PASS, DEFAULT_PATH, DEFAULT_PING_EVERY, DEFAULT_PING_TIMEOUT,
+    DEFAULT_START_TIMEOUT,
 };
 pub use builtin::Builtin;
 pub use runtime::*;
@@ -297,6 +298,31 @@ mod tests {
         has("b.toml", "name", "must match");
         has("b.toml", "args[0]", "not a property");
         has("c.toml", "timeout", "soon");
+    }
+
+    #[test]
+    fn a_server_per_session_needs_a_command_and_a_cap_of_one_or_more() {
+        let fields = |actor: &str| -> Vec<String> {
+            match check_texts("", &[("s.toml", actor)]) {
+                Ok(_) => vec![],
+                Err(problems) => problems.into_iter().map(|p| p.field).collect(),
+            }
+        };
+        let server = "name = \"s\"\nkind = \"mcp\"\ncommand = \"node\"\n";
+        assert!(fields(&format!("{server}scope = \"session\"\nmax_sessions = 4\n")).is_empty());
+        assert_eq!(
+            fields(&format!("{server}scope = \"session\"\nmax_sessions = 0\n")),
+            ["max_sessions"]
+        );
+        assert_eq!(
+            fields(&format!("{server}max_sessions = 4\n")),
+            ["max_sessions"]
+        );
+        assert_eq!(fields(&format!("{server}scope = \"user\"\n")), ["scope"]);
+        assert_eq!(
+            fields("name = \"s\"\nkind = \"mcp\"\nurl = \"https://example.com/mcp\"\nscope = \"session\"\n"),
+            ["scope"]
+        );
     }
 
     #[test]

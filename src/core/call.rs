@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Priority;
+use crate::config::{Priority, Scope};
 use crate::core::breaker::Outcome;
 use crate::core::error::{ErrorKind, ToolError};
 use crate::core::levels::Level;
@@ -191,6 +191,22 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// Where the instances of `scope = "session"` MCP servers come from: one
+/// per session, started and stopped by the supervision layer.
+pub trait Instances: Send + Sync {
+    /// The instance of the server `entry` that serves `session`: started on
+    /// the session's first request for it (and waited for, within the
+    /// server's `start_timeout`), stopped when the session ends.
+    fn of<'a>(
+        &'a self,
+        entry: &'a ToolEntry,
+        session: &'a Session,
+    ) -> BoxFuture<'a, Result<Arc<ToolEntry>, ToolError>>;
+
+    /// Every instance running now (for `status`).
+    fn running(&self) -> Vec<Arc<ToolEntry>>;
+}
+
 /// Why a call got no tool answer at all (a protocol-level error).
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -338,6 +354,16 @@ impl Runtime {
         work: W,
         started: Instant,
     ) -> Result<W::Output, ToolError> {
+        // A server per session: everything from here on is the session's
+        // instance's (its rate limit, breaker, gate and link).
+        let instance;
+        let entry = match entry.spec.mcp() {
+            Some(m) if m.scope == Scope::Session => {
+                instance = self.instance(entry, ctx.session).await?;
+                &*instance
+            }
+            _ => entry,
+        };
         let tool = entry.spec.name.as_str();
         ctx.session.touch();
         if let Some((p, limit)) = ctx.principal.and_then(|p| Some((p, p.limit?))) {

@@ -114,6 +114,9 @@ pub struct ToolEntry {
     catalog: RwLock<Arc<Catalog>>,
     /// Set by an MCP server's actor when its child exited with status 0.
     clean_exit: AtomicBool,
+    /// For a `scope = "session"` server's instance: the session it serves.
+    /// It is not in the registry; the registry's entry lists for it.
+    session: Option<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,8 +160,23 @@ impl ToolEntry {
             own_level: AtomicU8::new(0),
             catalog: Default::default(),
             clean_exit: AtomicBool::new(false),
+            session: None,
             spec: Arc::new(spec),
         })
+    }
+
+    /// A new instance of this (`scope = "session"`) server for `session`:
+    /// an entry of its own (state, gate, breaker, actor `server:x#sN`).
+    pub fn instance(&self, session: u64) -> Result<Self, BadSchema> {
+        let mut entry =
+            ToolEntry::named((*self.spec).clone(), format!("{}#s{session}", self.actor))?;
+        entry.session = Some(session);
+        Ok(entry)
+    }
+
+    /// The session an instance serves (none for an entry of the registry).
+    pub fn session(&self) -> Option<u64> {
+        self.session
     }
 
     /// The name its actor registers under (for `warden kill` and recovery).
@@ -271,7 +289,7 @@ impl ToolEntry {
         let in_flight = self.gate.in_flight();
         let retired = self.retired();
         ToolLine {
-            name: spec.actor_name(),
+            name: self.actor.clone(),
             tool: spec.name.clone(),
             state: match retired {
                 Some(_) => "draining".to_string(),

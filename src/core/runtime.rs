@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Loaded, Problem};
 use crate::core::breaker::{Force, State, Transition};
+use crate::core::call::Instances;
+use crate::core::error::ToolError;
 use crate::core::health::{HealthView, Snapshot};
 use crate::core::levels::Level;
 use crate::core::metrics::Metrics;
@@ -48,6 +50,9 @@ pub struct Runtime {
     /// Taken by the reloader when it starts.
     reload_queue: Mutex<Option<mpsc::Receiver<reload::Request>>>,
     loader: OnceLock<Loader>,
+    /// Runs the instances of `scope = "session"` servers (set by the tools
+    /// supervisor's layer at start).
+    instances: OnceLock<Arc<dyn Instances>>,
     reload_view: Mutex<ReloadView>,
     pub metrics: Metrics,
     /// The process groups of every program warden runs.
@@ -119,6 +124,7 @@ impl Runtime {
             reloads,
             reload_queue: Mutex::new(Some(reload_queue)),
             loader: OnceLock::new(),
+            instances: OnceLock::new(),
             reload_view: Mutex::new(ReloadView {
                 loaded_at: Instant::now(),
                 loaded_unix: unix_now(),
@@ -175,6 +181,27 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|e| e.id != id);
+    }
+
+    /// What starts and stops the instances of `scope = "session"` servers.
+    pub fn set_instances(&self, instances: Arc<dyn Instances>) {
+        let _ = self.instances.set(instances);
+    }
+
+    /// The instance of the server `entry` that serves `session`.
+    pub async fn instance(
+        &self,
+        entry: &ToolEntry,
+        session: &Session,
+    ) -> Result<Arc<ToolEntry>, ToolError> {
+        match self.instances.get() {
+            Some(instances) => instances.of(entry, session).await,
+            None => Err(ToolError::unavailable(
+                &entry.spec.name,
+                "servers per session are not running",
+                None,
+            )),
+        }
     }
 
     /// How warden reads its configuration again (main sets it, with the
@@ -481,9 +508,15 @@ impl Runtime {
             .clone();
         let registry = self.tools();
         let retired = self.retired();
+        let instances = self
+            .instances
+            .get()
+            .map(|i| i.running())
+            .unwrap_or_default();
         let tools = registry
             .iter()
             .chain(&retired)
+            .chain(&instances)
             .map(|t| t.status(&self.groups))
             .collect();
         let reload = {

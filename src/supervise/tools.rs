@@ -27,6 +27,7 @@ use crate::core::registry::{ToolEntry, ToolState};
 use crate::core::restart::{backoff_delay, jitter_unit, RestartBudget};
 use crate::core::runtime::Runtime;
 use crate::exec::ProgramError;
+use crate::supervise::instances;
 use crate::supervise::tool::{ToolActor, ToolArgs, Work, Workers};
 
 pub struct ToolsSupervisor;
@@ -40,9 +41,12 @@ pub enum ToolsSupervisorMsg {
     /// A reload: start the actors of these new entries (not yet in the
     /// registry), with this restart policy from now on.
     Start(Vec<Arc<ToolEntry>>, SupervisorConfig, RpcReplyPort<()>),
-    /// A reload left these entries behind: each actor stops once its calls
-    /// in flight are answered.
+    /// A reload left these entries behind (or their sessions ended): each
+    /// actor stops once its calls in flight are answered.
     Retire(Vec<Arc<ToolEntry>>),
+    /// Start a session's own instance of a `scope = "session"` server,
+    /// supervised like any server until its session ends.
+    Adopt(Arc<ToolEntry>),
     /// Look at the retired actors again.
     Sweep,
 }
@@ -89,6 +93,9 @@ impl Actor for ToolsSupervisor {
             seed: u64::from(std::process::id()) << 32 | 0x9E37_79B9,
             runtime: runtime.clone(),
         };
+        // Once: a restarted supervisor keeps the first one's (its actors
+        // went with it; their sessions' next requests find them stopped).
+        runtime.set_instances(Arc::new(instances::Handle(Arc::default())));
         for entry in runtime.tools().iter() {
             state.start(&myself, entry.clone()).await;
         }
@@ -149,6 +156,11 @@ impl Actor for ToolsSupervisor {
                     state.start(&myself, entry).await;
                 }
                 let _ = reply.send(());
+            }
+            ToolsSupervisorMsg::Adopt(entry) => {
+                if entry.retired().is_none() {
+                    state.start(&myself, entry).await;
+                }
             }
             ToolsSupervisorMsg::Retire(entries) => {
                 let now = Instant::now();

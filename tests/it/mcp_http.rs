@@ -1122,3 +1122,145 @@ fn over_http_on_several_threads_every_progress_report_comes_before_the_answer() 
         "rounds with fewer than 3 reports before the answer: {short:?}"
     );
 }
+
+/// A call of `tool` in `session`: its JSON-RPC answer.
+fn call_in(conn: &mut Conn, session: &str, id: u64, tool: &str) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                      "params": {"name": tool, "arguments": {}}});
+    let a = conn.send(
+        "POST",
+        &[
+            ("Mcp-Session-Id", session),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ],
+        &body.to_string(),
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    a.message().clone()
+}
+
+fn end_session(conn: &mut Conn, session: &str) {
+    let gone = conn.send(
+        "DELETE",
+        &[
+            ("Mcp-Session-Id", session),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ],
+        "",
+    );
+    assert_eq!(gone.status, 204, "{gone:?}");
+}
+
+/// `scope = "session"`: each session gets a server of its own, started at
+/// its first call and gone, group and all, when the session ends; the
+/// cap turns a third session away; a stateless request has no session to
+/// start one for.
+#[test]
+fn a_server_per_session_starts_with_its_session_and_ends_with_it() {
+    let port = free_port();
+    let setup = setup(QUIET);
+    let pids = setup.path().join("fx.pids");
+    let actor = mcp_actor(
+        "fx",
+        &["--pidfile", pids.to_str().unwrap()],
+        "scope = \"session\"\nmax_sessions = 2\n",
+    );
+    let mut s = setup
+        .actor("fx", &actor)
+        .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
+        .start_http(port);
+    wait_listening(&mut s, port);
+    // The shared instance lists the tools.
+    assert!(eventually(Duration::from_secs(10), || read_pids(&pids)
+        .len()
+        == 1));
+    let shared = read_pids(&pids)[0];
+    let (mut a, mut b, mut c) = (Conn::open(port), Conn::open(port), Conn::open(port));
+    let (sa, sb) = (initialize(&mut a), initialize(&mut b));
+    let pid_of = |r: Value| -> i32 {
+        text(&r["result"])
+            .parse()
+            .unwrap_or_else(|_| panic!("no pid in {r}"))
+    };
+    let pa = pid_of(call_in(&mut a, &sa, 2, "fx_pid"));
+    let pb = pid_of(call_in(&mut b, &sb, 2, "fx_pid"));
+    assert!(
+        pa != pb && pa != shared && pb != shared,
+        "sessions share a server: {pa} {pb} (shared {shared})"
+    );
+    assert_eq!(
+        pid_of(call_in(&mut a, &sa, 3, "fx_pid")),
+        pa,
+        "a session kept its server"
+    );
+    assert_eq!(read_pids(&pids).len(), 3);
+    // Status shows each session's server as an actor of its own.
+    let status: Value =
+        serde_json::from_str(&text(&call_in(&mut a, &sa, 4, "status")["result"])).unwrap();
+    let fx: Vec<(String, i64)> = tool_lines(&status)
+        .iter()
+        .filter(|l| l["tool"] == "fx")
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_string(),
+                l["server"]["pid"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(fx.len(), 3, "{fx:?}");
+    assert_eq!(fx[0], ("server:fx".to_string(), shared as i64), "{fx:?}");
+    for (line, pid) in [(&fx[1], pa), (&fx[2], pb)] {
+        assert!(
+            line.0.starts_with("server:fx#s") && line.1 == pid as i64,
+            "{fx:?}"
+        );
+    }
+
+    // Past max_sessions: busy, and no process started.
+    let sc = initialize(&mut c);
+    let refused = call_in(&mut c, &sc, 2, "fx_pid");
+    assert_eq!(refused["result"]["isError"], true, "{refused}");
+    assert_eq!(kind(&refused["result"]), "busy", "{refused}");
+    assert_eq!(read_pids(&pids).len(), 3);
+
+    // A stateless request has no session to run a server for.
+    let stateless = {
+        let (body, headers) =
+            stateless_request(9, "tools/call", json!({"name": "fx_pid", "arguments": {}}));
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        c.send("POST", &headers, &body)
+    };
+    let r = stateless.message();
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(
+        text(&r["result"]).contains("a server per client session"),
+        "{r}"
+    );
+
+    // Session a ends: its server goes, group and all; b's stays.
+    end_session(&mut a, &sa);
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pa)),
+        "session a's server outlived its session"
+    );
+    assert!(
+        group_members(pa).is_empty(),
+        "its group is left: {:?}",
+        group_members(pa)
+    );
+    assert!(alive(pb) && alive(shared));
+    assert_eq!(pid_of(call_in(&mut b, &sb, 3, "fx_pid")), pb);
+    // Its place is free for the third session.
+    let pc = pid_of(call_in(&mut c, &sc, 3, "fx_pid"));
+    assert!(pc != pb && pc != pa, "{pc}");
+    end_session(&mut b, &sb);
+    end_session(&mut c, &sc);
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pb) && !alive(pc)),
+        "servers outlived their sessions"
+    );
+    assert!(alive(shared), "the shared instance went too");
+}

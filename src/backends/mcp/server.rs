@@ -522,6 +522,10 @@ impl ServerState {
     /// sessions still subscribed to its resources: it is told them again.
     #[allow(deprecated)]
     fn resubscribe(&mut self, link: &Arc<Link>) {
+        // Subscriptions go to the registry's entry, not a session's instance.
+        if self.entry.session().is_some() {
+            return;
+        }
         let catalog = self.entry.catalog();
         let uris: Vec<String> = self
             .runtime
@@ -610,6 +614,11 @@ const RESUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);
 /// or another server's export: possible with `prefix = ""` or `rename`) is
 /// skipped, and said so: the name stays with what had it first.
 fn publish(entry: &ToolEntry, runtime: &Runtime, mut catalog: Catalog) {
+    // A session's instance lists nothing: the registry's entry lists for it.
+    if entry.session().is_some() {
+        entry.set_catalog(catalog);
+        return;
+    }
     let registry = runtime.tools();
     // Every name taken, and by what: one pass over the others' lists.
     let mut taken: HashMap<Arc<str>, String> = HashMap::new();
