@@ -366,7 +366,16 @@ impl ToolsSupervisorState {
             .budgets
             .entry(entry.id)
             .or_insert_with(|| RestartBudget::new(self.policy.max_restarts, self.policy.window));
-        let Some(attempt) = budget.record(Instant::now()) else {
+        // A remote server that cannot be reached is reconnected with
+        // backoff (up to `backoff.max`) for as long as it takes: trying
+        // again costs nothing here, and an outage is not a crash loop.
+        let remote = entry.spec.mcp().is_some_and(|m| m.url.is_some());
+        let recorded = budget.record(Instant::now());
+        let recorded = match recorded {
+            None if remote => Some(self.policy.max_restarts + 1),
+            other => other,
+        };
+        let Some(attempt) = recorded else {
             let cooloff = self.policy.cooloff;
             tracing::error!(
                 actor = names::TOOLS,

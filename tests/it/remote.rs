@@ -36,10 +36,10 @@ fn upstream(port: u16) -> Server {
 
 /// The front: stdio, the upstream as `up` (exports `up_echo`, `up_slow`).
 fn front(port: u16, token: &str) -> Server {
-    // An outage spends the restart budget as a crashing process would; the
-    // cooloff brings the server back soon after.
+    // An outage is reconnected through with backoff, past the restart
+    // budget and without the cooloff (the default 5 minutes).
     let mut s = Setup::new(
-        "[log]\nstderr = \"warn\"\n[supervisor]\nbackoff = { min = \"50ms\", max = \"200ms\" }\ncooloff = \"1s\"\n",
+        "[log]\nstderr = \"warn\"\n[supervisor]\nbackoff = { min = \"50ms\", max = \"200ms\" }\n",
     )
     .actor("status", "name = \"status\"\nkind = \"builtin\"\n")
     .actor(
@@ -188,6 +188,9 @@ fn a_remote_server_is_called_through_warden_and_its_restarts_and_outages_are_ans
         line["last_error"].as_str().is_some_and(|e| !e.is_empty()),
         "{line}"
     );
+    // Past the restart budget (5 in 30 s) by now, and still reconnecting.
+    assert_ne!(line["state"], "failed", "{line}");
+    assert!(line["restarts"].as_u64().unwrap_or(0) > 5, "{line}");
 
     // And it comes back: the supervisor connects again.
     let _up = upstream(port);
