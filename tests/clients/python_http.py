@@ -10,7 +10,9 @@ Session A starts a minute-long `sleeper` call and cancels it: its process
 must be gone within 2 s. Session B meanwhile calls `echo` 20 times, each
 answered with its own text. Then B changes the fixture's tool list, and
 both sessions must hear `tools/list_changed`; A's progress notifications
-must never reach B. Exits 1 saying what failed; run by tests/it/mcp_http.rs.
+must never reach B. Last, the SDK's 2026-07-28 `Client` answers the
+conformance fixture's (`cf_*`) elicitation through its input_required
+driver. Exits 1 saying what failed; run by tests/it/mcp_http.rs.
 """
 
 import os
@@ -18,6 +20,7 @@ import sys
 import time
 
 import anyio
+import mcp_types as types
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -136,6 +139,23 @@ async def main(url, pidfile):
             r = await client.call_tool("fx_echo", {"message": "through the gateway"})
             check(not r.is_error and text_of(r) == "through the gateway", f"fx_echo through Client: {r}")
             out.append(f"Client(url): {client.protocol_version}, stateless echo and fx_echo")
+        # A 2026-07-28 client takes no requests: the conformance fixture's
+        # elicitation reaches it as an input_required result, which the SDK
+        # answers through its callback and retries with.
+        asked = []
+
+        async def elicit(context, params):
+            asked.append(params.message)
+            return types.ElicitResult(action="accept", content={"username": "ada", "email": "ada@example.com"})
+
+        async with Client(url, read_timeout_seconds=REQUEST_TIMEOUT, elicitation_callback=elicit) as client:
+            check(client.protocol_version == "2026-07-28", f"negotiated {client.protocol_version}")
+            r = await client.call_tool("cf_test_elicitation", {"message": "Who are you?"})
+            check(asked == ["Who are you?"], f"the elicitation reached the callback as {asked}")
+            said = text_of(r)
+            check(not r.is_error and said.startswith("User response: <action: accept")
+                  and '"username":"ada"' in said, f"cf_test_elicitation answered {r}")
+            out.append("Client(url): a legacy server's elicitation answered through input_required and a retry")
     return out
 
 

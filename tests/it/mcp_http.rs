@@ -201,8 +201,13 @@ fn two_python_sdk_sessions_over_http_cancel_and_hear_list_changes() {
     let port = free_port();
     let setup = setup(QUIET);
     let pidfile = setup.path().join("sleeper.pid");
+    let fixture = env!("CARGO_BIN_EXE_warden-conformance-fixture");
     let mut s = setup
         .actor("fx", &mcp_actor("fx", &[], ""))
+        .actor(
+            "cf",
+            &format!("name = \"cf\"\nkind = \"mcp\"\ncommand = \"{fixture}\"\n"),
+        )
         .start_http(port);
     wait_listening(&mut s, port);
     let script =
