@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use super::contain::{Cell, Cells, Kind};
 use super::guard::Guardian;
 use super::isolate;
+use super::spawn::{Process, Spec};
 use crate::config::Limits;
 
 /// The live process groups (a group's id is its leader's pid), with the
@@ -116,6 +117,33 @@ impl Groups {
         let guard = self.register(pgid, owner, cell.map(Arc::new));
         drop(spawning);
         Ok((child, guard))
+    }
+
+    /// Starts a command tool's program with [`spawn`](super::spawn): the
+    /// same promises as [`Groups::spawn`], without a fork of warden.
+    pub fn launch(
+        self: &Arc<Self>,
+        owner: &str,
+        mut spec: Spec,
+    ) -> io::Result<(Process, GroupGuard)> {
+        let cell = self
+            .cells
+            .cell()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create its cgroup: {e}")))?;
+        spec.cell = cell.as_ref().map(Cell::join_fd);
+        let spawning = self.spawning.read().unwrap_or_else(|p| p.into_inner());
+        let process = match super::spawn::spawn(&spec) {
+            Ok(process) => process,
+            Err(e) => {
+                if let Some(cell) = &cell {
+                    cell.remove();
+                }
+                return Err(e);
+            }
+        };
+        let guard = self.register(process.id(), owner, cell.map(Arc::new));
+        drop(spawning);
+        Ok((process, guard))
     }
 
     fn register(self: &Arc<Self>, pgid: i32, owner: &str, cell: Option<Arc<Cell>>) -> GroupGuard {

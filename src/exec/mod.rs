@@ -15,6 +15,7 @@ pub mod groups;
 pub mod guard;
 pub mod paths;
 pub mod run;
+pub mod spawn;
 
 use std::fmt;
 use std::os::fd::RawFd;

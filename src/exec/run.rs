@@ -2,7 +2,7 @@
 //! timeout and a cancellation, never leaving a process of its group behind.
 
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use super::groups::Groups;
+use super::spawn::Spec;
 use crate::config::Limits;
 
 /// Progress for streamed output is reported at most this often.
@@ -74,19 +75,19 @@ pub async fn run(
     cancel: &CancellationToken,
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> Result<Ending, RunError> {
-    let mut cmd = tokio::process::Command::new(program.path);
-    cmd.args(&program.argv)
-        .env_clear()
-        .envs(program.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(program.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let spec = Spec::new(
+        program.path,
+        &program.argv,
+        program.env,
+        program.cwd,
+        program.limits.clone(),
+    )
+    .map_err(RunError::Spawn)?;
     // The guard kills the group and its cell however this function ends,
-    // also when its future is dropped half-way (the worker running it was killed).
+    // also when its future is dropped half-way (the worker running it was
+    // killed); a dropped `Process` is killed and reaped.
     let (mut child, group) = groups
-        .spawn(program.owner, &mut cmd, program.limits.clone())
+        .launch(program.owner, spec)
         .map_err(RunError::Spawn)?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");

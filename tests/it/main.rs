@@ -24,4 +24,5 @@ mod recovery;
 mod reload;
 mod remote;
 mod shutdown;
+mod spawn;
 mod tools;
