@@ -155,7 +155,10 @@ impl Groups {
                 cell: cell.clone(),
             },
         );
-        if let Some(g) = &self.guardian {
+        // A group in a cell needs no line to the guardian: it ends every
+        // cell under the root when warden dies. Two fewer writes, and one
+        // fewer wake-up of the guardian, per call.
+        if let (Some(g), None) = (&self.guardian, &cell) {
             g.watch(pgid);
         }
         GroupGuard {
@@ -338,7 +341,7 @@ impl Groups {
 
     fn ended(&self, pgid: i32, cell: Option<&Arc<Cell>>) {
         self.live().remove(&pgid);
-        if let Some(g) = &self.guardian {
+        if let (Some(g), None) = (&self.guardian, cell) {
             g.forget(pgid);
         }
         if let Some(cell) = cell {
