@@ -137,7 +137,7 @@ impl Cells {
             return Ok(None);
         };
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Cell::create(root.join(format!("p{n}"))).map(Some)
+        Cell::create(root.join(format!("p{n}")), self.kind == Kind::Cgroup2).map(Some)
     }
 }
 
@@ -148,26 +148,48 @@ pub struct Cell {
     /// Its `cgroup.procs`, opened before the fork: the child writes "0" to it
     /// (itself) before exec. Close-on-exec, so the program never holds it.
     procs: OwnedFd,
+    /// On cgroup v2, the directory itself: a child can be born in the cell
+    /// (`clone3` with `CLONE_INTO_CGROUP`) instead of moving into it, which
+    /// costs the kernel a wait for an RCU grace period.
+    home: Option<OwnedFd>,
 }
 
 impl Cell {
-    fn create(dir: PathBuf) -> io::Result<Cell> {
+    fn create(dir: PathBuf, v2: bool) -> io::Result<Cell> {
         fs::create_dir(&dir)?;
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))
-            .inspect_err(|_| {
-                let _ = fs::remove_dir(&dir);
-            })?;
-        Ok(Cell {
-            dir,
-            procs: procs.into(),
+        let open = || -> io::Result<Cell> {
+            let procs = fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))?;
+            let home = if v2 {
+                use std::os::unix::fs::OpenOptionsExt;
+                let d = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_DIRECTORY)
+                    .open(&dir)?;
+                Some(d.into())
+            } else {
+                None
+            };
+            Ok(Cell {
+                dir: dir.clone(),
+                procs: procs.into(),
+                home,
+            })
+        };
+        open().inspect_err(|_| {
+            let _ = fs::remove_dir(&dir);
         })
     }
 
     /// The descriptor a new child joins the cell through (see [`join`]).
     pub fn join_fd(&self) -> RawFd {
         self.procs.as_raw_fd()
+    }
+
+    /// The cell's directory, for a child born in it (cgroup v2 only).
+    pub fn home_fd(&self) -> Option<RawFd> {
+        self.home.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     pub fn dir(&self) -> &Path {
@@ -329,7 +351,7 @@ fn make_root(kind: Kind, me: u32) -> Result<PathBuf, String> {
 /// Whether a child can join a cell under `root` (cgroup v2 refuses
 /// processes where controllers are enabled below, for one).
 fn probe(root: &Path) -> io::Result<()> {
-    let cell = Cell::create(root.join("probe"))?;
+    let cell = Cell::create(root.join("probe"), false)?;
     let fd = cell.join_fd();
     // SAFETY: the child only writes to an open descriptor and exits.
     let joined = match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {

@@ -131,6 +131,7 @@ impl Groups {
             .cell()
             .map_err(|e| io::Error::new(e.kind(), format!("cannot create its cgroup: {e}")))?;
         spec.cell = cell.as_ref().map(Cell::join_fd);
+        spec.cell_home = cell.as_ref().and_then(Cell::home_fd);
         let spawning = self.spawning.read().unwrap_or_else(|p| p.into_inner());
         let process = match super::spawn::spawn(&spec) {
             Ok(process) => process,

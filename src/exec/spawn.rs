@@ -39,6 +39,8 @@ pub struct Spec {
     pub limits: Limits,
     /// The cgroup cell's open `cgroup.procs`, which the child joins.
     pub cell: Option<RawFd>,
+    /// The cell's directory on cgroup v2: the child is born in it instead.
+    pub cell_home: Option<RawFd>,
 }
 
 impl Spec {
@@ -73,6 +75,7 @@ impl Spec {
             cwd: c(cwd.as_os_str().as_bytes())?,
             limits,
             cell: None,
+            cell_home: None,
         })
     }
 }
@@ -236,7 +239,7 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
         stdin: null.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
-        cell: spec.cell.unwrap_or(-1),
+        cell: -1,
         parent: std::process::id() as libc::pid_t,
         limits,
         nlimits,
@@ -246,10 +249,9 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
         step: std::ptr::null(),
     };
     // Uninitialised: the child writes its frames before it reads them.
+    // Uninitialised: the child writes its frames before it reads them.
     let mut stack = Vec::<u8>::with_capacity(CHILD_STACK);
-    // SAFETY: the stack's end, aligned down to 16 bytes as the ABI wants.
-    let top = unsafe { stack.as_mut_ptr().add(CHILD_STACK) };
-    let top = ((top as usize) & !15) as *mut libc::c_void;
+    let mut pidfd: RawFd = -1;
     // SAFETY: every signal is blocked across the clone, so no handler of
     // warden's runs on the child's stack in warden's memory; the child resets
     // the handlers and restores this mask before execve. With CLONE_VFORK
@@ -259,12 +261,23 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.mask);
-        let pid = libc::clone(
-            child,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&mut args as *mut ChildArgs).cast(),
-        );
+        let mut pid = match spec.cell_home {
+            Some(home) => born_in(home, &mut stack, &mut args, &mut pidfd),
+            None => -1,
+        };
+        if pid == -1 {
+            // No cgroup v2 cell, or a kernel without clone3's
+            // CLONE_INTO_CGROUP: the child moves into its cell itself.
+            args.cell = spec.cell.unwrap_or(-1);
+            let top = stack.as_mut_ptr().add(CHILD_STACK);
+            let top = ((top as usize) & !15) as *mut libc::c_void;
+            pid = libc::clone(
+                child,
+                top,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&mut args as *mut ChildArgs).cast(),
+            );
+        }
         let spawn_errno = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &args.mask, std::ptr::null_mut());
         if pid < 0 {
@@ -281,9 +294,14 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
         let e = io::Error::from_raw_os_error(args.errno);
         return Err(io::Error::new(e.kind(), format!("{step}: {e}")));
     }
-    // SAFETY: pidfd_open(2) of our unreaped child; the descriptor is owned at once.
+    // SAFETY: clone3 gave the child's pidfd, or pidfd_open(2) of our
+    // unreaped child does; the descriptor is owned at once.
     let pidfd = unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
+        let fd = if pidfd >= 0 {
+            pidfd
+        } else {
+            libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd
+        };
         if fd < 0 {
             let e = io::Error::last_os_error();
             libc::kill(pid, libc::SIGKILL);
@@ -299,6 +317,106 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
         stderr: Some(pipe::Receiver::from_owned_fd(err_r)?),
         status: None,
     })
+}
+
+/// Whether clone3 may start a child in its cgroup here: cleared when the
+/// kernel says it cannot (too old, or not a cgroup v2 cell).
+static CLONE3: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// The kernel's `struct clone_args` (version 2, with `cgroup`).
+#[repr(C, align(8))]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP | CLONE_PIDFD)`: the
+/// child starts in the cell `home` (no migration), on `stack`, running
+/// [`child`]; its pidfd lands in `pidfd`. Returns the pid; -1 when clone3
+/// cannot do it on this kernel (the caller falls back to `clone`); -2 when
+/// it failed otherwise, with errno set.
+///
+/// # Safety
+/// Signals blocked; `args` and `stack` live until the child has exec'd or
+/// exited (CLONE_VFORK makes this thread wait for that).
+#[cfg(target_arch = "x86_64")]
+unsafe fn born_in(
+    home: RawFd,
+    stack: &mut Vec<u8>,
+    args: &mut ChildArgs,
+    pidfd: &mut RawFd,
+) -> libc::pid_t {
+    use std::sync::atomic::Ordering;
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    if !CLONE3.load(Ordering::Relaxed) {
+        return -1;
+    }
+    let base = stack.as_mut_ptr() as u64;
+    let aligned = (base + 15) & !15;
+    let size = (CHILD_STACK as u64 - (aligned - base)) & !15;
+    let mut cl = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | CLONE_INTO_CGROUP,
+        pidfd: pidfd as *mut RawFd as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: aligned,
+        stack_size: size,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: home as u64,
+    };
+    let ret: i64;
+    // The child comes out of the syscall on its own stack (its top, 16-byte
+    // aligned) with every register as the parent had it but rax = 0: it
+    // calls `child(args)` at once, which never returns. The parent jumps
+    // past. No Rust code runs in the child before `child`.
+    std::arch::asm!(
+        "syscall",
+        "test rax, rax",
+        "jnz 2f",
+        "mov rdi, r12",
+        "call r13",
+        "ud2",
+        "2:",
+        inlateout("rax") libc::SYS_clone3 => ret,
+        in("rdi") &mut cl as *mut CloneArgs,
+        in("rsi") std::mem::size_of::<CloneArgs>(),
+        in("r12") args as *mut ChildArgs,
+        in("r13") child as extern "C" fn(*mut libc::c_void) -> libc::c_int,
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack),
+    );
+    if ret >= 0 {
+        return ret as libc::pid_t;
+    }
+    let errno = -ret as libc::c_int;
+    if matches!(
+        errno,
+        libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP
+    ) {
+        // This kernel cannot: never ask again, and fall back this time.
+        CLONE3.store(false, Ordering::Relaxed);
+        return -1;
+    }
+    *libc::__errno_location() = errno;
+    -2
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn born_in(_: RawFd, _: &mut Vec<u8>, _: &mut ChildArgs, _: &mut RawFd) -> libc::pid_t {
+    -1
 }
 
 /// The child, between clone and execve: system calls only, on its own

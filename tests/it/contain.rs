@@ -19,7 +19,7 @@ const WAYS: [&str; 3] = ["setsid", "setpgid", "daemon"];
 /// Whether this machine gives `mode`, as warden itself finds out: it refuses
 /// to start with a containment asked for by name that it cannot have. (The
 /// subreaper is always there.)
-fn can_run(mode: &str) -> bool {
+pub fn can_run(mode: &str) -> bool {
     if mode == "subreaper" {
         return true;
     }

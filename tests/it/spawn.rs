@@ -18,7 +18,7 @@ fn proc_tool() -> String {
      concurrency = 8\nqueue = 64\n\
      [limits]\ncpu = \"3s\"\nmemory = \"512MiB\"\nopen_files = 64\n\
      [input]\ntype = \"object\"\nrequired = [\"file\"]\n\
-     properties.file = { type = \"string\", enum = [\"stat\", \"status\", \"limits\"] }\n"
+     properties.file = { type = \"string\", enum = [\"stat\", \"status\", \"limits\", \"cgroup\"] }\n"
         .to_string()
 }
 
@@ -61,6 +61,7 @@ fn limit(limits: &str, name: &str) -> String {
 fn a_programs_session_group_limits_and_signals_are_as_promised() {
     let mut s = Setup::new(QUIET_CONFIG).actor("proc", &proc_tool()).start();
     s.initialize();
+    let warden = s.pid();
     let mut read = |file: &str| text(&s.call_result("proc", json!({"file": file})));
     let [pid, ppid, pgid, sid] = ids(&read("stat"));
     assert_eq!(sid, pid, "not a session of its own");
@@ -81,7 +82,21 @@ fn a_programs_session_group_limits_and_signals_are_as_promised() {
         0,
         "SIGPIPE ignored: {status}"
     );
-    assert_eq!(ppid, s.pid() as u64, "warden is not its parent");
+    assert_eq!(ppid, warden as u64, "warden is not its parent");
+    // Born in a cgroup of its own, under warden's (cgroup v2: clone3 with
+    // CLONE_INTO_CGROUP; elsewhere it moves in before exec).
+    if crate::contain::can_run("cgroup2") {
+        let cgroup = read("cgroup");
+        let own = cgroup
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or_else(|| panic!("no cgroup v2 line: {cgroup}"));
+        let cell = own
+            .rsplit_once(&format!("/warden-{warden}/p"))
+            .map(|(_, n)| n)
+            .unwrap_or_else(|| panic!("not in a cell of this warden: {cgroup}"));
+        assert!(cell.parse::<u64>().is_ok(), "{cgroup}");
+    }
 
     // Many at once: each its own process, each isolated alike.
     let calls: Vec<i64> = (0..64)
