@@ -152,6 +152,12 @@ pub struct Cell {
     /// (`clone3` with `CLONE_INTO_CGROUP`) instead of moving into it, which
     /// costs the kernel a wait for an RCU grace period.
     home: Option<OwnedFd>,
+    /// On cgroup v2, its `cgroup.kill`, opened with the cell: ending it is
+    /// one write.
+    killer: Option<fs::File>,
+    /// Set once `cgroup.kill` was written: everything in the cell is dead
+    /// and nothing can enter it again, so once is enough.
+    killed: std::sync::atomic::AtomicBool,
 }
 
 impl Cell {
@@ -161,20 +167,25 @@ impl Cell {
             let procs = fs::OpenOptions::new()
                 .write(true)
                 .open(dir.join("cgroup.procs"))?;
-            let home = if v2 {
+            let (home, killer) = if v2 {
                 use std::os::unix::fs::OpenOptionsExt;
                 let d = fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(nix::libc::O_DIRECTORY)
                     .open(&dir)?;
-                Some(d.into())
+                let k = fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("cgroup.kill"))?;
+                (Some(d.into()), Some(k))
             } else {
-                None
+                (None, None)
             };
             Ok(Cell {
                 dir: dir.clone(),
                 procs: procs.into(),
                 home,
+                killer,
+                killed: Default::default(),
             })
         };
         open().inspect_err(|_| {
@@ -199,6 +210,16 @@ impl Cell {
     /// Kills every process in the cell, wherever it moved in its session or
     /// process group.
     pub fn kill(&self) {
+        use std::sync::atomic::Ordering;
+        if let Some(mut k) = self.killer.as_ref() {
+            if self.killed.load(Ordering::Relaxed) {
+                return;
+            }
+            if k.write_all(b"1").is_ok() {
+                self.killed.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
         end(&self.dir);
     }
 
@@ -278,6 +299,12 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
 
 /// Removes a cell (and any cgroups made below it); false while busy.
 fn remove(dir: &Path) -> bool {
+    // A cell is a leaf unless a program made cgroups in it: try at once.
+    match fs::remove_dir(dir) {
+        Ok(()) => return true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+        Err(_) => {}
+    }
     for sub in subdirs(dir) {
         remove(&sub);
     }
@@ -339,7 +366,8 @@ fn make_root(kind: Kind, me: u32) -> Result<PathBuf, String> {
         // ancestor's cgroup.procs must be writable.
         nix::unistd::access(&base.join("cgroup.procs"), nix::unistd::AccessFlags::W_OK)
             .map_err(|e| format!("cannot move processes in {}: {e}", base.display()))?;
-        probe(&root).map_err(|e| format!("a process cannot join a cell: {e}"))
+        probe(&root, kind == Kind::Cgroup2)
+            .map_err(|e| format!("a process cannot join a cell: {e}"))
     })();
     if let Err(e) = usable {
         let _ = fs::remove_dir(&root);
@@ -350,21 +378,29 @@ fn make_root(kind: Kind, me: u32) -> Result<PathBuf, String> {
 
 /// Whether a child can join a cell under `root` (cgroup v2 refuses
 /// processes where controllers are enabled below, for one).
-fn probe(root: &Path) -> io::Result<()> {
-    let cell = Cell::create(root.join("probe"), false)?;
+/// On cgroup v2 the probe is a child born in the cell, as programs are (see
+/// `spawn`): no migration, whose wait for an RCU grace period was most of
+/// warden's time to ready.
+fn probe(root: &Path, v2: bool) -> io::Result<()> {
+    let cell = Cell::create(root.join("probe"), v2)?;
     let fd = cell.join_fd();
+    let born = cell.home_fd().and_then(super::spawn::can_be_born_in);
     // SAFETY: the child only writes to an open descriptor and exits.
-    let joined = match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-        nix::unistd::ForkResult::Child => {
-            let code = if join(fd).is_ok() { 0 } else { 1 };
-            // SAFETY: _exit is async-signal-safe and skips the parent's atexit state.
-            unsafe { nix::libc::_exit(code) }
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            matches!(
-                nix::sys::wait::waitpid(child, None),
-                Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
-            )
+    let joined = if let Some(born) = born {
+        born.is_ok()
+    } else {
+        match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+            nix::unistd::ForkResult::Child => {
+                let code = if join(fd).is_ok() { 0 } else { 1 };
+                // SAFETY: _exit is async-signal-safe and skips the parent's atexit state.
+                unsafe { nix::libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                matches!(
+                    nix::sys::wait::waitpid(child, None),
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
+                )
+            }
         }
     };
     let deadline = Instant::now() + Duration::from_millis(200);

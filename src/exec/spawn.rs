@@ -262,7 +262,13 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.mask);
         let mut pid = match spec.cell_home {
-            Some(home) => born_in(home, &mut stack, &mut args, &mut pidfd),
+            Some(home) => born_in(
+                home,
+                &mut stack,
+                child,
+                (&mut args as *mut ChildArgs).cast(),
+                &mut pidfd,
+            ),
             None => -1,
         };
         if pid == -1 {
@@ -352,7 +358,8 @@ struct CloneArgs {
 unsafe fn born_in(
     home: RawFd,
     stack: &mut Vec<u8>,
-    args: &mut ChildArgs,
+    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
     pidfd: &mut RawFd,
 ) -> libc::pid_t {
     use std::sync::atomic::Ordering;
@@ -392,8 +399,8 @@ unsafe fn born_in(
         inlateout("rax") libc::SYS_clone3 => ret,
         in("rdi") &mut cl as *mut CloneArgs,
         in("rsi") std::mem::size_of::<CloneArgs>(),
-        in("r12") args as *mut ChildArgs,
-        in("r13") child as extern "C" fn(*mut libc::c_void) -> libc::c_int,
+        in("r12") arg,
+        in("r13") f,
         lateout("rcx") _,
         lateout("r11") _,
         options(nostack),
@@ -415,8 +422,55 @@ unsafe fn born_in(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn born_in(_: RawFd, _: &mut Vec<u8>, _: &mut ChildArgs, _: &mut RawFd) -> libc::pid_t {
+unsafe fn born_in(
+    _: RawFd,
+    _: &mut Vec<u8>,
+    _: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    _: *mut libc::c_void,
+    _: &mut RawFd,
+) -> libc::pid_t {
     -1
+}
+
+/// Whether a child can be born in the cgroup v2 cell `home` (the
+/// containment probe at start); None when this kernel's clone3 cannot say.
+pub fn can_be_born_in(home: RawFd) -> Option<io::Result<()>> {
+    extern "C" fn exit_at_once(_: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: _exit in the child, touching nothing.
+        unsafe { libc::_exit(0) }
+    }
+    let mut stack = Vec::<u8>::with_capacity(4096);
+    let mut pidfd: RawFd = -1;
+    // SAFETY: signals blocked across the clone as in `spawn`; the child
+    // exits at once on its own stack.
+    let pid = unsafe {
+        let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
+            (std::mem::zeroed(), std::mem::zeroed());
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = born_in(
+            home,
+            &mut stack,
+            exit_at_once,
+            std::ptr::null_mut(),
+            &mut pidfd,
+        );
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        pid
+    };
+    if pidfd >= 0 {
+        // SAFETY: clone3 gave us this descriptor; nothing else owns it.
+        drop(unsafe { OwnedFd::from_raw_fd(pidfd) });
+    }
+    match pid {
+        -1 => None,
+        p if p < 0 => Some(Err(io::Error::last_os_error())),
+        p => Some(match reap(p, 0) {
+            Ok(Some(status)) if status.success() => Ok(()),
+            Ok(_) => Err(io::Error::other("the probe did not exit 0")),
+            Err(e) => Err(e),
+        }),
+    }
 }
 
 /// The child, between clone and execve: system calls only, on its own
