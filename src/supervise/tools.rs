@@ -93,8 +93,9 @@ impl Actor for ToolsSupervisor {
             seed: u64::from(std::process::id()) << 32 | 0x9E37_79B9,
             runtime: runtime.clone(),
         };
-        // Once: a restarted supervisor keeps the first one's (its actors
-        // went with it; their sessions' next requests find them stopped).
+        // Once: a restarted supervisor keeps the first one's map of the
+        // instances per session (what becomes of their actors when a tools
+        // supervisor dies is not tested).
         runtime.set_instances(Arc::new(instances::Handle(Arc::default())));
         for entry in runtime.tools().iter() {
             state.start(&myself, entry.clone()).await;
