@@ -68,7 +68,14 @@ pub struct Cells {
     next: AtomicU64,
     /// Why a stronger containment was not available (for status and the log).
     why_not: Option<String>,
+    /// Cells whose program ended with nothing left in them (cgroup v2),
+    /// kept for the next programs: a call then pays for no cgroup mkdir,
+    /// opens and rmdir.
+    spare: std::sync::Mutex<Vec<Cell>>,
 }
+
+/// Cells kept for reuse at most.
+const SPARE_CELLS: usize = 32;
 
 impl Cells {
     /// The containment `want` names; for `auto`, the strongest this machine
@@ -90,6 +97,7 @@ impl Cells {
                         root: Some(root),
                         next: AtomicU64::new(0),
                         why_not: None,
+                        spare: Default::default(),
                     })
                 }
                 Err(e) => why_not.push(format!("{}: {e}", kind.name())),
@@ -105,6 +113,7 @@ impl Cells {
             root: None,
             next: AtomicU64::new(0),
             why_not: (!why_not.is_empty()).then(|| why_not.join("; ")),
+            spare: Default::default(),
         })
     }
 
@@ -115,6 +124,7 @@ impl Cells {
             root: None,
             next: AtomicU64::new(0),
             why_not: None,
+            spare: Default::default(),
         }
     }
 
@@ -131,13 +141,34 @@ impl Cells {
         self.why_not.as_deref()
     }
 
-    /// A new, empty cell for one program (None without cgroups).
+    /// An empty cell for one program (None without cgroups): a spare one,
+    /// or a new one.
     pub fn cell(&self) -> io::Result<Option<Cell>> {
         let Some(root) = &self.root else {
             return Ok(None);
         };
+        if let Some(cell) = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(Some(cell));
+        }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         Cell::create(root.join(format!("p{n}")), self.kind == Kind::Cgroup2).map(Some)
+    }
+
+    /// Takes back a cell whose program ended, for the next one: only a
+    /// cgroup v2 cell that emptied without being killed (on Linux 6.18 a
+    /// child born by clone3 into a cgroup once killed through `cgroup.kill`
+    /// is killed at birth), while fewer than [`SPARE_CELLS`] are kept. Err
+    /// gives it back, to be removed.
+    pub fn recycle(&self, cell: Cell) -> Result<(), Cell> {
+        if !cell.reusable() {
+            return Err(cell);
+        }
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() >= SPARE_CELLS {
+            return Err(cell);
+        }
+        spare.push(cell);
+        Ok(())
     }
 }
 
@@ -155,8 +186,10 @@ pub struct Cell {
     /// On cgroup v2, its `cgroup.kill`, opened with the cell: ending it is
     /// one write.
     killer: Option<fs::File>,
+    /// On cgroup v2, its `cgroup.events`: whether anything is still in it.
+    events: Option<fs::File>,
     /// Set once `cgroup.kill` was written: everything in the cell is dead
-    /// and nothing can enter it again, so once is enough.
+    /// (`cgroup.kill` lets no fork escape), so once is enough.
     killed: std::sync::atomic::AtomicBool,
 }
 
@@ -167,7 +200,7 @@ impl Cell {
             let procs = fs::OpenOptions::new()
                 .write(true)
                 .open(dir.join("cgroup.procs"))?;
-            let (home, killer) = if v2 {
+            let (home, killer, events) = if v2 {
                 use std::os::unix::fs::OpenOptionsExt;
                 let d = fs::OpenOptions::new()
                     .read(true)
@@ -176,15 +209,17 @@ impl Cell {
                 let k = fs::OpenOptions::new()
                     .write(true)
                     .open(dir.join("cgroup.kill"))?;
-                (Some(d.into()), Some(k))
+                let e = fs::File::open(dir.join("cgroup.events"))?;
+                (Some(d.into()), Some(k), Some(e))
             } else {
-                (None, None)
+                (None, None, None)
             };
             Ok(Cell {
                 dir: dir.clone(),
                 procs: procs.into(),
                 home,
                 killer,
+                events,
                 killed: Default::default(),
             })
         };
@@ -212,7 +247,9 @@ impl Cell {
     pub fn kill(&self) {
         use std::sync::atomic::Ordering;
         if let Some(mut k) = self.killer.as_ref() {
-            if self.killed.load(Ordering::Relaxed) {
+            // Nothing in it (the usual end of a call): nothing to kill, and
+            // the cell can serve the next program.
+            if self.killed.load(Ordering::Relaxed) || self.populated() == Some(false) {
                 return;
             }
             if k.write_all(b"1").is_ok() {
@@ -221,6 +258,23 @@ impl Cell {
             }
         }
         end(&self.dir);
+    }
+
+    /// Whether processes are in the cell (cgroup v2), from `cgroup.events`.
+    fn populated(&self) -> Option<bool> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let n = self.events.as_ref()?.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        let line = text.lines().find_map(|l| l.strip_prefix("populated "))?;
+        Some(line.trim() == "1")
+    }
+
+    /// Empty, and never killed (see [`Cells::recycle`]).
+    fn reusable(&self) -> bool {
+        self.killer.is_some()
+            && !self.killed.load(std::sync::atomic::Ordering::Relaxed)
+            && self.populated() == Some(false)
     }
 
     /// The processes in the cell now.

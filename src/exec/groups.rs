@@ -340,17 +340,24 @@ impl Groups {
         *told = held;
     }
 
-    fn ended(&self, pgid: i32, cell: Option<&Arc<Cell>>) {
+    fn ended(&self, pgid: i32, cell: Option<Arc<Cell>>) {
         self.live().remove(&pgid);
-        if let (Some(g), None) = (&self.guardian, cell) {
+        if let (Some(g), None) = (&self.guardian, &cell) {
             g.forget(pgid);
         }
-        if let Some(cell) = cell {
+        // An empty cell nobody else holds goes to the next program, if the
+        // containment keeps spares; else it is removed.
+        let to_remove = match cell.map(Arc::try_unwrap) {
+            Some(Ok(cell)) => self.cells.recycle(cell).err().map(Arc::new),
+            Some(Err(shared)) => Some(shared),
+            None => None,
+        };
+        if let Some(cell) = to_remove {
             if !cell.remove() {
                 self.doomed
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(cell.clone());
+                    .push(cell);
             }
         }
         self.sweep();
@@ -420,7 +427,8 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.kill();
-        self.groups.ended(self.pgid, self.cell.as_ref());
+        let cell = self.cell.take();
+        self.groups.ended(self.pgid, cell);
     }
 }
 
