@@ -41,22 +41,14 @@ fn assert_shape(r: &Value, kind: &str, retry: bool, details: &[&str]) {
 }
 
 fn setup() -> Setup {
-    let sleeper = |name: &str, extra: &str| {
-        fixture_tool(
-            name,
-            &["sleep", "{ms}", "{pidfile}"],
-            extra,
-            "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }\nproperties.pidfile = { type = \"string\" }",
-        )
-    };
     Setup::new("[server]\nshutdown_grace = \"200ms\"\n[log]\nstderr = \"off\"\n")
         .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
         .actor("limited", "name = \"limited\"\nkind = \"builtin\"\nbuiltin = \"echo\"\nrate = \"1/m\"\nburst = 1\n")
         .actor("crash", "name = \"crash\"\nkind = \"builtin\"\nbuiltin = \"panic\"\n[breaker]\nenabled = false\n")
         .actor("ghost", "name = \"ghost\"\nkind = \"command\"\ncommand = \"/nonexistent/ghost\"\n[input]\ntype = \"object\"\n")
-        .actor("one", &sleeper("one", "concurrency = 1\nqueue = 0"))
-        .actor("slow", &sleeper("slow", "timeout = \"200ms\""))
-        .actor("long", &sleeper("long", ""))
+        .actor("one", &pidfile_sleep_tool("one", "concurrency = 1\nqueue = 0"))
+        .actor("slow", &pidfile_sleep_tool("slow", "timeout = \"200ms\""))
+        .actor("long", &pidfile_sleep_tool("long", ""))
         .actor(
             "fail",
             &fixture_tool(

@@ -520,6 +520,17 @@ impl Drop for PyServer {
     }
 }
 
+/// A command tool `name` sleeping `ms` milliseconds, writing its pid to
+/// the file `pidfile` names first (when it names one).
+pub fn pidfile_sleep_tool(name: &str, extra: &str) -> String {
+    fixture_tool(
+        name,
+        &["sleep", "{ms}", "{pidfile}"],
+        extra,
+        "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }\nproperties.pidfile = { type = \"string\" }",
+    )
+}
+
 /// A command tool `name` sleeping `ms` milliseconds (then printing "slept").
 pub fn sleep_tool(name: &str, extra: &str) -> String {
     fixture_tool(

@@ -17,15 +17,7 @@ const QUIET: &str = "[log]\nstderr = \"warn\"\n";
 fn setup(config: &str) -> Setup {
     Setup::new(config)
         .actor("echo", "name = \"echo\"\nkind = \"builtin\"\n")
-        .actor(
-            "sleeper",
-            &fixture_tool(
-                "sleeper",
-                &["sleep", "{ms}", "{pidfile}"],
-                "",
-                "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }\nproperties.pidfile = { type = \"string\" }",
-            ),
-        )
+        .actor("sleeper", &pidfile_sleep_tool("sleeper", ""))
 }
 
 /// Waits until warden answers on `port`.
@@ -979,23 +971,12 @@ fn a_session_that_ends_subscribed_is_unsubscribed_downstream() {
     );
     assert!(r.message()["result"].is_object(), "{r:?}");
     assert_eq!(subscriptions(&mut conn, &b), "subscribe fixture://hello");
-    let end = |conn: &mut Conn, session: &str| {
-        let gone = conn.send(
-            "DELETE",
-            &[
-                ("Mcp-Session-Id", session),
-                ("MCP-Protocol-Version", "2025-11-25"),
-            ],
-            "",
-        );
-        assert_eq!(gone.status, 204, "{gone:?}");
-    };
     // b is still subscribed: the server hears nothing when a ends.
-    end(&mut conn, &a);
+    end_session(&mut conn, &a);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(subscriptions(&mut conn, &b), "subscribe fixture://hello");
     // The last one ends: the server is told.
-    end(&mut conn, &b);
+    end_session(&mut conn, &b);
     let c = initialize(&mut conn);
     assert!(
         eventually(Duration::from_secs(5), || subscriptions(&mut conn, &c)

@@ -10,15 +10,10 @@ use crate::harness::*;
 
 fn setup(grace: &str) -> (Setup, tempfile::TempDir) {
     let pids = tempfile::tempdir().unwrap();
-    let s = Setup::new(&format!("[server]\nshutdown_grace = \"{grace}\"\n[log]\nstderr = \"off\"\n")).actor(
-        "sleeper",
-        &fixture_tool(
-            "sleeper",
-            &["sleep", "{ms}", "{pidfile}"],
-            "concurrency = 4",
-            "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }\nproperties.pidfile = { type = \"string\" }",
-        ),
-    );
+    let s = Setup::new(&format!(
+        "[server]\nshutdown_grace = \"{grace}\"\n[log]\nstderr = \"off\"\n"
+    ))
+    .actor("sleeper", &pidfile_sleep_tool("sleeper", "concurrency = 4"));
     (s, pids)
 }
 
@@ -142,12 +137,7 @@ fn calls_still_queued_at_the_end_of_the_grace_are_answered_cancelled() {
     let mut s = Setup::new("[server]\nshutdown_grace = \"300ms\"\n[log]\nstderr = \"off\"\n")
         .actor(
             "one",
-            &fixture_tool(
-                "one",
-                &["sleep", "{ms}", "{pidfile}"],
-                "concurrency = 1\nqueue = 4",
-                "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }\nproperties.pidfile = { type = \"string\" }",
-            ),
+            &pidfile_sleep_tool("one", "concurrency = 1\nqueue = 4"),
         )
         .start();
     s.initialize();

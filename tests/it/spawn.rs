@@ -115,15 +115,7 @@ fn a_programs_session_group_limits_and_signals_are_as_promised() {
 #[test]
 fn a_program_dies_with_warden_when_warden_is_sigkilled() {
     let mut s = Setup::new(QUIET_CONFIG)
-        .actor(
-            "sleeper",
-            &fixture_tool(
-                "sleeper",
-                &["sleep", "{ms}", "{pidfile}"],
-                "",
-                "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }\nproperties.pidfile = { type = \"string\" }",
-            ),
-        )
+        .actor("sleeper", &pidfile_sleep_tool("sleeper", ""))
         .start();
     s.initialize();
     let pidfile = s.setup.path().join("sleeper.pid");

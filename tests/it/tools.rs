@@ -6,16 +6,8 @@ use serde_json::json;
 
 use crate::harness::*;
 
-const SLEEPER_INPUT: &str =
-    "required = [\"ms\"]\nproperties.ms = { type = \"integer\" }\nproperties.pidfile = { type = \"string\" }";
-
 fn sleeper(extra: &str) -> String {
-    fixture_tool(
-        "sleeper",
-        &["sleep", "{ms}", "{pidfile}"],
-        extra,
-        SLEEPER_INPUT,
-    )
+    pidfile_sleep_tool("sleeper", extra)
 }
 
 #[test]
