@@ -188,10 +188,19 @@ pub struct Cell {
     killer: Option<fs::File>,
     /// On cgroup v2, its `cgroup.events`: whether anything is still in it.
     events: Option<fs::File>,
-    /// Set once `cgroup.kill` was written: everything in the cell is dead
-    /// (`cgroup.kill` lets no fork escape), so once is enough.
-    killed: std::sync::atomic::AtomicBool,
+    /// How its program's time in it ended, once it has (cgroup v2): found
+    /// empty, or killed. Either is final until the cell is recycled: only
+    /// warden puts a process in a cell, and `cgroup.kill` lets no fork
+    /// escape. So `cgroup.events` is read and `cgroup.kill` written once.
+    ended: std::sync::atomic::AtomicU8,
 }
+
+/// `Cell::ended`: in use.
+const LIVE: u8 = 0;
+/// `Cell::ended`: found empty (reusable).
+const EMPTIED: u8 = 1;
+/// `Cell::ended`: killed through `cgroup.kill` (never reused).
+const KILLED: u8 = 2;
 
 impl Cell {
     fn create(dir: PathBuf, v2: bool) -> io::Result<Cell> {
@@ -220,7 +229,7 @@ impl Cell {
                 home,
                 killer,
                 events,
-                killed: Default::default(),
+                ended: LIVE.into(),
             })
         };
         open().inspect_err(|_| {
@@ -247,13 +256,17 @@ impl Cell {
     pub fn kill(&self) {
         use std::sync::atomic::Ordering;
         if let Some(mut k) = self.killer.as_ref() {
+            if self.ended.load(Ordering::Relaxed) != LIVE {
+                return;
+            }
             // Nothing in it (the usual end of a call): nothing to kill, and
             // the cell can serve the next program.
-            if self.killed.load(Ordering::Relaxed) || self.populated() == Some(false) {
+            if self.populated() == Some(false) {
+                self.ended.store(EMPTIED, Ordering::Relaxed);
                 return;
             }
             if k.write_all(b"1").is_ok() {
-                self.killed.store(true, Ordering::Relaxed);
+                self.ended.store(KILLED, Ordering::Relaxed);
                 return;
             }
         }
@@ -270,11 +283,15 @@ impl Cell {
         Some(line.trim() == "1")
     }
 
-    /// Empty, and never killed (see [`Cells::recycle`]).
+    /// Found empty at its program's end, never killed (see
+    /// [`Cells::recycle`]); made ready for the next program.
     fn reusable(&self) -> bool {
+        use std::sync::atomic::Ordering;
         self.killer.is_some()
-            && !self.killed.load(std::sync::atomic::Ordering::Relaxed)
-            && self.populated() == Some(false)
+            && self
+                .ended
+                .compare_exchange(EMPTIED, LIVE, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The processes in the cell now.

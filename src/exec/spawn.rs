@@ -157,6 +157,18 @@ fn reap(pid: i32, flags: libc::c_int) -> io::Result<Option<ExitStatus>> {
     }
 }
 
+/// Blocks every signal on this thread (for a clone: no handler of warden's
+/// may run in the child, which shares warden's memory); the mask before
+/// goes to `old`, for `pthread_sigmask(SIG_SETMASK, old)` to restore.
+///
+/// # Safety
+/// The caller restores `old` on this thread.
+unsafe fn block_signals(old: &mut libc::sigset_t) {
+    let mut all: libc::sigset_t = std::mem::zeroed();
+    libc::sigfillset(&mut all);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &all, old);
+}
+
 /// A pipe: (read end, write end), both close-on-exec.
 fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -258,9 +270,7 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
     // this thread waits until the child has exec'd or exited, so `args`,
     // the strings it points to and the stack outlive the child's use of them.
     let pid = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut args.mask);
+        block_signals(&mut args.mask);
         let mut pid = match spec.cell_home {
             Some(home) => born_in(
                 home,
@@ -444,10 +454,8 @@ pub fn can_be_born_in(home: RawFd) -> Option<io::Result<()>> {
     // SAFETY: signals blocked across the clone as in `spawn`; the child
     // exits at once on its own stack.
     let pid = unsafe {
-        let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
-            (std::mem::zeroed(), std::mem::zeroed());
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        block_signals(&mut old);
         let pid = born_in(
             home,
             &mut stack,
