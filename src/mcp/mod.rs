@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod bridge;
 pub mod client;
+pub mod fast;
 pub mod http;
 pub mod server;
 pub mod stdio;

@@ -14,12 +14,13 @@
 //! calls in flight have finished or the shutdown grace is over.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequestParams, ClientJsonRpcMessage, ClientNotification, ClientRequest, CustomRequest,
-    ErrorData, RequestId, ServerJsonRpcMessage,
+    ErrorData, JsonRpcRequest, RequestId, ServerJsonRpcMessage,
 };
 use rmcp::service::RoleServer;
 use rmcp::transport::Transport;
@@ -30,6 +31,7 @@ use tokio::io::{AsyncBufRead, AsyncWrite};
 use crate::core::names;
 use crate::core::runtime::Runtime;
 use crate::core::session::Session;
+use crate::mcp::fast::Lane;
 use crate::mcp::server::{forward_notices, WardenServer};
 use crate::mcp::wire::{answered, Line, LineReader, Outbox};
 
@@ -46,7 +48,9 @@ const PENDING_PER_SLOT: usize = 2;
 /// most, before warden stops reading its requests and drops notifications
 /// (progress, log messages, list changes) instead of queueing them. Answers
 /// are never dropped: the calls already read still finish, so the backlog
-/// can pass this by what they answer.
+/// can pass this by what they answer. The requests the fast lane holds
+/// (read, not yet answered) count in it too: reading runs ahead of their
+/// answers there.
 pub const OUT_BUDGET: usize = 64 << 20;
 
 /// After a cancelled request's handler ends, its id stays reserved this
@@ -190,6 +194,22 @@ struct Tracked {
     pending: Arc<Pending>,
 }
 
+/// Bytes counted in a budget while held, given back however the holder ends.
+struct HeldBytes(Arc<AtomicUsize>, usize);
+
+impl HeldBytes {
+    fn new(count: &Arc<AtomicUsize>, bytes: usize) -> Self {
+        count.fetch_add(bytes, Ordering::Relaxed);
+        HeldBytes(count.clone(), bytes)
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
 /// Calls [`Pending::handler_ended`] however the handler ends (also dropped
 /// when the session ends).
 struct HandlerRuns<'a> {
@@ -252,12 +272,16 @@ pub async fn serve(runtime: Arc<Runtime>) -> String {
         runtime.clone(),
         session.clone(),
     );
+    let inner = WardenServer::new(runtime, session.clone());
+    let lane = Lane::new(inner.clone());
+    let transport = transport.with_lane(lane.clone());
     let server = Tracked {
-        inner: WardenServer::new(runtime, session.clone()),
+        inner,
         pending: transport.pending.clone(),
     };
     let reason = match server.serve(transport).await {
         Ok(running) => {
+            lane.open(running.peer().clone());
             let notices = tokio::spawn(forward_notices(
                 notices,
                 running.peer().clone(),
@@ -292,6 +316,10 @@ pub struct StdioTransport<R, W> {
     max_pending: usize,
     /// Notifications dropped because the client did not read its output.
     dropped_notices: Arc<std::sync::atomic::AtomicU64>,
+    /// The fast lane for `tools/call`, when there is one.
+    lane: Option<Arc<Lane>>,
+    /// Bytes of the requests the lane has taken and not yet answered.
+    lane_bytes: Arc<AtomicUsize>,
 }
 
 impl<R, W> StdioTransport<R, W>
@@ -314,13 +342,64 @@ where
             pending: Arc::default(),
             max_pending,
             dropped_notices: Arc::default(),
+            lane: None,
+            lane_bytes: Arc::default(),
         }
+    }
+
+    /// `tools/call` requests the lane takes go to it, not to rmcp.
+    pub fn with_lane(mut self, lane: Arc<Lane>) -> Self {
+        self.lane = Some(lane);
+        self
+    }
+
+    /// Hands a request (of `bytes` on the wire) to the fast lane, which
+    /// answers it in a task of its own; gives it back for rmcp if the lane
+    /// does not take it.
+    fn to_lane(
+        &self,
+        request: JsonRpcRequest<ClientRequest>,
+        bytes: usize,
+    ) -> Option<ClientJsonRpcMessage> {
+        let Some(lane) = &self.lane else {
+            return Some(ClientJsonRpcMessage::Request(request));
+        };
+        let id = request.id.clone();
+        let answer = match lane.take(request) {
+            Ok(answer) => answer,
+            Err(request) => return Some(ClientJsonRpcMessage::Request(request)),
+        };
+        let (outbox, pending) = (self.outbox.clone(), self.pending.clone());
+        let held = HeldBytes::new(&self.lane_bytes, bytes);
+        tokio::spawn(async move {
+            let answer = {
+                let _runs = HandlerRuns {
+                    pending: &pending,
+                    id: id.clone(),
+                };
+                answer.await
+            };
+            // `None`: the client cancelled it, and hears no answer. Once
+            // queued, the answer's bytes count in the outbox's backlog.
+            let write = answer.map(|answer| outbox.send_later(&answer, true));
+            drop(held);
+            if let Some(write) = write {
+                let _ = write.await;
+                pending.answered(&id);
+            }
+        });
+        None
     }
 
     /// Whether stdin waits: too many requests unanswered, or too many bytes
     /// of output unread.
     fn held_back(&self) -> bool {
-        self.pending.len() >= self.max_pending || self.outbox.backlog() > OUT_BUDGET
+        self.pending.len() >= self.max_pending || self.over_budget()
+    }
+
+    /// Output unread and requests held in the lane: past [`OUT_BUDGET`].
+    fn over_budget(&self) -> bool {
+        self.outbox.backlog() + self.lane_bytes.load(Ordering::Relaxed) > OUT_BUDGET
     }
 
     /// Decides what to do with one line, and writes the answer it gets here.
@@ -503,7 +582,6 @@ where
         let shed = matches!(item, ServerJsonRpcMessage::Notification(_))
             && self.outbox.backlog() > OUT_BUDGET;
         if shed {
-            use std::sync::atomic::Ordering;
             let n = self.dropped_notices.fetch_add(1, Ordering::Relaxed) + 1;
             if n == 1 || n.is_multiple_of(1000) {
                 tracing::warn!(
@@ -575,7 +653,7 @@ where
                 // Backpressure, by requests unanswered and by bytes unread:
                 // read on once answers have been written.
                 let answered = pending.answered.notified();
-                let by_bytes = self.outbox.backlog() > OUT_BUDGET;
+                let by_bytes = self.over_budget();
                 // Checked again now that `answered` listens: one written
                 // meanwhile would not be heard.
                 if self.held_back() {
@@ -600,6 +678,7 @@ where
             };
             match read {
                 Ok(Line::Complete) => {
+                    let bytes = self.lines.line().len();
                     let msg = self.classify().await;
                     self.lines.clear();
                     match &msg {
@@ -625,11 +704,18 @@ where
                             if let ClientNotification::CancelledNotification(c) = &n.notification {
                                 if let Some(id) = &c.params.request_id {
                                     self.pending.cancelled(id);
+                                    if let Some(lane) = &self.lane {
+                                        lane.cancel(id);
+                                    }
                                 }
                             }
                         }
                         _ => {}
                     }
+                    let msg = match msg {
+                        Some(ClientJsonRpcMessage::Request(r)) => self.to_lane(r, bytes),
+                        other => other,
+                    };
                     if let Some(msg) = msg {
                         return Some(msg);
                     }
