@@ -37,6 +37,7 @@ use crate::core::runtime::Runtime;
 use crate::core::session::{LogLevel, Notice};
 use crate::core::status::ServerLive;
 use crate::core::text::blank;
+use crate::mcp::fast::{Calls, Reply};
 
 /// How long a call whose connection closed waits for the child's exit
 /// status, so its answer can say how the server ended.
@@ -131,6 +132,8 @@ pub struct Link {
     pub(super) secrets: Arc<[String]>,
     /// The calls in flight, for the server's requests to their clients.
     pub(super) askers: Askers,
+    /// The fast lane for calls without progress, over a local server's pipes.
+    pub(super) lane: Option<Arc<Calls>>,
 }
 
 impl Backend for Link {
@@ -182,22 +185,91 @@ impl Link {
             ..
         } = call;
         let _asking = self.askers.enter(asker);
+        let what = format!("`{tool}`");
+        if let (Some(lane), None) = (&self.lane, &progress) {
+            return self.call_in_lane(lane, &tool, args, &cancel, &what).await;
+        }
         let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
         let mut request = CallToolRequest::new(params);
         if progress.is_none() {
             request.extensions_mut().insert(WithoutProgress);
         }
         let request = ClientRequest::CallToolRequest(request);
-        let what = format!("`{tool}`");
         match self.exchange(request, &cancel, progress, &what).await? {
             ServerResult::CallToolResult(result) => {
                 Ok(ToolOutput::passthrough(Payload::new(result)))
             }
-            _ => Err(ToolError::new(
-                ErrorKind::ExecutionFailed,
-                format!("MCP server `{}` answered `{tool}` with something other than a tool result (a task or an input request, which warden does not relay).", self.server),
-                "Use the server directly for this tool, or ask its author for a plain result.",
+            _ => Err(self.not_a_tool_result(&tool)),
+        }
+    }
+
+    /// One call through the fast lane: the same answers as through rmcp.
+    async fn call_in_lane(
+        &self,
+        lane: &Arc<Calls>,
+        tool: &str,
+        args: rmcp::model::JsonObject,
+        cancel: &CancellationToken,
+        what: &str,
+    ) -> ToolResult {
+        let Ok(mut sent) = lane.send(tool, Some(&args)).await else {
+            return Err(self.gone().await);
+        };
+        let reply = match self.settle(&mut sent.answer, cancel).await {
+            Ok(reply) => reply,
+            Err(stopped) => {
+                let reason = stopped.reason();
+                return Err(self.stopped(stopped, what, sent.cancel(reason)).await);
+            }
+        };
+        match reply {
+            Ok(Reply::Done(result)) => Ok(ToolOutput::passthrough(Payload::new(result))),
+            Ok(Reply::Refused(e)) => Err(self.failed(ServiceError::McpError(e), what).await),
+            Ok(Reply::NotAToolResult) => Err(self.not_a_tool_result(tool)),
+            Err(_) => Err(self.gone().await),
+        }
+    }
+
+    fn not_a_tool_result(&self, tool: &str) -> ToolError {
+        ToolError::new(
+            ErrorKind::ExecutionFailed,
+            format!("MCP server `{}` answered `{tool}` with something other than a tool result (a task or an input request, which warden does not relay).", self.server),
+            "Use the server directly for this tool, or ask its author for a plain result.",
+        )
+    }
+
+    /// Waits for `answer` under the tool's timeout, or until the call is cancelled.
+    async fn settle<F: std::future::Future>(
+        &self,
+        answer: F,
+        cancel: &CancellationToken,
+    ) -> Result<F::Output, Stopped> {
+        tokio::select! {
+            answer = answer => Ok(answer),
+            _ = cancel.cancelled() => Err(Stopped::Cancelled),
+            _ = tokio::time::sleep(self.timeout) => Err(Stopped::TimedOut),
+        }
+    }
+
+    /// A call stopped before its answer: `tell` tells the server so (within
+    /// a deadline), and the caller hears why.
+    async fn stopped(
+        &self,
+        stopped: Stopped,
+        what: &str,
+        tell: impl std::future::Future,
+    ) -> ToolError {
+        let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, tell).await;
+        match stopped {
+            Stopped::Cancelled => ToolError::cancelled(format!(
+                "The call was cancelled; `{}` was told to stop it.",
+                self.server
             )),
+            Stopped::TimedOut => ToolError::new(
+                ErrorKind::Timeout,
+                format!("MCP server `{}` did not answer {what} within {}; the call was cancelled downstream.", self.server, humantime::format_duration(self.timeout)),
+                "Retry with a narrower request, or ask the operator to raise this tool's timeout.",
+            ).detail("timeout_ms", self.timeout.as_millis() as u64),
         }
     }
 
@@ -231,23 +303,11 @@ impl Link {
             &self.progress,
             routed.then(|| handle.progress_token.clone()),
         );
-        let timeout = self.timeout;
-        let answer = tokio::select! {
-            answer = &mut handle.rx => answer,
-            _ = cancel.cancelled() => {
-                let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, handle.cancel(Some("cancelled by warden's client".into()))).await;
-                return Err(ToolError::cancelled(format!(
-                    "The call was cancelled; `{}` was told to stop it.",
-                    self.server
-                )));
-            }
-            _ = tokio::time::sleep(timeout) => {
-                let _ = tokio::time::timeout(CANCEL_SEND_DEADLINE, handle.cancel(Some("timeout".into()))).await;
-                return Err(ToolError::new(
-                    ErrorKind::Timeout,
-                    format!("MCP server `{}` did not answer {what} within {}; the call was cancelled downstream.", self.server, humantime::format_duration(timeout)),
-                    "Retry with a narrower request, or ask the operator to raise this tool's timeout.",
-                ).detail("timeout_ms", timeout.as_millis() as u64));
+        let answer = match self.settle(&mut handle.rx, cancel).await {
+            Ok(answer) => answer,
+            Err(stopped) => {
+                let reason = Some(stopped.reason().to_string());
+                return Err(self.stopped(stopped, what, handle.cancel(reason)).await);
             }
         };
         match answer {
@@ -304,6 +364,22 @@ impl Link {
         )
         .retry_after(Duration::from_millis(500))
         .detail("server_exited", true)
+    }
+}
+
+/// Why a call ended before its answer.
+enum Stopped {
+    Cancelled,
+    TimedOut,
+}
+
+impl Stopped {
+    /// What the server is told.
+    fn reason(&self) -> &'static str {
+        match self {
+            Stopped::Cancelled => "cancelled by warden's client",
+            Stopped::TimedOut => "timeout",
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufRead, AsyncWrite};
 
 use super::link::{report_progress, ProgressRoutes};
 use crate::core::call::ProgressFn;
+use crate::mcp::fast::Calls;
 use crate::mcp::wire::{answered, Line, LineReader, Outbox};
 
 /// How long closing a server's stdin may wait for a write in progress.
@@ -52,6 +53,8 @@ pub struct ChildTransport<R, W> {
     /// `tools/call` requests sent and not yet answered or cancelled.
     calls: HashSet<RequestId>,
     progress: Option<ProgressTap>,
+    /// The fast lane's calls, answered as their lines are read.
+    lane: Option<Arc<Calls>>,
 }
 
 /// Where a server's progress reports go as they are read, in the order of
@@ -157,7 +160,16 @@ where
             outbox: Arc::new(Outbox::new(stdin)),
             calls: HashSet::new(),
             progress: None,
+            lane: None,
         }
+    }
+
+    /// The fast lane to this server: `tools/call` requests written straight
+    /// to its stdin, their answers taken off its stdout before rmcp sees them.
+    pub fn lane(&mut self) -> Arc<Calls> {
+        self.lane
+            .get_or_insert_with(|| Calls::new(self.outbox.clone()))
+            .clone()
     }
 
     /// Progress reports go to `tap` as they are read, not to rmcp.
@@ -170,6 +182,9 @@ where
     fn read(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
         let line = self.lines.line().trim_ascii();
         if line.is_empty() {
+            return None;
+        }
+        if self.lane.as_ref().is_some_and(|lane| lane.answer(line)) {
             return None;
         }
         if let Some(msg) = tool_result(line, &mut self.calls) {
@@ -193,6 +208,21 @@ where
                 None
             }
         }
+    }
+}
+
+impl<R, W> ChildTransport<R, W> {
+    /// The server's output has ended: the lane's calls hear it.
+    fn end_lane(&self) {
+        if let Some(lane) = &self.lane {
+            lane.end();
+        }
+    }
+}
+
+impl<R, W> Drop for ChildTransport<R, W> {
+    fn drop(&mut self) {
+        self.end_lane();
     }
 }
 
@@ -276,9 +306,13 @@ where
                         "skipped a line from an MCP server longer than server.max_line"
                     );
                 }
-                Ok(Line::Eof) => return None,
+                Ok(Line::Eof) => {
+                    self.end_lane();
+                    return None;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "reading an MCP server's stdout failed");
+                    self.end_lane();
                     return None;
                 }
             }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rmcp::model::{ClientRequest, PingRequest};
+use rmcp::model::{ClientRequest, PingRequest, ProtocolVersion};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
 use rmcp::transport::streamable_http_client::{
     StreamableHttpClientTransport, StreamableHttpClientTransportConfig,
@@ -40,6 +40,7 @@ use crate::core::registry::{ToolEntry, ToolState};
 use crate::core::runtime::Runtime;
 use crate::core::session::Notice;
 use crate::exec::{self, Exit, GroupGuard};
+use crate::mcp::fast::Calls;
 
 /// Lines of a server's stderr (and, separately, log messages) logged per
 /// second, after a burst of [`STDERR_BURST`]; the rest are counted and
@@ -87,6 +88,9 @@ pub struct ServerState {
     progress: ProgressRoutes,
     /// The calls in flight, shared by the link and the client handler.
     askers: Askers,
+    /// The fast lane for `tools/call` over the child's pipes (none for a
+    /// remote server).
+    lane: Option<Arc<Calls>>,
     ended: watch::Receiver<Option<String>>,
     /// How the child ended, once the exit watcher said so.
     exit: Option<(String, bool)>,
@@ -173,13 +177,15 @@ impl Actor for ServerActor {
             tap,
             handler,
         } = client_side(me.clone(), &myself, &spec, &runtime, secrets);
+        let max_line = runtime.config.server.max_line.0 as usize;
+        let stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
+        let mut transport = ChildTransport::new(stdout, stdin, max_line).with_progress(tap);
+        let lane = transport.lane();
         let starter = {
-            let max_line = runtime.config.server.max_line.0 as usize;
             let (prefix, filter) = (spec.prefix.clone(), spec.exports.clone());
             start(myself.clone(), spec.start_timeout, async move {
-                let stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
                 let service = handler
-                    .serve(ChildTransport::new(stdout, stdin, max_line).with_progress(tap))
+                    .serve(transport)
                     .await
                     .map_err(|e| format!("the MCP handshake failed: {e}"))?;
                 let catalog = list_everything(service.peer(), &prefix, &filter)
@@ -196,6 +202,7 @@ impl Actor for ServerActor {
             service: None,
             progress,
             askers,
+            lane: Some(lane),
             ended,
             exit: None,
             started: Instant::now(),
@@ -437,6 +444,7 @@ fn reach(
         service: None,
         progress,
         askers,
+        lane: None,
         ended,
         exit: None,
         started: Instant::now(),
@@ -557,6 +565,12 @@ impl ServerState {
         catalog: Catalog,
     ) {
         let peer = service.peer().clone();
+        // A server on 2026-07-28 takes no call outside rmcp: its requests
+        // to warden must come during one rmcp knows of.
+        let lane = self.lane.clone().filter(|_| {
+            peer.peer_info()
+                .is_some_and(|i| i.protocol_version < ProtocolVersion::V_2026_07_28)
+        });
         let mut info = match peer.peer_info() {
             Some(i) => json!({
                 "name": i.server_info.as_ref().map(|s| s.name.clone()),
@@ -581,6 +595,7 @@ impl ServerState {
             last_ping_us: AtomicU64::new(0),
             secrets: self.spec.secrets().into(),
             askers: self.askers.clone(),
+            lane,
         });
         tracing::info!(
             actor = %self.entry.spec.actor_name(), server_pid = self.pid,
