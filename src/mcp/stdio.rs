@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CallToolRequestParams, ClientJsonRpcMessage, ClientNotification, ClientRequest, CustomRequest,
-    ErrorData, JsonRpcRequest, RequestId, ServerJsonRpcMessage,
+    CallToolRequest, CallToolRequestParams, ClientJsonRpcMessage, ClientNotification,
+    ClientRequest, CustomRequest, ErrorData, JsonRpcRequest, JsonRpcVersion2_0, RequestId,
+    ServerJsonRpcMessage,
 };
 use rmcp::service::RoleServer;
 use rmcp::transport::Transport;
@@ -439,6 +440,11 @@ pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
     if text.is_empty() {
         return Verdict::Drop;
     }
+    if *initialized {
+        if let Some(call) = tool_call(text) {
+            return Verdict::Pass(call);
+        }
+    }
     let msg = match serde_json::from_slice::<ClientJsonRpcMessage>(text) {
         Ok(msg) => msg,
         Err(parse_error) => return not_a_message(text, parse_error),
@@ -489,6 +495,40 @@ pub fn decide(line: &[u8], initialized: &mut bool) -> Verdict {
         }
     }
     Verdict::Pass(msg)
+}
+
+/// A well-formed `tools/call`, read straight into its type, as rmcp would
+/// read it (`_meta` into the request's extensions). rmcp reads any message
+/// by buffering it whole and trying each kind in turn, an error built for
+/// each miss; a client repeats this request more than any other. `None` for
+/// anything else, which rmcp's reading then takes, errors and all.
+fn tool_call(text: &[u8]) -> Option<ClientJsonRpcMessage> {
+    #[derive(serde::Deserialize)]
+    struct Call<'a> {
+        jsonrpc: JsonRpcVersion2_0,
+        id: RequestId,
+        method: &'a str,
+        params: CallToolRequestParams,
+    }
+    let Call {
+        jsonrpc,
+        id,
+        method,
+        mut params,
+    } = serde_json::from_slice(text).ok()?;
+    if method != "tools/call" {
+        return None;
+    }
+    let meta = params.meta.take();
+    let mut request = CallToolRequest::new(params);
+    if let Some(meta) = meta {
+        request.extensions.insert(meta);
+    }
+    Some(ClientJsonRpcMessage::Request(JsonRpcRequest {
+        jsonrpc,
+        id,
+        request: ClientRequest::CallToolRequest(request),
+    }))
 }
 
 /// A JSON-RPC error the transport answers itself. Its `id` is `null`, not
@@ -845,6 +885,38 @@ mod tests {
 
     fn id(line: &[u8]) -> Option<String> {
         top_level_id(line).map(|id| id.to_string())
+    }
+
+    #[test]
+    fn a_tool_call_read_straight_is_what_rmcp_reads() {
+        let lines = [
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#,
+            r#"{"params":{"_meta":{"progressToken":"t1","x":[1]},"name":"e","arguments":{}},"method":"tools/call","id":"a","jsonrpc":"2.0"}"#,
+            r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"e","task":{"ttl":5},"extra":1},"unknown":true}"#,
+            r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"e","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"},"requestState":"s","inputResponses":{}}}"#,
+        ];
+        for line in lines {
+            let fast = tool_call(line.as_bytes()).expect(line);
+            let rmcp: ClientJsonRpcMessage = serde_json::from_str(line).unwrap();
+            assert_eq!(
+                serde_json::to_value(&fast).unwrap(),
+                serde_json::to_value(&rmcp).unwrap(),
+                "{line}"
+            );
+        }
+        // Not a well-formed tools/call: left to rmcp's reading.
+        let others = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"e"}}"#,
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"e"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/call","params":{"name":"e"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"name":"e"}}"#,
+        ];
+        for line in others {
+            assert!(tool_call(line.as_bytes()).is_none(), "{line}");
+        }
     }
 
     #[test]
