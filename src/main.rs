@@ -194,6 +194,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config, http } => {
+            // Started first, so that its exec overlaps loading the config;
+            // waited for before the containment is set up.
+            let guardian = warden::exec::guard::Guardian::spawn();
             let mut loaded = match load(&config) {
                 Ok(l) => l,
                 Err(problems) => {
@@ -216,7 +219,8 @@ fn main() -> ExitCode {
                 loaded.config.http.mcp = true;
             }
             let _guard = warden::ops::logging::init(&loaded.config.log);
-            let guardian = warden::exec::guard::Guardian::start()
+            let guardian = guardian
+                .and_then(|g| g.ready())
                 .map_err(|e| tracing::warn!(error = %e, "no guardian: if warden is SIGKILLed, what its children started may outlive it"))
                 .ok();
             let loaded_threads = loaded.config.server.threads(loaded.config.http.mcp);

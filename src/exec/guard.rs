@@ -9,7 +9,7 @@
 //! file, warden is gone, by whatever means: the guardian SIGKILLs every group
 //! still listed, ends every cell (see [`contain`](super::contain)) and exits.
 //!
-//! Only `warden serve` starts one ([`Guardian::start`]) and hands it to the
+//! Only `warden serve` starts one ([`Guardian::spawn`]) and hands it to the
 //! runtime's [`Groups`](super::groups::Groups); the library's tests run without.
 
 use std::collections::BTreeSet;
@@ -31,9 +31,18 @@ pub struct Guardian {
     pipe: Mutex<ChildStdin>,
 }
 
+/// A guardian being started: its first process forks the guardian and exits.
+pub struct Starting {
+    child: std::process::Child,
+    stdin: ChildStdin,
+}
+
 impl Guardian {
-    /// Starts the guardian (`warden __guard`, this same binary).
-    pub fn start() -> std::io::Result<Guardian> {
+    /// Starts the guardian (`warden __guard`, this same binary) without
+    /// waiting: its first process execs this whole binary
+    /// (about 3 ms here), which can overlap the rest of warden's start-up
+    /// until [`Starting::ready`].
+    pub fn spawn() -> std::io::Result<Starting> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .arg(SUBCOMMAND)
@@ -42,21 +51,8 @@ impl Guardian {
             .stderr(Stdio::null())
             .spawn()?;
         let stdin = child.stdin.take().expect("stdin is piped");
-        // The first process forks the guardian and exits at once: reap it.
-        let status = child.wait()?;
-        if !status.success() {
-            return Err(std::io::Error::other(format!(
-                "the guardian did not start ({status})"
-            )));
-        }
-        let flags = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
-        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
-        Ok(Guardian {
-            pipe: Mutex::new(stdin),
-        })
+        Ok(Starting { child, stdin })
     }
-
     /// The guardian should kill this group if warden dies.
     pub fn watch(&self, pgid: i32) {
         self.send(&format!("+{pgid}\n"));
@@ -77,6 +73,27 @@ impl Guardian {
         if let Err(e) = pipe.write_all(line.as_bytes()) {
             tracing::warn!(actor = "warden", error = %e, "the guardian missed a process group update");
         }
+    }
+}
+
+impl Starting {
+    /// Reaps the first process, once it has forked the guardian. Before
+    /// warden becomes a child subreaper (no cgroups): the guardian must not
+    /// be reparented to warden, whose sweep would end it.
+    pub fn ready(mut self) -> std::io::Result<Guardian> {
+        let status = self.child.wait()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "the guardian did not start ({status})"
+            )));
+        }
+        let stdin = self.stdin;
+        let flags = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok(Guardian {
+            pipe: Mutex::new(stdin),
+        })
     }
 }
 
