@@ -1107,6 +1107,30 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_input_schema_is_named_by_the_path_of_what_is_wrong() {
+        let problems = |schema: serde_json::Value| {
+            let mut found = Vec::new();
+            check_schema(schema.as_object().unwrap(), &mut |field, reason| {
+                found.push((field.to_string(), reason))
+            });
+            found
+        };
+        let ok = serde_json::json!({"type": "object",
+            "properties": {"path": {"type": "string", "pattern": "^/[a-z]*$", "maxLength": 9}}});
+        assert_eq!(problems(ok), []);
+        let typo = serde_json::json!({"type": "object", "properties": {"path": {"type": "strng"}}});
+        let found = problems(typo);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "input.properties.path.type", "{found:?}");
+        assert!(found[0].1.contains("strng"), "{found:?}");
+        let bad_regex = serde_json::json!({"type": "object",
+            "properties": {"path": {"type": "string", "pattern": "(unclosed"}}});
+        let found = problems(bad_regex);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].0.starts_with("input"), "{found:?}");
+    }
+
+    #[test]
     fn a_key_of_another_kind_says_which_kind_takes_it() {
         let mut problems = Vec::new();
         let file = ActorFile::read(
