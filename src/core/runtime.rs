@@ -311,6 +311,17 @@ impl Runtime {
         line
     }
 
+    /// Open sessions of 2026-07-28 requests over HTTP: each is one request
+    /// not yet answered (a `subscriptions/listen` until its final result).
+    pub fn stateless_open(&self) -> usize {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|s| !s.cancel().is_cancelled() && s.is_stateless())
+            .count()
+    }
+
     /// Whether an open session other than `except` is subscribed to `uri`.
     pub fn subscribed_elsewhere(&self, uri: &str, except: u64) -> bool {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());

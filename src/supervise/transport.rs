@@ -40,7 +40,9 @@ impl Drop for TransportState {
 /// Over HTTP nothing ends the run but a drain (SIGTERM): it returns once the
 /// calls in flight have finished and `http.drain_notice` has passed, or once
 /// the root has cancelled the calls at the end of the grace and they have
-/// been answered (1 s at most).
+/// been answered (1 s at most). Stateless requests still being answered
+/// (a `subscriptions/listen` ends with a final result when warden drains)
+/// get that same second: stopping rmcp's service under one lost its answer.
 async fn http_drain(runtime: &Runtime) -> String {
     const POLL: std::time::Duration = std::time::Duration::from_millis(10);
     runtime.draining.cancelled().await;
@@ -51,7 +53,9 @@ async fn http_drain(runtime: &Runtime) -> String {
         tokio::time::sleep(POLL).await;
     }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-    while runtime.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+    while (runtime.in_flight() > 0 || runtime.stateless_open() > 0)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(POLL).await;
     }
     format!("drained ({} calls left)", runtime.in_flight())
