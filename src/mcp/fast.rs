@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rmcp::model::{
-    CallToolResult, ClientRequest, ErrorData, GetExtensions, GetMeta, JsonObject, JsonRpcRequest,
-    RequestId, ServerJsonRpcMessage, ServerResult,
+    CallToolResult, ClientRequest, ErrorData, GetMeta, JsonObject, JsonRpcRequest, RequestId,
+    RequestMetaObject, ServerJsonRpcMessage, ServerResult,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{Peer, ServerHandler};
@@ -83,36 +83,25 @@ impl Lane {
         let Some(peer) = self.peer.get() else {
             return Err(request);
         };
-        let JsonRpcRequest {
-            jsonrpc,
-            id,
-            mut request,
-        } = request;
         // A request naming its protocol version is a 2026-07-28 one: rmcp
         // shapes its result (cache hints, `input_required`).
-        let versioned = request.get_meta().protocol_version().is_some();
-        // As rmcp does, the request's `_meta` goes to the handler's context.
-        let meta = std::mem::take(request.get_meta_mut());
-        let mut call = match request {
-            ClientRequest::CallToolRequest(call)
-                if !versioned && !self.server.session().is_stateless() =>
-            {
-                call
-            }
-            mut request => {
-                *request.get_meta_mut() = meta;
-                return Err(JsonRpcRequest {
-                    jsonrpc,
-                    id,
-                    request,
-                });
-            }
+        let takes = request.request.get_meta().protocol_version().is_none()
+            && !self.server.session().is_stateless();
+        let (id, mut call) = match request {
+            JsonRpcRequest {
+                id,
+                request: ClientRequest::CallToolRequest(call),
+                ..
+            } if takes => (id, call),
+            request => return Err(request),
         };
+        // As rmcp does, the request's `_meta` goes to the handler's context.
+        let meta = std::mem::take(call.extensions.get_or_insert_default::<RequestMetaObject>());
         let ct = CancellationToken::new();
         let mut context = RequestContext::new(id.clone(), peer.clone());
         context.ct = ct.clone();
         context.meta = meta;
-        context.extensions = std::mem::take(call.extensions_mut());
+        context.extensions = std::mem::take(&mut call.extensions);
         self.calls().insert(id.clone(), ct.clone());
         let lane = self.clone();
         Ok(Box::pin(async move {
