@@ -655,6 +655,11 @@ impl ServerHandler for WardenServer {
     /// subscription ended, and it listens again elsewhere.
     async fn listen(&self, subscription: SubscriptionContext) -> Result<(), McpError> {
         let mut notices = self.runtime.notices();
+        // A 2026-07-28 request names its version: the session is stateless,
+        // which the drain waits on until the final result is out.
+        if let Some(v) = subscription.request_context().protocol_version() {
+            self.session.set_protocol(v.as_str());
+        }
         let sink = subscription.sink().clone();
         tracing::debug!(actor = names::TRANSPORT, session = self.session.id, accepted = ?sink.accepted(), "subscription opened");
         let principal = principal_noted(&self.session, subscription.request_context())?;
