@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use rmcp::model::{CallToolRequestParams, ContentBlock};
 use rmcp::service::{RoleClient, RunningService};
-use rmcp::transport::TokioChildProcess;
 use rmcp::ServiceExt;
 use serde_json::{Map, Value};
 
@@ -40,7 +39,12 @@ pub struct Answer {
 /// A session with a child `warden serve` (this same binary).
 pub struct Client {
     service: RunningService<RoleClient, ()>,
+    /// Killed when dropped.
+    child: tokio::process::Child,
 }
+
+/// How long the child may take to exit once its session has ended.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a server that failed the handshake may take to finish saying why.
 const STDERR_EOF_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -63,28 +67,40 @@ impl Client {
         config: &Path,
         env: &[(&str, &str)],
     ) -> Result<Client, ClientError> {
-        let mut cmd = tokio::process::Command::new(exe);
-        cmd.arg("serve").arg("--config").arg(config);
-        cmd.envs(env.iter().copied());
-        let (child, stderr) = TokioChildProcess::builder(cmd)
-            .stderr(std::process::Stdio::piped())
+        let piped = std::process::Stdio::piped;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdin(piped())
+            .stdout(piped())
+            .stderr(piped())
+            .kill_on_drop(true)
             .spawn()
             .map_err(ClientError::Start)?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            unreachable!("all three are piped");
+        };
         // The server's stderr passes through to ours; whether it said
         // anything tells a refusal (its reason printed) from a broken pipe.
         let said = Arc::new(AtomicUsize::new(0));
-        let relay = stderr.map(|stderr| tokio::spawn(relay_stderr(stderr, said.clone())));
-        match ().serve(child).await {
-            Ok(service) => Ok(Client { service }),
+        let relay = tokio::spawn(relay_stderr(stderr, said.clone()));
+        match ().serve((stdout, stdin)).await {
+            Ok(service) => Ok(Client { service, child }),
             Err(e) => {
-                if let Some(relay) = relay {
-                    let _ = tokio::time::timeout(STDERR_EOF_WAIT, relay).await;
+                let _ = tokio::time::timeout(STDERR_EOF_WAIT, relay).await;
+                if said.load(Ordering::Relaxed) > 0 {
+                    return Err(ClientError::Refused);
                 }
-                Err(if said.load(Ordering::Relaxed) > 0 {
-                    ClientError::Refused
-                } else {
-                    ClientError::Handshake(e.to_string())
-                })
+                // Silent: it may have crashed. How it ended says so.
+                let how = match tokio::time::timeout(STDERR_EOF_WAIT, child.wait()).await {
+                    Ok(Ok(status)) => format!(" (warden serve ended: {status})"),
+                    _ => String::new(),
+                };
+                Err(ClientError::Handshake(format!("{e}{how}")))
             }
         }
     }
@@ -124,8 +140,32 @@ impl Client {
         })
     }
 
-    /// Ends the session; the child exits on its stdin's end.
-    pub async fn close(self) {
+    /// Ends the session; the child exits on its stdin's end, or is killed
+    /// if it has not within [`EXIT_WAIT`].
+    pub async fn close(mut self) {
         let _ = self.service.cancel().await;
+        let _ = tokio::time::timeout(EXIT_WAIT, self.child.wait()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that dies before it answers, saying nothing (a crash, a
+    /// kill): the error says how it ended, not only that the pipe closed.
+    #[tokio::test]
+    async fn a_silent_server_that_ends_is_named_with_its_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        // `false serve --config ...`: exits 1 at once, writing nothing.
+        let err = match Client::start(Path::new("/bin/false"), dir.path(), &[]).await {
+            Ok(_) => panic!("a handshake with /bin/false"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.starts_with("MCP handshake failed: "), "{err}");
+        assert!(
+            err.ends_with("(warden serve ended: exit status: 1)"),
+            "{err}"
+        );
     }
 }
