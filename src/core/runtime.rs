@@ -290,15 +290,21 @@ impl Runtime {
         self.notices.subscribe()
     }
 
+    /// The sessions still open (not dropped, not cancelled).
+    fn open_sessions(&self) -> Vec<Arc<Session>> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|s| !s.cancel().is_cancelled())
+            .collect()
+    }
+
     /// The sessions open now: how many, by transport and protocol, and the
     /// longest any has gone without a call.
     pub fn sessions(&self) -> SessionsLine {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let mut line = SessionsLine::default();
-        for s in sessions.iter().filter_map(std::sync::Weak::upgrade) {
-            if s.cancel().is_cancelled() {
-                continue;
-            }
+        for s in self.open_sessions() {
             line.open += 1;
             let key = format!("{} {}", s.transport, s.protocol().unwrap_or("unknown"));
             *line.by_protocol.entry(key).or_default() += 1;
@@ -314,30 +320,23 @@ impl Runtime {
     /// Open sessions of 2026-07-28 requests over HTTP: each is one request
     /// not yet answered (a `subscriptions/listen` until its final result).
     pub fn stateless_open(&self) -> usize {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions
+        self.open_sessions()
             .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .filter(|s| !s.cancel().is_cancelled() && s.is_stateless())
+            .filter(|s| s.is_stateless())
             .count()
     }
 
     /// Whether an open session other than `except` is subscribed to `uri`.
     pub fn subscribed_elsewhere(&self, uri: &str, except: u64) -> bool {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions
+        self.open_sessions()
             .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .any(|s| s.id != except && !s.cancel().is_cancelled() && s.subscribed(uri))
+            .any(|s| s.id != except && s.subscribed(uri))
     }
 
     /// Every resource URI an open session is subscribed to.
     pub fn subscribed_uris(&self) -> std::collections::BTreeSet<String> {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions
+        self.open_sessions()
             .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .filter(|s| !s.cancel().is_cancelled())
             .flat_map(|s| s.subscriptions())
             .collect()
     }
