@@ -195,22 +195,6 @@ struct Tracked {
     pending: Arc<Pending>,
 }
 
-/// Bytes counted in a budget while held, given back however the holder ends.
-struct HeldBytes(Arc<AtomicUsize>, usize);
-
-impl HeldBytes {
-    fn new(count: &Arc<AtomicUsize>, bytes: usize) -> Self {
-        count.fetch_add(bytes, Ordering::Relaxed);
-        HeldBytes(count.clone(), bytes)
-    }
-}
-
-impl Drop for HeldBytes {
-    fn drop(&mut self) {
-        self.0.fetch_sub(self.1, Ordering::Relaxed);
-    }
-}
-
 /// Calls [`Pending::handler_ended`] however the handler ends (also dropped
 /// when the session ends).
 struct HandlerRuns<'a> {
@@ -371,7 +355,7 @@ where
             Err(request) => return Some(ClientJsonRpcMessage::Request(request)),
         };
         let (outbox, pending) = (self.outbox.clone(), self.pending.clone());
-        let held = HeldBytes::new(&self.lane_bytes, bytes);
+        let held = super::wire::Held::new(self.lane_bytes.clone(), bytes);
         tokio::spawn(async move {
             let answer = {
                 let _runs = HandlerRuns {

@@ -146,7 +146,7 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
         let batch = std::mem::take(&mut *self.queued.lock().unwrap());
         // Out, lost with the pipe, or dropped with this future: however this
         // ends, the batch is no longer held here.
-        let _held = Held(&self.backlog, batch.len());
+        let _held = Held::counted(&self.backlog, batch.len());
         if self.broken.load(Ordering::Relaxed) {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -211,10 +211,25 @@ impl<W: AsyncWrite + Unpin> Outbox<W> {
     }
 }
 
-/// Bytes of the backlog a flush holds, given back when it ends.
-struct Held<'a>(&'a AtomicUsize, usize);
+/// Bytes counted in a budget while held, given back however the holder
+/// ends: a flush's batch in the outbox's backlog, a request the stdio lane
+/// holds in the stdout budget.
+pub(crate) struct Held<C: std::ops::Deref<Target = AtomicUsize>>(C, usize);
 
-impl Drop for Held<'_> {
+impl<C: std::ops::Deref<Target = AtomicUsize>> Held<C> {
+    /// Counts `bytes` in `count` until dropped.
+    pub(crate) fn new(count: C, bytes: usize) -> Self {
+        count.fetch_add(bytes, Ordering::Relaxed);
+        Held(count, bytes)
+    }
+
+    /// `bytes` that `count` holds already, given back when dropped.
+    fn counted(count: C, bytes: usize) -> Self {
+        Held(count, bytes)
+    }
+}
+
+impl<C: std::ops::Deref<Target = AtomicUsize>> Drop for Held<C> {
     fn drop(&mut self) {
         self.0.fetch_sub(self.1, Ordering::Relaxed);
     }
