@@ -1076,24 +1076,34 @@ fn over_http_on_several_threads_every_progress_report_comes_before_the_answer() 
     wait_listening(&mut s, port);
     let mut conn = Conn::open(port);
     let session = initialize(&mut conn);
-    let mut short = Vec::new();
-    for round in 0..200u64 {
-        let body = json!({"jsonrpc": "2.0", "id": 100 + round, "method": "tools/call",
+    let mut call = |id: u64, token: String| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                           "params": {"name": "fx_progress", "arguments": {"steps": 3, "ms": 0},
-                                     "_meta": {"progressToken": format!("t{round}")}}});
-        let a = conn.send(
+                                     "_meta": {"progressToken": token}}});
+        conn.send(
             "POST",
             &[
                 ("Mcp-Session-Id", &session),
                 ("MCP-Protocol-Version", "2025-11-25"),
             ],
             &body.to_string(),
-        );
-        if text(&a.message()["result"]) != "done 3" {
-            // The fixture server is still starting.
-            assert!(round < 100, "{a:?}");
-            continue;
+        )
+    };
+    // The fixture server starts while warden already listens; a loaded
+    // machine may take seconds over it.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = call(1, "warm-up".into());
+        if text(&a.message()["result"]) == "done 3" {
+            break;
         }
+        assert!(Instant::now() < until, "`fx` never served: {a:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut short = Vec::new();
+    for round in 0..200u64 {
+        let a = call(100 + round, format!("t{round}"));
+        assert_eq!(text(&a.message()["result"]), "done 3", "{a:?}");
         let reports = a
             .messages
             .iter()
