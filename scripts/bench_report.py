@@ -47,6 +47,12 @@ PEERS = [
 ]
 
 
+def is_warden(name):
+    """Whether warden serves (or fronts) this entry of PEERS."""
+    return name.startswith("warden") or name in (
+        "bare-ct-proxy", "everything-proxy", "cmd-true", "gw-warden", "gw-remote")
+
+
 def load(path):
     runs = {}
     with open(path) as f:
@@ -244,8 +250,7 @@ def plot(runs, path):
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 5.5))
     for ax, (title, get, log) in zip(axes, panels):
         values = [med(runs, n, get) or 0 for n in names]
-        colors = ["#4c72b0" if n.startswith("warden") or n in ("cmd-true",) or n.endswith("-proxy")
-                  else "#999999" for n in names]
+        colors = ["#4c72b0" if is_warden(n) else "#999999" for n in names]
         bars = ax.barh(names, values, color=colors)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
@@ -255,7 +260,7 @@ def plot(runs, path):
             if v:
                 ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:,.0f}" if v >= 10 else f" {v:.1f}",
                         va="center", fontsize=8)
-    fig.suptitle("warden (blue) and its peers (grey): echo over stdio, medians; /bin/true for cmd-true and spawn-true",
+    fig.suptitle("warden (blue) and its peers (grey): echo over stdio and HTTP, medians; /bin/true for cmd-true and spawn-true",
                  fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
