@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::config::MemoryLimit;
 use crate::core::health::{Child, LagRecorder, Snapshot};
@@ -89,56 +89,137 @@ pub fn heap_in_use() -> Option<u64> {
     None
 }
 
+/// How [`measure`] finds warden's descendants.
+pub enum Walk {
+    /// Down from warden through `/proc/PID/task/TID/children`: a few reads
+    /// per descendant, whatever else runs on the host.
+    Children,
+    /// Every process on the host, each read for its parent: where the
+    /// kernel lacks those files (built without `CONFIG_PROC_CHILDREN`).
+    Scan(Box<System>),
+}
+
+impl Walk {
+    /// The cheaper walk where the kernel has it.
+    pub fn new() -> Result<Walk, sysinfo::Error> {
+        let me = std::process::id();
+        if std::path::Path::new(&format!("/proc/{me}/task/{me}/children")).exists() {
+            Ok(Walk::Children)
+        } else {
+            Ok(Walk::Scan(Box::new(System::new()?)))
+        }
+    }
+
+    /// Each process's children: with [`Walk::Children`] those of `root`
+    /// and of every process below it, with [`Walk::Scan`] those of every
+    /// process that has any.
+    fn tree(&mut self, root: i32) -> HashMap<i32, Vec<i32>> {
+        let mut kids: HashMap<i32, Vec<i32>> = HashMap::new();
+        match self {
+            Walk::Children => {
+                let mut stack = vec![root];
+                while let Some(pid) = stack.pop() {
+                    if kids.contains_key(&pid) {
+                        continue;
+                    }
+                    let below = children_of(pid);
+                    stack.extend(&below);
+                    kids.insert(pid, below);
+                }
+            }
+            Walk::Scan(system) => {
+                system.refresh_processes_specifics(
+                    ProcessesToUpdate::All,
+                    true,
+                    // Threads are listed as processes unless told otherwise.
+                    ProcessRefreshKind::nothing().without_tasks(),
+                );
+                for (pid, p) in system.processes() {
+                    if p.thread_kind().is_some() {
+                        continue;
+                    }
+                    if let Some(parent) = p.parent() {
+                        kids.entry(parent.as_u32() as i32)
+                            .or_default()
+                            .push(pid.as_u32() as i32);
+                    }
+                }
+            }
+        }
+        kids
+    }
+}
+
+/// The processes `pid` started that are still its children: those of each
+/// of its threads. Empty once it is gone. (The kernel's list can miss a
+/// child forked while it is read; the next sample sees it.)
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                list.split_ascii_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// A process's resident set in bytes (`/proc/PID/statm`); None once it is
+/// gone.
+fn rss_of(pid: i32) -> Option<u64> {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let page = *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .map_or(4096, |n| n as u64)
+    });
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page)
+}
+
 /// Measures warden and its descendants, and with each group what its cell
 /// holds (also what left it and was re-parented away from warden).
 /// Blocking (reads /proc): run it off the runtime.
 pub fn measure(
-    system: &mut System,
+    walk: &mut Walk,
     groups: &HashMap<i32, (String, Option<Arc<Cell>>)>,
 ) -> (u64, Vec<Child>) {
-    system.refresh_processes_specifics(
-        ProcessesToUpdate::All,
-        true,
-        // Threads are listed as processes unless told otherwise, each with
-        // its process's memory: they would be counted many times over.
-        ProcessRefreshKind::nothing().with_memory().without_tasks(),
-    );
-    let me = Pid::from_u32(std::process::id());
-    let processes = system.processes();
-    let mut kids: HashMap<Pid, Vec<Pid>> = HashMap::new();
-    for (pid, p) in processes {
-        if p.thread_kind().is_some() {
-            continue;
-        }
-        if let Some(parent) = p.parent() {
-            kids.entry(parent).or_default().push(*pid);
-        }
-    }
-    let warden_rss = processes.get(&me).map_or(0, |p| p.memory());
+    let me = std::process::id() as i32;
+    let kids = walk.tree(me);
+    let warden_rss = rss_of(me).unwrap_or(0);
     let mut children: Vec<Child> = kids
         .get(&me)
         .into_iter()
         .flatten()
-        .map(|&child| {
-            let pid = child.as_u32() as i32;
+        .map(|&pid| {
             let group = groups.get(&pid);
             let mut seen = std::collections::HashSet::new();
-            let mut stack = vec![child];
+            let mut stack = vec![pid];
             // What the cell holds, also what left the group and warden's tree.
             if let Some(cell) = group.and_then(|(_, cell)| cell.as_ref()) {
-                stack.extend(cell.members().into_iter().map(|m| Pid::from_u32(m as u32)));
+                stack.extend(cell.members());
             }
             let (mut rss, mut n) = (0, 0);
             while let Some(p) = stack.pop() {
                 if !seen.insert(p) {
                     continue;
                 }
-                if let Some(proc_) = processes.get(&p) {
-                    rss += proc_.memory();
+                if let Some(bytes) = rss_of(p) {
+                    rss += bytes;
                     n += 1;
                 }
-                if let Some(k) = kids.get(&p) {
-                    stack.extend(k);
+                match kids.get(&p) {
+                    Some(k) => stack.extend(k),
+                    // A cell member that left warden's tree.
+                    None if matches!(walk, Walk::Children) => stack.extend(children_of(p)),
+                    None => {}
                 }
             }
             Child {
@@ -161,7 +242,7 @@ pub enum HealthMsg {
 
 pub struct HealthState {
     runtime: Arc<Runtime>,
-    system: Option<System>,
+    walk: Option<Walk>,
     limit: (u64, &'static str),
     probe: tokio::task::JoinHandle<()>,
 }
@@ -176,8 +257,7 @@ impl Actor for HealthActor {
         myself: ActorRef<HealthMsg>,
         runtime: Arc<Runtime>,
     ) -> Result<HealthState, ActorProcessingErr> {
-        let mut system = System::new()?;
-        let limit = budget(runtime.config.memory.limit, &mut system);
+        let limit = budget(runtime.config.memory.limit, &mut System::new()?);
         tracing::info!(
             actor = names::HEALTH,
             limit_bytes = limit.0,
@@ -195,7 +275,7 @@ impl Actor for HealthActor {
         let _ = myself.cast(HealthMsg::Sample);
         Ok(HealthState {
             runtime,
-            system: Some(system),
+            walk: Some(Walk::new()?),
             limit,
             probe,
         })
@@ -217,14 +297,14 @@ impl Actor for HealthActor {
         state: &mut HealthState,
     ) -> Result<(), ActorProcessingErr> {
         let every = state.runtime.config.memory.sample_every;
-        let mut system = state.system.take().ok_or("health: no sysinfo handle")?;
+        let mut walk = state.walk.take().ok_or("health: no process walk")?;
         let groups = state.runtime.groups.owners();
-        let (system, (warden_rss, children)) = tokio::task::spawn_blocking(move || {
-            let m = measure(&mut system, &groups);
-            (system, m)
+        let (walk, (warden_rss, children)) = tokio::task::spawn_blocking(move || {
+            let m = measure(&mut walk, &groups);
+            (walk, m)
         })
         .await?;
-        state.system = Some(system);
+        state.walk = Some(walk);
         let total = warden_rss + children.iter().map(|c| c.rss).sum::<u64>();
         let (limit, limit_source) = state.limit;
         let snapshot = Arc::new(Snapshot {
@@ -258,19 +338,27 @@ mod tests {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(200));
-        let mut system = System::new().unwrap();
         let groups = HashMap::from([(child.id() as i32, ("t".to_string(), None))]);
-        let (own, children) = measure(&mut system, &groups);
+        let walks = [
+            Walk::new().unwrap(),
+            Walk::Scan(Box::new(System::new().unwrap())),
+        ];
+        let measured: Vec<_> = walks
+            .into_iter()
+            .map(|mut walk| measure(&mut walk, &groups))
+            .collect();
         let _ = child.kill();
         let _ = child.wait();
-        assert!(own > 1 << 20, "own rss {own}");
-        let c = children
-            .iter()
-            .find(|c| c.pid == child.id() as i32)
-            .expect("the child is measured");
-        assert_eq!(c.tool.as_deref(), Some("t"));
-        assert_eq!(c.processes, 2, "sh and its sleep");
-        assert!(c.rss > 0);
+        for (own, children) in measured {
+            assert!(own > 1 << 20, "own rss {own}");
+            let c = children
+                .iter()
+                .find(|c| c.pid == child.id() as i32)
+                .expect("the child is measured");
+            assert_eq!(c.tool.as_deref(), Some("t"));
+            assert_eq!(c.processes, 2, "sh and its sleep");
+            assert!(c.rss > 0);
+        }
     }
 
     #[test]
