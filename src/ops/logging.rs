@@ -28,7 +28,26 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Bytes buffered before a write is forced.
 const BUFFER_BYTES: usize = 64 * 1024;
 
-type FileBuffer = Arc<Mutex<BufWriter<RollingFileAppender>>>;
+type FileBuffer = Arc<Mutex<BufWriter<Appender>>>;
+
+/// The rolling file, noting whether bytes reached it since the flusher last
+/// looked: only a write can open a new file (a rotation), so only then may
+/// a file's mode need fixing.
+struct Appender {
+    file: RollingFileAppender,
+    wrote: bool,
+}
+
+impl Write for Appender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.wrote = true;
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
 
 /// Flushes the file log when dropped: keep it alive for as long as warden logs.
 pub struct LogGuard {
@@ -54,6 +73,10 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
     let opened = cfg.file_logging().then(|| file_appender(cfg));
     let (file, buffer, problem) = match opened {
         Some(Ok(appender)) => {
+            let appender = Appender {
+                file: appender,
+                wrote: false,
+            };
             let buffer: FileBuffer =
                 Arc::new(Mutex::new(BufWriter::with_capacity(BUFFER_BYTES, appender)));
             private_files(&cfg.dir);
@@ -222,15 +245,22 @@ impl std::fmt::Write for Escaped<'_, '_> {
     }
 }
 
-fn start_flusher(buffer: std::sync::Weak<Mutex<BufWriter<RollingFileAppender>>>, dir: PathBuf) {
+fn start_flusher(buffer: std::sync::Weak<Mutex<BufWriter<Appender>>>, dir: PathBuf) {
     let _ = std::thread::Builder::new()
         .name("warden-log-flush".into())
         .spawn(move || {
             while let Some(buffer) = buffer.upgrade() {
-                let _ = lock(&buffer).flush();
+                let wrote = {
+                    let mut file = lock(&buffer);
+                    let _ = file.flush();
+                    std::mem::take(&mut file.get_mut().wrote)
+                };
                 drop(buffer);
-                // A flush is where a rotation opens a new file.
-                private_files(&dir);
+                // A write (this flush, or a full buffer's) is where a
+                // rotation opens a new file. An idle warden lists nothing.
+                if wrote {
+                    private_files(&dir);
+                }
                 std::thread::sleep(FLUSH_EVERY);
             }
         });
@@ -238,9 +268,10 @@ fn start_flusher(buffer: std::sync::Weak<Mutex<BufWriter<RollingFileAppender>>>,
 
 /// Makes warden's log files in `dir` 0600. The appender creates each file
 /// (at start and at every rotation) with the process's umask, usually 0644,
-/// and offers no say in it: this runs at start and after every flush, so
-/// a file a rotation opened is 0644 until the next flush at the latest
-/// (`FLUSH_EVERY`), inside a directory warden made 0700. A umask for the
+/// and offers no say in it: this runs at start and after every flush that
+/// wrote (only a write rotates), so a file a rotation opened is 0644 until
+/// the next flush at the latest (`FLUSH_EVERY`), inside a directory warden
+/// made 0700. A umask for the
 /// whole process would reach the files the tools' programs create.
 fn private_files(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -261,7 +292,7 @@ fn private_files(dir: &Path) {
     }
 }
 
-fn lock(buffer: &FileBuffer) -> MutexGuard<'_, BufWriter<RollingFileAppender>> {
+fn lock(buffer: &FileBuffer) -> MutexGuard<'_, BufWriter<Appender>> {
     // A panic while holding the lock leaves a usable buffer: keep logging.
     buffer
         .lock()
@@ -325,7 +356,7 @@ struct SharedFile {
 
 /// One event's write, under the lock.
 struct SharedFileWriter<'a> {
-    file: MutexGuard<'a, BufWriter<RollingFileAppender>>,
+    file: MutexGuard<'a, BufWriter<Appender>>,
     pid: &'a [u8],
     /// Nothing of this event written yet.
     fresh: bool,
@@ -415,6 +446,47 @@ mod tests {
         fn make_writer(&'a self) -> Buf {
             self.clone()
         }
+    }
+
+    #[test]
+    fn the_flusher_makes_new_files_private_after_a_write_and_reads_nothing_idle() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = RollingFileAppender::builder()
+            .rotation(Rotation::NEVER)
+            .filename_prefix("warden")
+            .filename_suffix("log")
+            .build(dir.path())
+            .unwrap();
+        let buffer: FileBuffer =
+            Arc::new(Mutex::new(BufWriter::new(Appender { file, wrote: false })));
+        start_flusher(Arc::downgrade(&buffer), dir.path().to_path_buf());
+        // What a rotation leaves: a new file with the umask's mode.
+        let rotated = dir.path().join("warden.2026-12-07.log");
+        std::fs::write(&rotated, "").unwrap();
+        std::fs::set_permissions(&rotated, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        std::thread::sleep(FLUSH_EVERY * 4);
+        assert_eq!(
+            mode(&rotated),
+            0o644,
+            "nothing was written: nothing is listed"
+        );
+        lock(&buffer).write_all(b"a line\n").unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while mode(&rotated) != 0o600 {
+            assert!(
+                std::time::Instant::now() < until,
+                "still {:o}",
+                mode(&rotated)
+            );
+            std::thread::sleep(FLUSH_EVERY / 2);
+        }
+        assert_eq!(mode(&dir.path().join("warden.log")), 0o600);
+        assert_eq!(
+            std::fs::read(dir.path().join("warden.log")).unwrap(),
+            b"a line\n"
+        );
     }
 
     /// The lines, each with its timestamp's digits blanked (the two
