@@ -366,11 +366,13 @@ impl Groups {
 
 /// warden's children now (its own and those it adopted), from /proc.
 fn own_children() -> Vec<i32> {
-    children("self")
+    children(std::process::id() as i32)
 }
 
-/// The children of a process (of all its threads), from /proc.
-fn children(pid: &str) -> Vec<i32> {
+/// The children of a process (of all its threads), from
+/// `/proc/PID/task/TID/children`; none once it is gone. (The kernel's list
+/// can miss a child forked while it is read.)
+pub fn children(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
     for task in tasks.into_iter().flatten().flatten() {
@@ -389,10 +391,10 @@ fn children(pid: &str) -> Vec<i32> {
 /// Every descendant of a process still below it.
 fn descendants(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
-    let mut stack = children(&pid.to_string());
+    let mut stack = children(pid);
     while let Some(p) = stack.pop() {
         out.push(p);
-        stack.extend(children(&p.to_string()));
+        stack.extend(children(p));
     }
     out
 }

@@ -19,6 +19,7 @@ use crate::core::health::{Child, LagRecorder, Snapshot};
 use crate::core::names;
 use crate::core::runtime::Runtime;
 use crate::exec::contain::Cell;
+use crate::exec::groups::children;
 
 /// The period of the lag probe.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -122,7 +123,7 @@ impl Walk {
                     if kids.contains_key(&pid) {
                         continue;
                     }
-                    let below = children_of(pid);
+                    let below = children(pid);
                     stack.extend(&below);
                     kids.insert(pid, below);
                 }
@@ -148,25 +149,6 @@ impl Walk {
         }
         kids
     }
-}
-
-/// The processes `pid` started that are still its children: those of each
-/// of its threads. Empty once it is gone. (The kernel's list can miss a
-/// child forked while it is read; the next sample sees it.)
-fn children_of(pid: i32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for task in tasks.flatten() {
-        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(
-                list.split_ascii_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-        }
-    }
-    out
 }
 
 /// A process's resident set in bytes (`/proc/PID/statm`); None once it is
@@ -218,7 +200,7 @@ pub fn measure(
                 match kids.get(&p) {
                     Some(k) => stack.extend(k),
                     // A cell member that left warden's tree.
-                    None if matches!(walk, Walk::Children) => stack.extend(children_of(p)),
+                    None if matches!(walk, Walk::Children) => stack.extend(children(p)),
                     None => {}
                 }
             }
